@@ -1,0 +1,3 @@
+from gridpilot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Core library shared by every service: schemas, subjects, bus helpers, service base."""

@@ -1,0 +1,59 @@
+"""GridPilot's exception tree; every error a user can cause says what was wrong and what to do.
+
+    GridPilotError
+    ├── ConfigError            bad option, file or environment value
+    ├── UnknownGridError       a grid name that no loader knows
+    ├── ModelError             a grid model that cannot be converted or calculated
+    │   └── NotObservableError the measurements do not determine the state
+    ├── PayloadError           a message that does not decode into its schema
+    └── BusError               the backbone refused or could not be reached
+        └── PermissionDeniedError  a subject this service has no right to
+"""
+
+from __future__ import annotations
+
+
+class GridPilotError(Exception):
+    """Root of every error GridPilot raises on purpose."""
+
+
+class ConfigError(GridPilotError):
+    """A configuration value is wrong; the message says which and how to fix it."""
+
+
+class UnknownGridError(GridPilotError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"unknown grid {name!r}; use one of {', '.join(known)}, "
+            "'simbench:<code>' or a path to a pandapower JSON file"
+        )
+
+
+class ModelError(GridPilotError):
+    """The grid model cannot be built or calculated."""
+
+
+class NotObservableError(ModelError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"grid not observable: {reason}")
+
+
+class PayloadError(GridPilotError):
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"bad payload on {subject}: {reason}")
+
+
+class BusError(GridPilotError):
+    """The message backbone refused a request or cannot be reached."""
+
+
+class PermissionDeniedError(BusError):
+    def __init__(self, subject: str, operation: str) -> None:
+        self.subject = subject
+        self.operation = operation
+        super().__init__(f"permission denied to {operation} on {subject!r}")

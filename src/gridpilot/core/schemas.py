@@ -1,0 +1,274 @@
+"""Every payload that crosses the bus, defined once as msgspec Structs (JSON on the wire).
+
+Identifiers are CIM-style mRIDs of the grid equipment (the names kept from the grid model);
+units are in the field names (``v_pu``, ``va_deg``, ``p_mw``, ``q_mvar``); times are integer
+nanoseconds since the Unix epoch (``t_ns``).
+"""
+
+from __future__ import annotations
+
+from enum import IntFlag, StrEnum
+from typing import Any, TypeVar
+
+import msgspec
+
+
+class Measurand(StrEnum):
+    VOLTAGE = "voltage"  # bus voltage: v_pu, and va_deg when the device measures the phasor
+    POWER = "power"  # p_mw and q_mvar at a terminal, positive into the equipment
+
+
+class Terminal(StrEnum):
+    BUS = "bus"  # a bus voltage
+    FROM = "from"  # the from-side (hv side) of a branch
+    TO = "to"  # the to-side (lv side) of a branch
+    LOAD = "load"  # a consumer's consumption
+    GEN = "gen"  # a generator's (DER's) production
+
+
+class Phase(StrEnum):
+    ABC = "ABC"  # balanced, positive sequence
+
+
+class Quality(IntFlag):
+    """Quality bits after IEC 61850-7-3 (0 means good)."""
+
+    GOOD = 0
+    INVALID = 1
+    QUESTIONABLE = 2
+    SUBSTITUTED = 4
+    OLD_DATA = 8
+    OVERFLOW = 16
+
+
+class DeviceKind(StrEnum):
+    PMU = "pmu"
+    RTU = "rtu"
+    METER = "meter"
+
+
+class Measurement(msgspec.Struct, frozen=True, kw_only=True):
+    """One measured quantity of one piece of equipment at one instant."""
+
+    mrid: str  # measured equipment: bus, branch, load or generator id
+    measurand: Measurand
+    terminal: Terminal
+    t_ns: int
+    phase: Phase = Phase.ABC
+    v_pu: float | None = None
+    va_deg: float | None = None
+    p_mw: float | None = None
+    q_mvar: float | None = None
+    quality: int = 0
+    source: str = ""  # the device that measured it
+
+
+class MeasurementSet(msgspec.Struct, frozen=True, kw_only=True):
+    """What one device reports at one instant (a PMU frame, an RTU scan, a meter reading)."""
+
+    grid: str
+    source: str
+    kind: DeviceKind
+    t_ns: int
+    seq: int
+    measurements: list[Measurement]
+
+
+class MeasurementSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Measurements aligned to one instant: the input of one state estimate."""
+
+    grid: str
+    t_ns: int
+    measurements: list[Measurement]
+    missing_sources: list[str] = []
+    late_dropped: int = 0
+
+
+class BusStates(msgspec.Struct, frozen=True, kw_only=True):
+    """Bus voltages, columnar: entry i of every list belongs to bus ``id[i]``."""
+
+    id: list[str]
+    v_pu: list[float]
+    va_deg: list[float]
+    p_mw: list[float]  # net injection into the grid
+    q_mvar: list[float]
+
+
+class BranchStates(msgspec.Struct, frozen=True, kw_only=True):
+    """Branch (line, transformer) flows, columnar."""
+
+    id: list[str]
+    p_from_mw: list[float]
+    q_from_mvar: list[float]
+    p_to_mw: list[float]
+    q_to_mvar: list[float]
+    i_from_ka: list[float]
+    loading_pct: list[float]
+
+
+class EstimateStatus(StrEnum):
+    CONVERGED = "converged"
+    NOT_OBSERVABLE = "not_observable"
+    DIVERGED = "diverged"
+
+
+class BadData(msgspec.Struct, frozen=True, kw_only=True):
+    sensor: str  # "<source>/<mrid>/<measurand>/<terminal>"
+    mrid: str
+    source: str
+    measurand: Measurand
+    r_norm: float  # weighted residual |r|/sigma when it was removed
+
+
+class StateEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    grid: str
+    t_ns: int
+    status: EstimateStatus
+    message: str = ""
+    solver: str = ""
+    solve_ms: float = 0.0
+    n_measurements: int = 0
+    n_pseudo: int = 0
+    pseudo: list[str] = []  # equipment whose injection came from a pseudo-measurement
+    objective: float = 0.0  # sum of squared weighted residuals after bad-data removal
+    chi2_threshold: float = 0.0
+    bad_data: list[BadData] = []
+    max_r_norm: float = 0.0
+    buses: BusStates | None = None
+    branches: BranchStates | None = None
+    residual_sensor: list[str] = []
+    residual_norm: list[float] = []
+
+
+class SimTruth(msgspec.Struct, frozen=True, kw_only=True):
+    """The simulator's noise-free power flow, with the same ids as the estimate."""
+
+    grid: str
+    t_ns: int
+    buses: BusStates
+    branches: BranchStates
+
+
+class AlarmKind(StrEnum):
+    VOLTAGE_HIGH = "voltage_high"
+    VOLTAGE_LOW = "voltage_low"
+    OVERLOAD = "overload"
+    NOT_OBSERVABLE = "not_observable"
+    BAD_DATA = "bad_data"
+
+
+class AlarmState(StrEnum):
+    RAISED = "raised"
+    CLEARED = "cleared"
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alarm(msgspec.Struct, frozen=True, kw_only=True):
+    id: str  # "<kind>:<mrid>", the deduplication key
+    grid: str
+    kind: AlarmKind
+    mrid: str
+    state: AlarmState
+    severity: Severity
+    value: float
+    limit: float
+    raised_t_ns: int
+    t_ns: int
+    acknowledged: bool = False
+    acknowledged_by: str = ""
+    message: str = ""
+
+
+class AckRequest(msgspec.Struct, frozen=True, kw_only=True):
+    alarm_id: str
+    user: str
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    error: str = ""
+    detail: dict[str, Any] = {}
+
+
+class CommandKind(StrEnum):
+    SWITCH = "switch"  # open or close a switch
+    DER_SETPOINT = "der_setpoint"  # active/reactive power setpoint of a generator
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    grid: str
+    kind: CommandKind
+    target: str  # switch or generator mRID
+    issued_by: str
+    t_ns: int
+    closed: bool | None = None
+    p_mw: float | None = None
+    q_mvar: float | None = None
+
+
+class SwitchState(msgspec.Struct, frozen=True, kw_only=True):
+    """Topology event: the switch states the simulator (the field) now reports."""
+
+    grid: str
+    t_ns: int
+    closed: dict[str, bool]
+
+
+class InjectionKind(StrEnum):
+    GROSS_ERROR = "gross_error"  # add a large error to one measured value
+    COMM_OUTAGE = "comm_outage"  # a device stops reporting
+    CLEAR = "clear"  # remove every injection
+
+
+class InjectRequest(msgspec.Struct, frozen=True, kw_only=True):
+    kind: InjectionKind
+    source: str = ""  # device id
+    mrid: str = ""  # for gross errors: the measured equipment
+    measurand: Measurand = Measurand.POWER
+    error: float = 0.0  # added to v_pu, or to p_mw and q_mvar
+    duration_s: float = 60.0  # in simulated seconds
+
+
+class ServiceState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    service: str
+    grid: str
+    instance: str
+    pid: int
+    state: ServiceState
+    t_ns: int
+    uptime_s: float
+    counters: dict[str, int] = {}
+    info: dict[str, float | str] = {}
+
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    return _encoder.encode(obj)
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def decode(data: bytes, typ: type[T]) -> T:
+    """Decode JSON bytes into ``typ``; raises msgspec.ValidationError/DecodeError on bad input."""
+    dec = _decoders.get(typ)
+    if dec is None:
+        dec = _decoders[typ] = msgspec.json.Decoder(typ)
+    result: T = dec.decode(data)
+    return result

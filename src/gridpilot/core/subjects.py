@@ -1,0 +1,194 @@
+"""The subject catalogue: every subject, its payload, and the streams and buckets behind them.
+
+This module is the contract between services. ``gridpilot docs`` generates
+``docs/subjects.md`` and ``docs/asyncapi.json`` from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgspec
+
+from gridpilot.core import schemas as s
+
+PREFIX = "gp"
+
+
+class Pattern(StrEnum):
+    PUBSUB = "pub/sub"  # latest wins, nothing stored
+    STREAM = "stream"  # captured by a JetStream stream: durable and replayable
+    REQUEST = "request/reply"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubjectSpec:
+    name: str  # short name used in code
+    template: str  # with {grid}, {source}, {target}, {service} placeholders
+    payload: type[msgspec.Struct]
+    pattern: Pattern
+    publishers: tuple[str, ...]
+    subscribers: tuple[str, ...]
+    description: str
+    reply: type[msgspec.Struct] | None = None
+
+    def format(self, **parts: str) -> str:
+        return self.template.format(**parts)
+
+    def wildcard(self, **parts: str) -> str:
+        """The subject with every unnamed placeholder replaced by ``*``."""
+        fields = {"grid": "*", "source": "*", "target": "*", "service": "*"}
+        fields.update(parts)
+        return self.template.format(**fields)
+
+
+MEAS = SubjectSpec(
+    name="meas",
+    template="gp.{grid}.meas.{source}",
+    payload=s.MeasurementSet,
+    pattern=Pattern.STREAM,
+    publishers=("simulator", "gateways"),
+    subscribers=("state_estimation", "historian"),
+    description="What one field device reports at one instant (PMU frame, RTU scan, meter).",
+)
+TRUTH = SubjectSpec(
+    name="truth",
+    template="gp.{grid}.sim.truth",
+    payload=s.SimTruth,
+    pattern=Pattern.PUBSUB,
+    publishers=("simulator",),
+    subscribers=("tests", "training"),
+    description="The digital twin's noise-free power flow, same ids as the state estimate.",
+)
+STATE = SubjectSpec(
+    name="state",
+    template="gp.{grid}.state",
+    payload=s.StateEstimate,
+    pattern=Pattern.PUBSUB,
+    publishers=("state_estimation",),
+    subscribers=("monitoring", "web", "historian"),
+    description="Every state estimate; the latest per grid is also in KV bucket gp_state.",
+)
+ALARM = SubjectSpec(
+    name="alarm",
+    template="gp.{grid}.alarm",
+    payload=s.Alarm,
+    pattern=Pattern.STREAM,
+    publishers=("monitoring",),
+    subscribers=("web", "historian"),
+    description="Alarm raised, cleared or acknowledged; active alarms also in KV gp_alarms.",
+)
+COMMAND = SubjectSpec(
+    name="command",
+    template="gp.{grid}.command.{target}",
+    payload=s.Command,
+    pattern=Pattern.STREAM,
+    publishers=("web", "flisr", "volt_var", "operator"),
+    subscribers=("simulator", "gateways"),
+    description="Switching command or DER setpoint for one piece of equipment.",
+)
+TOPOLOGY = SubjectSpec(
+    name="topology",
+    template="gp.{grid}.topology",
+    payload=s.SwitchState,
+    pattern=Pattern.STREAM,
+    publishers=("simulator", "gateways"),
+    subscribers=("state_estimation", "web"),
+    description="Switch states as reported by the field, on change and every minute.",
+)
+ALARM_ACK = SubjectSpec(
+    name="alarm_ack",
+    template="gp.{grid}.request.alarm.ack",
+    payload=s.AckRequest,
+    reply=s.Reply,
+    pattern=Pattern.REQUEST,
+    publishers=("web", "operator"),
+    subscribers=("monitoring",),
+    description="Acknowledge an alarm by id.",
+)
+SIM_INJECT = SubjectSpec(
+    name="sim_inject",
+    template="gp.{grid}.request.sim.inject",
+    payload=s.InjectRequest,
+    reply=s.Reply,
+    pattern=Pattern.REQUEST,
+    publishers=("operator", "tests"),
+    subscribers=("simulator",),
+    description="Inject a gross measurement error or a communication outage into the twin.",
+)
+HEARTBEAT = SubjectSpec(
+    name="heartbeat",
+    template="gp.svc.{service}.heartbeat",
+    payload=s.Heartbeat,
+    pattern=Pattern.PUBSUB,
+    publishers=("every service",),
+    subscribers=("supervisor", "status"),
+    description="Liveness every second; the latest per service is also in KV gp_services.",
+)
+
+CATALOGUE: tuple[SubjectSpec, ...] = (
+    MEAS,
+    TRUTH,
+    STATE,
+    ALARM,
+    COMMAND,
+    TOPOLOGY,
+    ALARM_ACK,
+    SIM_INJECT,
+    HEARTBEAT,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float
+    description: str
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec(
+        name="GP_MEAS",
+        subjects=("gp.*.meas.>",),
+        max_age_s=6 * 3600,
+        description="raw field measurements, kept six hours for the historian to catch up",
+    ),
+    StreamSpec(
+        name="GP_ALARM",
+        subjects=("gp.*.alarm",),
+        max_age_s=30 * 86400,
+        description="alarm life cycle events",
+    ),
+    StreamSpec(
+        name="GP_CMD",
+        subjects=("gp.*.command.>", "gp.*.topology"),
+        max_age_s=365 * 86400,
+        description="commands and topology events: the audit trail of switching",
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BucketSpec:
+    name: str
+    description: str
+    history: int = 1
+
+
+BUCKETS: tuple[BucketSpec, ...] = (
+    BucketSpec(name="gp_state", description="latest state estimate per grid (key: grid)"),
+    BucketSpec(name="gp_services", description="latest heartbeat per service (key: service)"),
+    BucketSpec(name="gp_alarms", description="active alarm table per grid (key: grid)"),
+)
+
+OBJECT_STORES: tuple[BucketSpec, ...] = (
+    BucketSpec(name="gp_models", description="grid models and placements (key: grid)"),
+)
+
+
+def grid_token(grid: str) -> str:
+    """A grid name as a single subject token (no dots, spaces or wildcards)."""
+    bad = set(". *>\t\r\n")
+    return "".join("_" if c in bad else c for c in grid)

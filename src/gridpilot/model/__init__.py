@@ -1,0 +1,1 @@
+"""Grid model: import (pandapower, simbench), placement of measurements, the calculation engine."""
