@@ -45,7 +45,9 @@ BUILTIN: dict[str, GridInfo] = {
     g.name: g
     for g in (
         GridInfo("cigre_mv", "CIGRE MV benchmark with PV and wind DER, 15 buses", _cigre_mv),
-        GridInfo("lv_rural", "simbench 1-LV-rural1--0-sw, 15 buses", _simbench("1-LV-rural1--0-sw")),
+        GridInfo(
+            "lv_rural", "simbench 1-LV-rural1--0-sw, 15 buses", _simbench("1-LV-rural1--0-sw")
+        ),
         GridInfo("mv_rural", "simbench 1-MV-rural--0-sw, 97 buses", _simbench("1-MV-rural--0-sw")),
         GridInfo(
             "mvlv_rural",

@@ -1,0 +1,1 @@
+"""Real-time applications, each runnable as its own process (``gridpilot run SERVICE``)."""

@@ -1,0 +1,1 @@
+"""State estimation: WLS on power-grid-model with bad-data detection and pseudo-measurements."""

@@ -1,0 +1,362 @@
+"""The state estimator: one measurement snapshot in, one StateEstimate out.
+
+Weighted least squares on power-grid-model (its model built once per sensor set, then updated),
+with a chi-square test on the objective and identification of gross errors by elimination:
+the largest weighted residuals are removed one at a time and the grid re-estimated, keeping
+the removal that lowers the objective most. Unmeasured loads and generators get
+pseudo-measurements from their profiles. Nothing here raises for a bad snapshot: every outcome
+is a StateEstimate with a status.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+from power_grid_model import CalculationMethod, ComponentType, DatasetType, PowerGridModel
+from power_grid_model.errors import NotObservableError, PowerGridError
+
+from gridpilot.core.schemas import (
+    BadData,
+    EstimateStatus,
+    Measurand,
+    MeasurementSnapshot,
+    Quality,
+    StateEstimate,
+)
+from gridpilot.model.grid import GridModel
+from gridpilot.model.pgm import PgmNetwork
+from gridpilot.model.placement import Placement
+from gridpilot.services.state_estimation.sensors import SensorTable, chi2_threshold
+
+C = ComponentType
+_OUTPUTS = {
+    C.node: None,
+    C.line: None,
+    C.transformer: None,
+    C.sym_voltage_sensor: None,
+    C.sym_power_sensor: None,
+}
+_UPDATE_DTYPE = {
+    C.sym_voltage_sensor: None,
+    C.sym_power_sensor: None,
+}
+_METHOD_NAMES = {
+    CalculationMethod.iterative_linear: "iterative_linear",
+    CalculationMethod.newton_raphson: "newton_raphson",
+}
+
+
+class _Solution:
+    __slots__ = ("dof", "method", "objective", "out", "r_p", "r_v")
+
+    def __init__(self, out: dict, method: CalculationMethod) -> None:
+        self.out = out
+        self.method = method
+        self.r_v = np.zeros(0)
+        self.r_p = np.zeros(0)
+        self.objective = 0.0
+        self.dof = 1
+
+
+class Estimator:
+    """State estimation for one grid and placement; not thread-safe, one call at a time."""
+
+    def __init__(
+        self,
+        model: GridModel,
+        placement: Placement,
+        *,
+        closed: Mapping[str, bool] | None = None,
+        alpha: float = 0.01,
+        r_max: float = 4.0,
+        max_bad_data: int = 3,
+        candidates: int = 3,
+        cache_size: int = 16,
+    ) -> None:
+        self.model = model
+        self.placement = placement
+        self.alpha = alpha
+        self.r_max = r_max
+        self.max_bad_data = max_bad_data
+        self.candidates = candidates
+        self._cache_size = cache_size
+        self.set_topology(closed or {})
+
+    # -- topology ---------------------------------------------------------------------------
+    def set_topology(self, closed: Mapping[str, bool]) -> None:
+        """Rebuild the calculation model for new switch states."""
+        self.net = PgmNetwork(self.model, closed=closed)
+        self.sensors = SensorTable(self.net, self.placement)
+        self._models: OrderedDict[bytes, PowerGridModel] = OrderedDict()
+        self._preferred: dict[bytes, CalculationMethod] = {}
+        node_ids = self.net.input[C.node]["id"]
+        with_appliance = np.zeros(len(node_ids), dtype=bool)
+        index = {int(n): i for i, n in enumerate(node_ids)}
+        for comp in (C.source, C.sym_load, C.sym_gen):
+            for n in self.net.input[comp]["node"]:
+                with_appliance[index[int(n)]] = True
+        self._n_zero_injection = int((~with_appliance).sum())
+
+    @property
+    def closed(self) -> dict[str, bool]:
+        return dict(self.net.closed)
+
+    # -- estimation -------------------------------------------------------------------------
+    def estimate(self, snapshot: MeasurementSnapshot) -> StateEstimate:
+        t0 = time.perf_counter()
+        s = self.sensors
+        volt = s.voltage
+        power = s.power
+        volt["u_measured"] = np.nan
+        volt["u_angle_measured"] = np.nan
+        volt["u_sigma"] = s.v_sigma
+        power["p_measured"] = np.nan
+        power["q_measured"] = np.nan
+        age = np.zeros(len(power))
+        for m in snapshot.measurements:
+            if m.quality & Quality.INVALID:
+                continue
+            if m.measurand is Measurand.VOLTAGE:
+                row = s.v_index.get((m.source, m.mrid))
+                if row is None or m.v_pu is None:
+                    continue
+                volt["u_measured"][row] = m.v_pu * s.v_rated[row]
+                if s.v_pmu[row] and m.va_deg is not None:
+                    volt["u_angle_measured"][row] = math.radians(m.va_deg)
+            else:
+                prow = s.p_index.get((m.source, m.mrid, m.terminal))
+                if prow is None or m.p_mw is None or m.q_mvar is None:
+                    continue
+                power["p_measured"][prow] = m.p_mw * 1e6
+                power["q_measured"][prow] = m.q_mvar * 1e6
+                age[prow] = max(0.0, (snapshot.t_ns - m.t_ns) / 1e9)
+        v_active = ~np.isnan(volt["u_measured"])
+        real = ~np.isnan(power["p_measured"][: s.n_real_p])
+        covered = s.covers[real & (s.covers >= 0)]
+        p_active = np.ones(len(power), dtype=bool)
+        p_active[: s.n_real_p] = real
+        p_active[covered] = False
+        pseudo_p, pseudo_q = s.pseudo_values(snapshot.t_ns / 1e9)
+        power["p_measured"][s.n_real_p :] = pseudo_p
+        power["q_measured"][s.n_real_p :] = pseudo_q
+        sigma = s.p_sigma + s.drift_per_s * age * s.p_rating * s.p_meter
+        power["p_sigma"] = sigma
+        power["q_sigma"] = sigma
+        n_pseudo = int(p_active[s.n_real_p :].sum())
+        n_meas = int(v_active.sum() + real.sum())
+
+        bad: list[BadData] = []
+        try:
+            sol = self._solve(v_active, p_active)
+            while self._suspicious(sol, v_active, p_active) and len(bad) < self.max_bad_data:
+                found = self._identify(sol, v_active, p_active)
+                if found is None:
+                    break
+                kind, row, r_norm, sol = found
+                if kind == "v":
+                    v_active[row] = False
+                    key = s.v_keys[row]
+                    bad.append(
+                        BadData(
+                            sensor=s.names[row],
+                            mrid=key[1],
+                            source=key[0],
+                            measurand=Measurand.VOLTAGE,
+                            r_norm=round(r_norm, 2),
+                        )
+                    )
+                else:
+                    p_active[row] = False
+                    pkey = s.p_keys[row]
+                    bad.append(
+                        BadData(
+                            sensor=s.names[len(s.v_keys) + row],
+                            mrid=pkey[1],
+                            source=pkey[0],
+                            measurand=Measurand.POWER,
+                            r_norm=round(r_norm, 2),
+                        )
+                    )
+        except NotObservableError as exc:
+            return self._failed(
+                snapshot,
+                EstimateStatus.NOT_OBSERVABLE,
+                str(exc).split("\n")[0],
+                t0,
+                n_meas,
+                n_pseudo,
+            )
+        except PowerGridError as exc:
+            return self._failed(
+                snapshot, EstimateStatus.DIVERGED, str(exc).split("\n")[0], t0, n_meas, n_pseudo
+            )
+        return self._result(snapshot, sol, v_active, p_active, bad, t0, n_meas, n_pseudo)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _solve(self, v_active: np.ndarray, p_active: np.ndarray) -> _Solution:
+        key = v_active.tobytes() + p_active.tobytes()
+        volt = self.sensors.voltage[v_active]
+        power = self.sensors.power[p_active]
+        model = self._models.get(key)
+        if model is None:
+            data = dict(self.net.input)
+            data[C.sym_voltage_sensor] = volt
+            data[C.sym_power_sensor] = power
+            model = PowerGridModel(data, system_frequency=self.model.f_hz)
+            self._models[key] = model
+            if len(self._models) > self._cache_size:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(key)
+            model.update(
+                update_data={
+                    C.sym_voltage_sensor: _as_update(volt, C.sym_voltage_sensor),
+                    C.sym_power_sensor: _as_update(power, C.sym_power_sensor),
+                }
+            )
+        magnitude_only = bool(np.isnan(volt["u_angle_measured"]).any())
+        order = [CalculationMethod.newton_raphson, CalculationMethod.iterative_linear]
+        if not magnitude_only:
+            order.reverse()
+        preferred = self._preferred.get(key)
+        if preferred is not None:
+            order.remove(preferred)
+            order.insert(0, preferred)
+        error: PowerGridError | None = None
+        for method in order:
+            try:
+                out = model.calculate_state_estimation(
+                    calculation_method=method,
+                    error_tolerance=1e-8,
+                    max_iterations=50 if method is CalculationMethod.newton_raphson else 100,
+                    output_component_types=_OUTPUTS,
+                )
+            except NotObservableError:
+                raise
+            except PowerGridError as exc:
+                error = exc
+                continue
+            self._preferred[key] = method
+            return self._residuals(_Solution(out, method), volt, power, v_active)
+        assert error is not None
+        raise error
+
+    def _residuals(
+        self, sol: _Solution, volt: np.ndarray, power: np.ndarray, v_active: np.ndarray
+    ) -> _Solution:
+        vo = sol.out[C.sym_voltage_sensor]
+        po = sol.out[C.sym_power_sensor]
+        r_mag = vo["u_residual"] / volt["u_sigma"]
+        has_angle = ~np.isnan(volt["u_angle_measured"])
+        r_ang = np.where(
+            has_angle, vo["u_angle_residual"] * volt["u_measured"] / volt["u_sigma"], 0.0
+        )
+        r_ang = np.nan_to_num(r_ang)
+        r_p = po["p_residual"] / power["p_sigma"]
+        r_q = po["q_residual"] / power["q_sigma"]
+        sol.r_v = np.maximum(np.abs(r_mag), np.abs(r_ang))
+        sol.r_p = np.maximum(np.abs(r_p), np.abs(r_q))
+        sol.objective = float((r_mag**2).sum() + (r_ang**2).sum() + (r_p**2).sum() + (r_q**2).sum())
+        m = len(volt) + int(has_angle.sum()) + 2 * len(power) + 2 * self._n_zero_injection
+        n_state = 2 * self.net.n_nodes - (0 if has_angle.any() else 1)
+        sol.dof = max(1, m - n_state)
+        return sol
+
+    def _suspicious(self, sol: _Solution, v_active: np.ndarray, p_active: np.ndarray) -> bool:
+        real_p = sol.r_p[: int(p_active[: self.sensors.n_real_p].sum())]
+        worst = max(float(sol.r_v.max(initial=0.0)), float(real_p.max(initial=0.0)))
+        return worst > self.r_max or sol.objective > chi2_threshold(sol.dof, self.alpha)
+
+    def _identify(
+        self, sol: _Solution, v_active: np.ndarray, p_active: np.ndarray
+    ) -> tuple[str, int, float, _Solution] | None:
+        """Try removing each of the largest weighted residuals; keep the best re-estimate."""
+        v_rows = np.flatnonzero(v_active)
+        p_rows = np.flatnonzero(p_active)
+        real = p_rows < self.sensors.n_real_p
+        cands = [("v", int(v_rows[i]), float(sol.r_v[i])) for i in range(len(v_rows))]
+        cands += [("p", int(p_rows[i]), float(sol.r_p[i])) for i in np.flatnonzero(real)]
+        cands.sort(key=lambda c: -c[2])
+        best: tuple[str, int, float, _Solution] | None = None
+        for kind, row, r in cands[: self.candidates]:
+            va, pa = v_active.copy(), p_active.copy()
+            (va if kind == "v" else pa)[row] = False
+            try:
+                trial = self._solve(va, pa)
+            except PowerGridError:
+                continue  # removing it loses observability or convergence: keep it
+            if best is None or trial.objective < best[3].objective:
+                best = (kind, row, r, trial)
+        return best
+
+    def _result(
+        self,
+        snap: MeasurementSnapshot,
+        sol: _Solution,
+        v_active: np.ndarray,
+        p_active: np.ndarray,
+        bad: list[BadData],
+        t0: float,
+        n_meas: int,
+        n_pseudo: int,
+    ) -> StateEstimate:
+        s = self.sensors
+        out = sol.out
+        n_real_active = int(p_active[: s.n_real_p].sum())
+        names = [s.names[i] for i in np.flatnonzero(v_active)]
+        names += [s.names[len(s.v_keys) + i] for i in np.flatnonzero(p_active)[:n_real_active]]
+        r_all = np.concatenate([sol.r_v, sol.r_p[:n_real_active]])
+        pseudo_rows = np.flatnonzero(p_active[s.n_real_p :]) + s.n_real_p
+        return StateEstimate(
+            grid=snap.grid,
+            t_ns=snap.t_ns,
+            status=EstimateStatus.CONVERGED,
+            solver=_METHOD_NAMES[sol.method],
+            solve_ms=round((time.perf_counter() - t0) * 1e3, 3),
+            n_measurements=n_meas,
+            n_pseudo=n_pseudo,
+            pseudo=[s.p_keys[i][1] for i in pseudo_rows] if len(pseudo_rows) < 200 else [],
+            objective=round(sol.objective, 3),
+            chi2_threshold=round(chi2_threshold(sol.dof, self.alpha), 3),
+            bad_data=bad,
+            max_r_norm=round(float(r_all.max(initial=0.0)), 3),
+            buses=self.net.bus_states(out[C.node]),
+            branches=self.net.branch_states(out[C.line], out[C.transformer]),
+            residual_sensor=names,
+            residual_norm=np.round(r_all, 3).tolist(),
+        )
+
+    def _failed(
+        self,
+        snap: MeasurementSnapshot,
+        status: EstimateStatus,
+        message: str,
+        t0: float,
+        n_meas: int,
+        n_pseudo: int,
+    ) -> StateEstimate:
+        return StateEstimate(
+            grid=snap.grid,
+            t_ns=snap.t_ns,
+            status=status,
+            message=message,
+            solve_ms=round((time.perf_counter() - t0) * 1e3, 3),
+            n_measurements=n_meas,
+            n_pseudo=n_pseudo,
+        )
+
+
+def _as_update(arr: np.ndarray, comp: ComponentType) -> np.ndarray:
+    dtype = _UPDATE_DTYPE.get(comp)
+    if dtype is None:
+        from power_grid_model import initialize_array
+
+        dtype = _UPDATE_DTYPE[comp] = initialize_array(DatasetType.update, comp, 0).dtype
+    upd = np.empty(len(arr), dtype=dtype)
+    for field in dtype.names:
+        upd[field] = arr[field]
+    return upd

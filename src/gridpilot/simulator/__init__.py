@@ -1,0 +1,1 @@
+"""The digital twin: quasi-static time-series power flow with virtual field devices."""
