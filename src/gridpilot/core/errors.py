@@ -1,13 +1,13 @@
 """GridPilot's exception tree; every error a user can cause says what was wrong and what to do.
 
-    GridPilotError
-    ├── ConfigError            bad option, file or environment value
-    ├── UnknownGridError       a grid name that no loader knows
-    ├── ModelError             a grid model that cannot be converted or calculated
-    │   └── NotObservableError the measurements do not determine the state
-    ├── PayloadError           a message that does not decode into its schema
-    └── BusError               the backbone refused or could not be reached
-        └── PermissionDeniedError  a subject this service has no right to
+GridPilotError
+├── ConfigError            bad option, file or environment value
+├── UnknownGridError       a grid name that no loader knows
+├── ModelError             a grid model that cannot be converted or calculated
+│   └── NotObservableError the measurements do not determine the state
+├── PayloadError           a message that does not decode into its schema
+└── BusError               the backbone refused or could not be reached
+    └── PermissionDeniedError  a subject this service has no right to
 """
 
 from __future__ import annotations

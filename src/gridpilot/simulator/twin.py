@@ -150,7 +150,7 @@ class Twin:
         out = self.out
         return SimTruth(
             grid=grid,
-            t_ns=int(round(self.t_s * 1e9)),
+            t_ns=round(self.t_s * 1e9),
             buses=self.net.bus_states(out[C.node]),
             branches=self.net.branch_states(out[C.line], out[C.transformer]),
         )
@@ -168,7 +168,7 @@ class Twin:
     def measure(self, device: Device, grid: str, seq: int) -> MeasurementSet:
         """What ``device`` reports of the last power flow, with its noise and any injection."""
         out = self.out
-        t_ns = int(round(self.t_s * 1e9))
+        t_ns = round(self.t_s * 1e9)
         ms: list[Measurement] = []
         for pt in device.points:
             if pt.measurand is Measurand.VOLTAGE:
@@ -179,7 +179,7 @@ class Twin:
                 if device.kind == "pmu":
                     # circular phasor error
                     z = u * complex(math.cos(ang), math.sin(ang))
-                    z += complex(*(self.rng.standard_normal(2) * sig))
+                    z += complex(*(self.rng.standard_normal(2) * sig).tolist())
                     u, va = abs(z), math.degrees(math.atan2(z.imag, z.real))
                 else:
                     u, va = u + sig * float(self.rng.standard_normal()), None
@@ -198,7 +198,7 @@ class Twin:
                 continue
             p, q = self._power(pt.mrid, pt.terminal)
             sig = device.power_sigma_pct / 100.0 * self._rating(pt.mrid, pt.terminal)
-            n = self.rng.standard_normal(2) * sig
+            n = (self.rng.standard_normal(2) * sig).tolist()
             err = self._gross(device.id, pt.mrid, Measurand.POWER)
             ms.append(
                 Measurement(
@@ -240,7 +240,7 @@ class Twin:
     def _gross(self, source: str, mrid: str, measurand: Measurand) -> float:
         total = 0.0
         for g in self.gross:
-            if g.source == source and g.mrid == mrid and g.measurand is measurand:
-                if self.t_s < g.until_s:
-                    total += g.error
+            same = g.source == source and g.mrid == mrid and g.measurand is measurand
+            if same and self.t_s < g.until_s:
+                total += g.error
         return total

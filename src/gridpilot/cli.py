@@ -1,0 +1,177 @@
+"""The ``gridpilot`` command: up, run, status, grids, placement, inject, docs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
+from gridpilot.core.errors import GridPilotError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gridpilot", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the broker and every service")
+    up.add_argument("--grid", default=DEFAULT_GRID, help="grid name, simbench:<code> or a .json")
+    up.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--nats-url", default=None, help="use this NATS server instead of embedding")
+    up.add_argument("--no-live", action="store_true", help="print summary lines, not a table")
+
+    run = sub.add_parser("run", help="run one service in this process")
+    run.add_argument("service")
+    run.add_argument("--grid", default=None)
+
+    st = sub.add_parser("status", help="every service with its state and heartbeat age")
+    st.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    st.add_argument("--nats-url", default=None)
+    st.add_argument("--json", action="store_true")
+
+    sub.add_parser("grids", help="the grids available")
+
+    pl = sub.add_parser("placement", help="print a grid's default measurement placement (TOML)")
+    pl.add_argument("--grid", default=DEFAULT_GRID)
+
+    inj = sub.add_parser("inject", help="inject a gross error or a comm outage into the twin")
+    inj.add_argument("kind", choices=["gross_error", "comm_outage", "clear"])
+    inj.add_argument("--source", default="", help="device id")
+    inj.add_argument("--mrid", default="", help="measured equipment (gross errors)")
+    inj.add_argument("--measurand", default="power", choices=["power", "voltage"])
+    inj.add_argument("--error", type=float, default=0.0, help="added to p/q (MW) or v (p.u.)")
+    inj.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
+    inj.add_argument("--grid", default=DEFAULT_GRID)
+    inj.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    docs = sub.add_parser("docs", help="generate the subject and payload reference")
+    docs.add_argument("--out", type=Path, default=Path("docs"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except GridPilotError as exc:
+        print(f"gridpilot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        import logging
+
+        from gridpilot.core.logs import setup_logging
+        from gridpilot.platform.supervisor import Supervisor
+
+        setup_logging(service="supervisor", grid=args.grid, level=logging.WARNING)
+        if not args.speed > 0:
+            raise GridPilotError(f"--speed must be > 0, not {args.speed}")
+        sup = Supervisor(grid=args.grid, data_dir=args.data_dir, speed=args.speed,
+                         nats_url=args.nats_url, live=not args.no_live)
+        asyncio.run(sup.run())
+        return 0
+    if args.command == "run":
+        from gridpilot.platform.catalog import SERVICES, service_main
+
+        if args.service not in SERVICES:
+            raise GridPilotError(
+                f"unknown service {args.service!r}; use one of {', '.join(SERVICES)}")
+        return service_main(args.service)(grid=args.grid)
+    if args.command == "grids":
+        from gridpilot.model.registry import BUILTIN
+
+        for info in BUILTIN.values():
+            print(f"{info.name:12s} {info.description}")
+        print("simbench:<code>  any simbench code, e.g. simbench:1-MV-urban--0-sw")
+        print("<file>.json      a pandapower network saved with pandapower.to_json")
+        return 0
+    if args.command == "placement":
+        from gridpilot.model.placement import default_placement, placement_to_toml
+        from gridpilot.model.registry import load_grid
+
+        print(placement_to_toml(default_placement(load_grid(args.grid))), end="")
+        return 0
+    if args.command == "status":
+        return asyncio.run(_status(args))
+    if args.command == "inject":
+        return asyncio.run(_inject(args))
+    if args.command == "docs":
+        from gridpilot.docs import write_docs
+
+        for path in write_docs(args.out):
+            print(path)
+        return 0
+    raise AssertionError(args.command)
+
+
+async def _viewer(data_dir: Path, nats_url: str | None, identity: str = "viewer"):  # type: ignore[no-untyped-def]
+    from gridpilot.core.bus import connect
+    from gridpilot.platform import permissions
+    from gridpilot.platform.broker import read_endpoints
+
+    if nats_url:
+        return await connect(nats_url, user=None, password=None, name="cli", connect_timeout=3)
+    url = read_endpoints(data_dir)["nats"]
+    password = permissions.service_password(data_dir, identity)
+    return await connect(url, user=identity, password=password, name="cli", connect_timeout=3)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from gridpilot.core.schemas import Heartbeat
+
+    nc = await _viewer(args.data_dir, args.nats_url)
+    try:
+        kv = await nc.jetstream().key_value("gp_services")
+        try:
+            keys = await kv.keys()
+        except Exception:
+            keys = []
+        rows = []
+        now = time.time_ns()
+        for key in sorted(keys):
+            entry = await kv.get(key)
+            hb = msgspec.json.decode(entry.value or b"", type=Heartbeat)
+            rows.append({"service": hb.service, "grid": hb.grid, "state": hb.state.value,
+                         "pid": hb.pid, "heartbeat_age_s": round((now - hb.t_ns) / 1e9, 1),
+                         "uptime_s": hb.uptime_s, "info": hb.info, "counters": hb.counters})
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no service has reported yet")
+        return 1
+    print(f"{'service':18s} {'grid':10s} {'state':9s} {'pid':>7s} {'heartbeat':>10s}  info")
+    for r in rows:
+        info = ", ".join(f"{k}={v}" for k, v in r["info"].items())  # type: ignore[attr-defined]
+        print(f"{r['service']:18s} {r['grid']:10s} {r['state']:9s} {r['pid']:>7d} "
+              f"{r['heartbeat_age_s']:>9.1f}s  {info}")
+    return 0
+
+
+async def _inject(args: argparse.Namespace) -> int:
+    from gridpilot.core import subjects
+    from gridpilot.core.schemas import InjectRequest, Measurand, Reply, decode, encode
+
+    req = InjectRequest(kind=args.kind, source=args.source, mrid=args.mrid,
+                        measurand=Measurand(args.measurand), error=args.error,
+                        duration_s=args.duration)
+    nc = await _viewer(args.data_dir, None, identity="admin")
+    try:
+        msg = await nc.request(subjects.SIM_INJECT.format(grid=args.grid), encode(req), timeout=5)
+    finally:
+        await nc.close()
+    reply = decode(msg.data, Reply)
+    print("ok" if reply.ok else f"refused: {reply.error}")
+    return 0 if reply.ok else 1

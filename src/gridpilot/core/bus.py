@@ -1,0 +1,303 @@
+"""Thin async helpers over nats-py: a resilient connection that reports refusals, and the JetStream
+streams, key-value buckets and object stores of the subject catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import api
+
+from gridpilot.core import subjects
+from gridpilot.core.errors import BusError, PermissionDeniedError
+
+log = logging.getLogger("gridpilot.bus")
+
+# Called with the event name (error, permission_denied, disconnected, reconnected, closed)
+# and the error, if any; for a service to count them in its heartbeat.
+EventCallback = Callable[[str, BaseException | None], None]
+
+# nats-py lowercases the server's -ERR text, so the subject arrives lowercased too.
+_DENIED_RE = re.compile(
+    r"permissions violation for (publish|subscription)(?: with reply of| to)? \"?([^\"']+)\"?"
+)
+
+
+@dataclass
+class BusStats:
+    """What one connection has seen; ``permission_denied`` also counts as a sequence number."""
+
+    errors: int = 0
+    permission_denied: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+    denied: deque[tuple[int, PermissionDeniedError]] = field(
+        default_factory=lambda: deque(maxlen=64)
+    )
+
+    def denied_since(self, mark: int, subject: str | None = None) -> PermissionDeniedError | None:
+        """The first refusal recorded after ``mark`` (for ``subject`` if given), else None."""
+        for seq, err in self.denied:
+            if seq > mark and (subject is None or err.subject == subject.lower()):
+                return err
+        return None
+
+
+_STATS: WeakKeyDictionary[Client, BusStats] = WeakKeyDictionary()
+
+
+def stats(nc: Client) -> BusStats:
+    """The counters of a connection made with :func:`connect` (fresh zeros for any other)."""
+    return _STATS.setdefault(nc, BusStats())
+
+
+def permission_error(err: BaseException) -> PermissionDeniedError | None:
+    """The PermissionDeniedError an asynchronous nats error stands for, if it is a refusal."""
+    m = _DENIED_RE.search(str(err).lower())
+    if m is None:
+        return None
+    operation = "publish" if m.group(1) == "publish" else "subscribe"
+    return PermissionDeniedError(m.group(2), operation)
+
+
+def _is_auth_failure(err: BaseException) -> bool:
+    return isinstance(err, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(err).lower()
+    )
+
+
+async def connect(
+    url: str,
+    *,
+    user: str | None,
+    password: str | None,
+    name: str,
+    on_event: EventCallback | None = None,
+    connect_timeout: float = 2.0,
+    startup_timeout: float | None = 30.0,
+) -> Client:
+    """Connect, retrying until ``startup_timeout`` (None: forever), then reconnect forever.
+
+    A wrong user or password fails at once with PermissionDeniedError instead of retrying.
+    """
+    nc = Client()
+    st = stats(nc)
+    loop = asyncio.get_running_loop()
+    deadline = None if startup_timeout is None else loop.time() + startup_timeout
+    started = False
+
+    def emit(event: str, err: BaseException | None) -> None:
+        if on_event is not None:
+            try:
+                on_event(event, err)
+            except Exception:
+                log.exception("bus event=callback_failed client=%s", name)
+
+    async def error_cb(e: Exception) -> None:
+        if not started:
+            # Raising here aborts nats-py's own retry loop inside nc.connect().
+            if _is_auth_failure(e):
+                raise PermissionDeniedError(url, f"connect as {user!r}") from e
+            if deadline is not None and loop.time() > deadline:
+                raise BusError(f"cannot reach NATS at {url} after {startup_timeout} s: {e}") from e
+            log.info("bus event=waiting client=%s url=%s error=%r", name, url, e)
+            return
+        denied = permission_error(e)
+        if denied is not None:
+            st.permission_denied += 1
+            st.denied.append((st.permission_denied, denied))
+            log.warning(
+                "bus event=permission_denied client=%s user=%s operation=%s subject=%s",
+                name,
+                user,
+                denied.operation,
+                denied.subject,
+            )
+            emit("permission_denied", denied)
+            return
+        st.errors += 1
+        log.warning("bus event=error client=%s error=%r", name, e)
+        emit("error", e)
+
+    async def disconnected_cb() -> None:
+        # nats-py also calls this on a deliberate close(), after marking the client closed.
+        if started and not nc.is_closed:
+            st.disconnects += 1
+            log.warning("bus event=disconnected client=%s url=%s", name, url)
+            emit("disconnected", None)
+
+    async def reconnected_cb() -> None:
+        st.reconnects += 1
+        log.info("bus event=reconnected client=%s url=%s", name, nc.connected_url)
+        emit("reconnected", None)
+
+    async def closed_cb() -> None:
+        if started:
+            log.info("bus event=closed client=%s", name)
+            emit("closed", None)
+
+    try:
+        await nc.connect(
+            url,
+            user=user,
+            password=password,
+            name=name,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            closed_cb=closed_cb,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as float
+            connect_timeout=connect_timeout,  # type: ignore[arg-type]
+        )
+    except BaseException:
+        await nc.close()
+        raise
+    started = True
+    log.info("bus event=connected client=%s url=%s user=%s", name, url, user)
+    return nc
+
+
+@asynccontextmanager
+async def denied_as_error(nc: Client, subject: str | None = None) -> AsyncIterator[None]:
+    """Turn a request that timed out because the server refused it into PermissionDeniedError.
+
+    A refused publish or request is silently dropped by the server, which only tells the
+    client asynchronously; the caller sees a timeout unless it looks at what was refused.
+    """
+    st = stats(nc)
+    mark = st.permission_denied
+    try:
+        yield
+    except (TimeoutError, nats.errors.TimeoutError) as e:
+        denied = st.denied_since(mark, subject)
+        if denied is not None:
+            raise denied from e
+        raise
+
+
+async def publish_checked(
+    nc: Client, subject: str, payload: bytes, *, flush_timeout: float = 2.0
+) -> None:
+    """Publish and wait for the server's verdict (one round trip); raise if it was refused."""
+    st = stats(nc)
+    mark = st.permission_denied
+    await nc.publish(subject, payload)
+    # The server answers PING after handling the PUB, so any -ERR for it comes first.
+    await nc.flush(timeout=flush_timeout)  # type: ignore[arg-type]  # annotated int, used as float
+    denied = st.denied_since(mark, subject)
+    if denied is not None:
+        raise denied
+
+
+_COMPARED = ("subjects", "max_age", "description", "max_msgs_per_subject", "allow_direct")
+
+
+def _same(name: str, have: object, want: object) -> bool:
+    if name == "subjects" and isinstance(have, list) and isinstance(want, list):
+        return sorted(have) == sorted(want)
+    if name == "max_age" and isinstance(want, float | int) and isinstance(have, float | int | None):
+        return abs((have or 0.0) - want) < 1e-3  # seconds come back from nanoseconds
+    return have == want
+
+
+async def _reconcile(nc: Client, wanted: api.StreamConfig, create: bool) -> str | None:
+    """Create the stream or bring an existing one to the wanted settings; say what changed.
+
+    Only the settings in _COMPARED that ``wanted`` sets (not None) are enforced.
+    """
+    jsm = nc.jsm()
+    name = wanted.name or ""
+    try:
+        info = await jsm.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        if not create:
+            return None
+        await jsm.add_stream(wanted)
+        return f"created {name}"
+    current = info.config
+    if wanted.storage is not None and current.storage != wanted.storage:
+        # JetStream cannot move a stream between file and memory storage.
+        log.warning("bus event=stream_storage_mismatch stream=%s have=%s", name, current.storage)
+    changed = {
+        key: getattr(wanted, key)
+        for key in _COMPARED
+        if getattr(wanted, key) is not None
+        and not _same(key, getattr(current, key), getattr(wanted, key))
+    }
+    if not changed:
+        return None
+    max_age = changed.get("max_age")
+    if max_age and current.duplicate_window > max_age:
+        changed["duplicate_window"] = max_age  # the server refuses a window beyond max_age
+    await jsm.update_stream(current.evolve(**changed))
+    return f"updated {name} ({', '.join(changed)})"
+
+
+async def ensure_jetstream(nc: Client) -> list[str]:
+    """Create every stream, KV bucket and object store of the catalogue; idempotent.
+
+    Existing ones whose settings drifted from the catalogue are updated. Returns what changed
+    (empty when everything was already in place).
+    """
+    js = nc.jetstream()
+    changes: list[str] = []
+    for spec in subjects.STREAMS:
+        wanted = api.StreamConfig(
+            name=spec.name,
+            description=spec.description,
+            subjects=list(spec.subjects),
+            storage=api.StorageType.FILE,
+            max_age=spec.max_age_s,
+            duplicate_window=min(120.0, spec.max_age_s),
+        )
+        change = await _reconcile(nc, wanted, create=True)
+        if change:
+            changes.append(change)
+    for bucket in subjects.BUCKETS:
+        try:
+            await js.key_value(bucket.name)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=bucket.name,
+                    description=bucket.description,
+                    history=bucket.history,
+                    storage=api.StorageType.FILE,
+                    direct=True,  # readers' permissions allow DIRECT.GET only
+                )
+            )
+            changes.append(f"created KV {bucket.name}")
+            continue
+        kv_wanted = api.StreamConfig(
+            name=f"KV_{bucket.name}",
+            subjects=[f"$KV.{bucket.name}.>"],
+            description=bucket.description,
+            max_msgs_per_subject=bucket.history,
+            allow_direct=True,
+        )
+        change = await _reconcile(nc, kv_wanted, create=False)
+        if change:
+            changes.append(change)
+    for store in subjects.OBJECT_STORES:
+        try:
+            await js.object_store(store.name)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_object_store(
+                store.name,
+                api.ObjectStoreConfig(description=store.description, storage=api.StorageType.FILE),
+            )
+            changes.append(f"created object store {store.name}")
+    for change in changes:
+        log.info("bus event=jetstream_changed what=%r", change)
+    return changes

@@ -1,0 +1,193 @@
+"""The service base: connect with the service's own credentials, heartbeat, typed subscriptions
+that count and drop bad messages, structured logs, graceful shutdown on SIGTERM/SIGINT.
+
+A service subclasses ``Service``, sets ``name`` and implements ``setup`` (subscribe, start
+tasks); ``gridpilot run NAME`` calls ``Service.main()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from gridpilot.core import schemas as s
+from gridpilot.core import subjects
+from gridpilot.core.bus import connect
+from gridpilot.core.config import ServiceConfig
+from gridpilot.core.logs import setup_logging
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+
+class Service:
+    """Base of every GridPilot service process."""
+
+    name: ClassVar[str] = "service"
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.grid = subjects.grid_token(config.grid)
+        self.log = logging.getLogger(f"gridpilot.{self.name}")
+        self.counters: Counter[str] = Counter()
+        self.info: dict[str, float | str] = {}
+        self.state = s.ServiceState.STARTING
+        self.instance = uuid.uuid4().hex[:8]
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.nc: Client
+        self._kv_services: KeyValue | None = None
+
+    # -- for subclasses -----------------------------------------------------------------------
+    async def setup(self) -> None:
+        """Subscribe and start background tasks; called once connected."""
+
+    async def teardown(self) -> None:
+        """Flush what must not be lost; called before disconnecting."""
+
+    def spawn(self, coro: Awaitable[None], *, name: str) -> None:
+        task = asyncio.ensure_future(self._guard(coro, name))
+        self._tasks.append(task)
+
+    async def subscribe(
+        self,
+        subject: str,
+        payload: type[T],
+        handler: Callable[[T, Msg], Awaitable[None]],
+        *,
+        queue: str = "",
+    ) -> None:
+        """Subscribe with decoding; a message that does not fit ``payload`` is counted, dropped."""
+        decoder = msgspec.json.Decoder(payload)
+
+        async def on_msg(msg: Msg) -> None:
+            self.counters["msgs_in"] += 1
+            if len(msg.data) > MAX_PAYLOAD_BYTES:
+                self._drop(msg.subject, f"oversized ({len(msg.data)} bytes)")
+                return
+            try:
+                obj = decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._drop(msg.subject, str(exc))
+                if msg.reply:
+                    await self.reply(msg, s.Reply(ok=False, error=f"bad request: {exc}"))
+                return
+            try:
+                await handler(obj, msg)
+            except Exception:
+                self.counters["handler_errors"] += 1
+                self.log.exception("handler failed", extra={"subject": msg.subject})
+
+        await self.nc.subscribe(subject, cb=on_msg, queue=queue)
+
+    async def reply(self, msg: Msg, obj: msgspec.Struct) -> None:
+        await msg.respond(s.encode(obj))
+
+    async def publish(self, subject: str, obj: msgspec.Struct) -> None:
+        await self.nc.publish(subject, s.encode(obj))
+        self.counters["msgs_out"] += 1
+
+    def _drop(self, subject: str, reason: str) -> None:
+        self.counters["dropped_bad_payload"] += 1
+        self.log.warning("dropped bad message", extra={"subject": subject, "reason": reason[:200]})
+
+    # -- life cycle -----------------------------------------------------------------------------
+    async def _guard(self, coro: Awaitable[None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("task failed; stopping the service", extra={"task": name})
+            self.counters["task_failures"] += 1
+            self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def heartbeat(self) -> None:
+        if self._kv_services is None:
+            with contextlib.suppress(Exception):
+                self._kv_services = await self.nc.jetstream().key_value("gp_services")
+        hb = s.Heartbeat(
+            service=self.name,
+            grid=self.grid,
+            instance=self.instance,
+            pid=os.getpid(),
+            state=self.state,
+            t_ns=time.time_ns(),
+            uptime_s=round(time.monotonic() - self.started, 1),
+            counters=dict(self.counters),
+            info=dict(self.info),
+        )
+        data = s.encode(hb)
+        await self.nc.publish(subjects.HEARTBEAT.format(service=self.name), data)
+        if self._kv_services is not None:
+            try:
+                await self._kv_services.put(self.name, data)
+            except Exception as exc:  # the broker may be restarting; the next beat retries
+                self.log.debug("heartbeat KV put failed", extra={"error": str(exc)})
+
+    async def _heartbeats(self) -> None:
+        while not self._stop.is_set():
+            if self.nc.is_connected:
+                try:
+                    await self.heartbeat()
+                except Exception as exc:
+                    self.log.debug("heartbeat failed", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.heartbeat_s)
+
+    async def run(self) -> None:
+        """Connect, set up, beat until stopped, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        self.nc = await connect(
+            self.config.nats_url,
+            user=self.config.user,
+            password=self.config.password,
+            name=f"{self.name}-{self.instance}",
+        )
+        self.log.info("connected", extra={"url": self.config.nats_url})
+        try:
+            await self.setup()
+            self.state = s.ServiceState.RUNNING
+            self.log.info("running")
+            await self._heartbeats()
+        finally:
+            self.state = s.ServiceState.STOPPING
+            self.log.info("stopping", extra={"counters": dict(self.counters)})
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.teardown()
+            with contextlib.suppress(Exception):
+                await self.heartbeat()
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    @classmethod
+    def main(cls, *, grid: str | None = None) -> int:
+        config = ServiceConfig.from_env(grid=grid)
+        setup_logging(service=cls.name, grid=config.grid)
+        service = cls(config)
+        asyncio.run(service.run())
+        return 1 if service.counters["task_failures"] else 0

@@ -1,0 +1,1 @@
+"""The platform under the services: the embedded NATS broker, its identities and permissions."""

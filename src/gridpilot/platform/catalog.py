@@ -1,0 +1,19 @@
+"""The services ``gridpilot run`` knows, in the order ``gridpilot up`` starts them."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+# service name -> (module with main(grid), NATS identity)
+SERVICES: dict[str, str] = {
+    "simulator": "gridpilot.simulator.service",
+    "state_estimation": "gridpilot.services.state_estimation.service",
+    "monitoring": "gridpilot.services.monitoring.service",
+}
+
+
+def service_main(name: str) -> Callable[..., int]:
+    module = importlib.import_module(SERVICES[name])
+    main: Callable[..., int] = module.main
+    return main

@@ -1,0 +1,222 @@
+"""Least-privilege NATS identities: who may publish and subscribe to what, and their passwords.
+
+The JetStream subjects below are exactly those nats-py 2.16 sends for the operations each
+identity needs (found by tracing a real nats-server), scoped to one stream or bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from gridpilot.core import subjects as sj
+from gridpilot.core.errors import ConfigError
+
+ENV_USER = "GRIDPILOT_NATS_USER"
+ENV_PASSWORD = "GRIDPILOT_NATS_PASSWORD"
+CREDENTIALS_FILE = "credentials.json"
+
+ADMIN = "admin"
+SIMULATOR = "simulator"
+STATE_ESTIMATION = "state_estimation"
+MONITORING = "monitoring"
+VIEWER = "viewer"
+MQTT_DEVICE = "mqtt_device"
+
+_BUCKETS = {b.name for b in sj.BUCKETS}
+_OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
+MODELS = "gp_models"
+STATE_KV = "gp_state"
+SERVICES_KV = "gp_services"
+ALARMS_KV = "gp_alarms"
+if not {STATE_KV, SERVICES_KV, ALARMS_KV} <= _BUCKETS or MODELS not in _OBJECT_STORES:
+    raise ImportError("permissions.py names a bucket that core/subjects.py does not define")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # Lets a request handler reply to the requester's inbox without publish rights on _INBOX.>
+    allow_responses: bool = False
+    # Stops a service password from being usable by an MQTT device and the reverse.
+    connection_types: tuple[str, ...] = ("STANDARD",)
+
+
+_API = "$JS.API"
+# Every reply (request/reply, JetStream API answers and publish acks) comes to the client's inbox.
+_INBOX = "_INBOX.>"
+
+
+def kv_put(bucket: str, key: str) -> tuple[str, ...]:
+    """``js.key_value(bucket)`` (stream info) then ``kv.put(key, ...)`` (a JetStream publish)."""
+    return (f"{_API}.STREAM.INFO.KV_{bucket}", f"$KV.{bucket}.{key}")
+
+
+def kv_get(bucket: str, key: str = "*") -> tuple[str, ...]:
+    """``js.key_value(bucket)`` then ``kv.get(key)``: buckets are created with direct get."""
+    return (
+        f"{_API}.STREAM.INFO.KV_{bucket}",
+        f"{_API}.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}",
+    )
+
+
+def kv_watch(bucket: str) -> tuple[str, ...]:
+    """``kv.watch``/``kv.keys``: an ordered push consumer with flow control."""
+    return (
+        f"{_API}.CONSUMER.CREATE.KV_{bucket}",
+        f"{_API}.CONSUMER.INFO.KV_{bucket}.*",
+        f"$JS.FC.KV_{bucket}.>",
+    )
+
+
+def object_get(bucket: str) -> tuple[str, ...]:
+    """``js.object_store(bucket)`` then ``.get(name)``.
+
+    The meta entry is read with STREAM.MSG.GET; the chunks through an ordered consumer that
+    nats-py binds by looking the stream up with STREAM.NAMES; large objects need flow control.
+    """
+    return (
+        f"{_API}.STREAM.INFO.OBJ_{bucket}",
+        f"{_API}.STREAM.MSG.GET.OBJ_{bucket}",
+        f"{_API}.STREAM.NAMES",
+        f"{_API}.CONSUMER.CREATE.OBJ_{bucket}",
+        f"$JS.FC.OBJ_{bucket}.>",
+    )
+
+
+def _service(name: str) -> tuple[str, ...]:
+    """What every service does: heartbeat on the bus and in gp_services, read the grid model."""
+    return (sj.HEARTBEAT.format(service=name), *kv_put(SERVICES_KV, name), *object_get(MODELS))
+
+
+def _under(spec: sj.SubjectSpec) -> str:
+    """The spec's subject for every grid with its last token open: gp.*.meas.> for MEAS."""
+    return spec.wildcard().rsplit(".", 1)[0] + ".>"
+
+
+def _dedup(*subjects: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(subjects))
+
+
+PERMISSIONS: dict[str, Permissions] = {
+    # The supervisor creates streams and buckets with it, the CLI operates with it.
+    ADMIN: Permissions(publish=(">",), subscribe=(">",)),
+    SIMULATOR: Permissions(
+        publish=_dedup(
+            *_service(SIMULATOR),
+            _under(sj.MEAS),
+            sj.TRUTH.wildcard(),
+            sj.TOPOLOGY.wildcard(),
+        ),
+        subscribe=(
+            _under(sj.COMMAND),
+            _under(sj.SIM_INJECT),
+            _INBOX,
+        ),
+        allow_responses=True,
+    ),
+    STATE_ESTIMATION: Permissions(
+        publish=_dedup(*_service(STATE_ESTIMATION), sj.STATE.wildcard(), *kv_put(STATE_KV, "*")),
+        subscribe=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), _INBOX),
+    ),
+    MONITORING: Permissions(
+        publish=_dedup(
+            *_service(MONITORING),
+            sj.ALARM.wildcard(),
+            *kv_put(ALARMS_KV, "*"),
+            *kv_get(ALARMS_KV),
+        ),
+        subscribe=(sj.STATE.wildcard(), _under(sj.ALARM_ACK), _INBOX),
+        allow_responses=True,
+    ),
+    # Read-only operator views (the web UI): no commands, no writes.
+    VIEWER: Permissions(
+        publish=_dedup(
+            *(s for b in (SERVICES_KV, STATE_KV, ALARMS_KV) for s in (*kv_get(b), *kv_watch(b))),
+            *object_get(MODELS),
+        ),
+        subscribe=(
+            sj.STATE.wildcard(),
+            sj.ALARM.wildcard(),
+            sj.HEARTBEAT.wildcard(),
+            _INBOX,
+        ),
+    ),
+    # A field device over MQTT: topic gp/<grid>/meas/<dev> is NATS subject gp.<grid>.meas.<dev>.
+    # QoS 1 subscriptions are delivered through a JetStream consumer on $MQTT.sub.<nuid>.
+    MQTT_DEVICE: Permissions(
+        publish=(_under(sj.MEAS), sj.TOPOLOGY.wildcard()),
+        # MQTT "gp/+/command/#" also matches the parent level, so the server subscribes
+        # gp.*.command too and refuses the whole SUBSCRIBE if that one is not allowed.
+        subscribe=(_under(sj.COMMAND), sj.COMMAND.wildcard().rsplit(".", 1)[0], "$MQTT.sub.>"),
+        connection_types=("MQTT",),
+    ),
+}
+
+
+def load_credentials(data_dir: Path) -> dict[str, str]:
+    """Every identity's password, generated once per data dir and kept in credentials.json (0600).
+
+    Identities added to PERMISSIONS after the file was written get a password the next time.
+    """
+    path = Path(data_dir) / CREDENTIALS_FILE
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cannot read {path}: {e}; delete it to generate new passwords"
+            ) from e
+        if not isinstance(stored, dict):
+            raise ConfigError(f"{path} is not a JSON object; delete it to generate new passwords")
+    missing = [name for name in PERMISSIONS if name not in stored]
+    if not missing:
+        return {name: str(stored[name]) for name in PERMISSIONS}
+    creds = {**stored, **{name: secrets.token_urlsafe(24) for name in missing}}
+    _write_private(path, json.dumps(creds, indent=2) + "\n", exclusive=not stored)
+    if not stored:
+        # Another process may have won the race to create the file: use its passwords.
+        creds = json.loads(path.read_text())
+    return {name: str(creds[name]) for name in PERMISSIONS}
+
+
+def _write_private(path: Path, text: str, *, exclusive: bool) -> None:
+    """Write a file only its owner can read; ``exclusive`` never replaces an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    try:
+        if exclusive:
+            # Atomic, and fails if the file appeared meanwhile: the caller then re-reads it.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def service_password(data_dir: Path, identity: str) -> str:
+    if identity not in PERMISSIONS:
+        raise ConfigError(
+            f"unknown NATS identity {identity!r}; use one of {', '.join(PERMISSIONS)}"
+        )
+    return load_credentials(data_dir)[identity]
+
+
+def service_env(data_dir: Path, identity: str) -> dict[str, str]:
+    """Environment variables that hand a service process its NATS user and password."""
+    return {ENV_USER: identity, ENV_PASSWORD: service_password(data_dir, identity)}
+
+
+def env_credentials() -> tuple[str | None, str | None]:
+    """The user and password a service was started with (None when not set)."""
+    return os.environ.get(ENV_USER) or None, os.environ.get(ENV_PASSWORD) or None

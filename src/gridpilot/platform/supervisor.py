@@ -1,0 +1,258 @@
+"""``gridpilot up``: the broker and every service as separate OS processes, restarted with
+back-off when they die, with a live summary of their health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from gridpilot.core import subjects
+from gridpilot.core.bus import connect, ensure_jetstream
+from gridpilot.core.schemas import Heartbeat
+from gridpilot.model import distribution
+from gridpilot.platform import permissions
+from gridpilot.platform.broker import EmbeddedNats, write_endpoints
+from gridpilot.platform.catalog import SERVICES
+
+log = logging.getLogger("gridpilot.supervisor")
+
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 10.0
+STABLE_AFTER_S = 30.0  # a child that ran this long starts its back-off afresh
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class Child:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff_s: float = BACKOFF_FIRST_S
+    started_at: float = 0.0
+    start_at: float = 0.0
+    last_exit: int | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_at: float = field(default=0.0)
+
+    def start(self, grid: str) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gridpilot", "run", self.name, "--grid", grid],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children
+        )
+        out.close()
+        self.started_at = time.monotonic()
+        log.info("started", extra={"child": self.name, "pid": self.proc.pid})
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        grid: str,
+        data_dir: Path,
+        speed: float = 1.0,
+        nats_url: str | None = None,
+        services: list[str] | None = None,
+        live: bool = True,
+    ) -> None:
+        self.grid_name = grid
+        self.data_dir = data_dir.resolve()
+        self.speed = speed
+        self.external_url = nats_url
+        self.services = services or list(SERVICES)
+        self.live = live
+        self.broker: EmbeddedNats | None = None
+        self.children: dict[str, Child] = {}
+        self._stop = asyncio.Event()
+        self.grid = ""
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            nc = await self._start_backbone()
+            await self._publish_model(nc)
+            self._start_children()
+            await nc.subscribe(subjects.HEARTBEAT.wildcard(), cb=self._on_heartbeat)
+            await self._watch()
+        finally:
+            await self._shutdown()
+
+    async def _start_backbone(self) -> Client:
+        if self.external_url:
+            url, user, password = self.external_url, None, None
+            endpoints = {"nats": url, "mqtt": "", "monitor": ""}
+        else:
+            self._say("starting NATS (JetStream, MQTT) ...")
+            self.broker = await asyncio.to_thread(
+                EmbeddedNats(data_dir=self.data_dir).start
+            )
+            url = self.broker.url
+            user, password = permissions.ADMIN, permissions.service_password(
+                self.data_dir, permissions.ADMIN
+            )
+            endpoints = self.broker.endpoints
+        write_endpoints(self.data_dir, endpoints)
+        self.endpoints = endpoints
+        nc = await connect(url, user=user, password=password, name="supervisor")
+        await ensure_jetstream(nc)
+        self.url = url
+        self.nc = nc
+        return nc
+
+    async def _publish_model(self, nc: Client) -> None:
+        self._say(f"loading grid {self.grid_name} ...")
+        model, placement = await asyncio.to_thread(
+            distribution.prepare, self.grid_name, self.data_dir
+        )
+        await distribution.publish(nc, model, placement)
+        self.grid = model.name
+        self._say(f"{model.summary()}; {len(placement.devices)} devices "
+                  f"({distribution.placement_path(self.data_dir, model.name)})")
+
+    def _start_children(self) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+        base.update(
+            GRIDPILOT_NATS_URL=self.url,
+            GRIDPILOT_GRID=self.grid,
+            GRIDPILOT_DATA_DIR=str(self.data_dir),
+            GRIDPILOT_SPEED=str(self.speed),
+        )
+        for name in self.services:
+            env = dict(base)
+            if self.broker is not None:
+                env.update(permissions.service_env(self.data_dir, name))
+            child = Child(name=name, env=env, log_path=self.data_dir / "logs" / f"{name}.log")
+            child.start(self.grid)
+            self.children[name] = child
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = msgspec.json.decode(msg.data, type=Heartbeat)
+        except msgspec.MsgspecError:
+            return
+        child = self.children.get(hb.service)
+        if child is not None:
+            child.heartbeat = hb
+            child.heartbeat_at = time.monotonic()
+
+    async def _watch(self) -> None:
+        last_line = 0.0
+        live = None
+        if self.live and sys.stdout.isatty():
+            from rich.live import Live
+
+            live = Live(self.table(), refresh_per_second=2, transient=False)
+            live.start()
+        try:
+            while not self._stop.is_set():
+                self._reap()
+                now = time.monotonic()
+                if live is not None:
+                    live.update(self.table())
+                elif now - last_line >= 5.0:
+                    last_line = now
+                    self._say(self.summary_line())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.1)
+        finally:
+            if live is not None:
+                live.stop()
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is not None:
+                child.last_exit = child.proc.returncode
+                ran = now - child.started_at
+                child.backoff_s = (
+                    BACKOFF_FIRST_S if ran >= STABLE_AFTER_S
+                    else min(BACKOFF_MAX_S, child.backoff_s * 2 if child.restarts else child.backoff_s)
+                )
+                child.start_at = now + child.backoff_s
+                child.proc = None
+                log.warning("child exited", extra={"child": child.name, "code": child.last_exit,
+                                                   "restart_in_s": child.backoff_s})
+            if child.proc is None and now >= child.start_at:
+                child.restarts += 1
+                child.start(self.grid)
+
+    async def _shutdown(self) -> None:
+        procs = [c.proc for c in self.children.values() if c.proc is not None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        self._say("stopped")
+
+    # -- presentation -------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, object]]:
+        now = time.monotonic()
+        out = []
+        for c in self.children.values():
+            hb = c.heartbeat
+            out.append({
+                "service": c.name,
+                "pid": c.proc.pid if c.proc else None,
+                "state": hb.state.value if hb and c.proc else ("restarting" if not c.proc else "starting"),
+                "heartbeat_age_s": round(now - c.heartbeat_at, 1) if hb else None,
+                "restarts": c.restarts,
+                "info": dict(hb.info) if hb else {},
+            })
+        return out
+
+    def table(self):  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        t = Table(title=f"GridPilot — grid {self.grid or self.grid_name} — {self.endpoints.get('nats', '')}"
+                  if hasattr(self, "endpoints") else "GridPilot")
+        for col in ("service", "pid", "state", "heartbeat", "restarts", "info"):
+            t.add_column(col)
+        for r in self.rows():
+            age = r["heartbeat_age_s"]
+            info = ", ".join(f"{k}={v}" for k, v in r["info"].items())  # type: ignore[attr-defined]
+            t.add_row(str(r["service"]), str(r["pid"] or "-"), str(r["state"]),
+                      "-" if age is None else f"{age:.1f}s ago", str(r["restarts"]), info)
+        return t
+
+    def summary_line(self) -> str:
+        return json.dumps({"grid": self.grid, "services": self.rows()})
+
+    def _say(self, text: str) -> None:
+        print(text, flush=True)

@@ -1,0 +1,1 @@
+"""Monitoring: limit checks on every estimate, alarms with raise/clear/acknowledge."""

@@ -1,0 +1,111 @@
+"""Aligns device reports into snapshots by timestamp (sans-IO; the clock is injected).
+
+Reference devices (PMUs; RTUs when a placement has no PMU) set the snapshot instants: a snapshot
+for instant t is emitted as soon as every reference device that is alive has reported t, or
+when ``wait_s`` has passed since the first report of t. Slower devices contribute their latest
+report while it is fresh enough. A reference report for an instant already emitted is late:
+counted and dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gridpilot.core.schemas import DeviceKind, MeasurementSet, MeasurementSnapshot
+from gridpilot.model.placement import Placement
+
+ALIVE_S = 2.0  # a reference device silent this long (wall time) is not waited for
+FRESH_PERIODS = 3.0  # a slow device's report is used while younger than this many periods
+
+
+class Aligner:
+    def __init__(
+        self,
+        placement: Placement,
+        *,
+        wait_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.grid = placement.grid
+        kinds = {d.kind for d in placement.devices}
+        ref_kind = DeviceKind.PMU if DeviceKind.PMU in kinds else DeviceKind.RTU
+        self.reference = {d.id for d in placement.devices if d.kind is ref_kind}
+        self.period_ns = {d.id: int(d.period_s * 1e9) for d in placement.devices}
+        self.ref_period_s = min(
+            (d.period_s for d in placement.devices if d.id in self.reference), default=1.0
+        )
+        self.wait_s = wait_s
+        self.clock = clock
+        self.latest: dict[str, MeasurementSet] = {}
+        self.pending: dict[int, dict[str, MeasurementSet]] = {}
+        self.first_seen: dict[int, float] = {}
+        self.last_seen: dict[str, float] = {}
+        self.last_emitted_ns = -1
+        self.late_dropped = 0
+        self.unknown_sources = 0
+        self._last_emit_wall = clock()
+
+    def add(self, mset: MeasurementSet) -> list[MeasurementSnapshot]:
+        now = self.clock()
+        src = mset.source
+        if src not in self.period_ns:
+            self.unknown_sources += 1
+            return []
+        self.last_seen[src] = now
+        if src not in self.reference:
+            prev = self.latest.get(src)
+            if prev is None or mset.t_ns >= prev.t_ns:
+                self.latest[src] = mset
+            return []
+        if mset.t_ns <= self.last_emitted_ns:
+            self.late_dropped += 1
+            return []
+        self.pending.setdefault(mset.t_ns, {})[src] = mset
+        self.first_seen.setdefault(mset.t_ns, now)
+        alive = {r for r in self.reference if now - self.last_seen.get(r, -1e18) < ALIVE_S}
+        if alive <= set(self.pending[mset.t_ns]):
+            return self._emit_through(mset.t_ns)
+        return []
+
+    def poll(self) -> list[MeasurementSnapshot]:
+        """Snapshots whose wait has run out; call a few times per reference period."""
+        now = self.clock()
+        due = [t for t, seen in self.first_seen.items() if now - seen >= self.wait_s]
+        if due:
+            return self._emit_through(max(due))
+        # No reference device at all: estimate on the latest slow data once per period.
+        if (
+            not self.pending
+            and self.latest
+            and now - self._last_emit_wall > max(2.0, 2 * self.ref_period_s)
+        ):
+            t = max(m.t_ns for m in self.latest.values())
+            if t > self.last_emitted_ns:
+                return [self._snapshot(t, {})]
+        return []
+
+    def _emit_through(self, t_ns: int) -> list[MeasurementSnapshot]:
+        out = []
+        for t in sorted(k for k in self.pending if k <= t_ns):
+            out.append(self._snapshot(t, self.pending.pop(t)))
+            self.first_seen.pop(t, None)
+        return out
+
+    def _snapshot(self, t_ns: int, frames: dict[str, MeasurementSet]) -> MeasurementSnapshot:
+        self.last_emitted_ns = t_ns
+        self._last_emit_wall = self.clock()
+        measurements = [m for f in frames.values() for m in f.measurements]
+        for src, mset in self.latest.items():
+            age = t_ns - mset.t_ns
+            if -self.period_ns[src] <= age <= FRESH_PERIODS * self.period_ns[src]:
+                measurements.extend(mset.measurements)
+        missing = sorted(self.reference - set(frames)) if frames else sorted(self.reference)
+        late, self.late_dropped = self.late_dropped, 0
+        return MeasurementSnapshot(
+            grid=self.grid,
+            t_ns=t_ns,
+            measurements=measurements,
+            missing_sources=missing,
+            late_dropped=late,
+        )

@@ -1,0 +1,168 @@
+"""The simulator service: runs the twin in (scaled) real time and speaks for its devices."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nats.aio.msg import Msg
+
+from gridpilot.core import subjects
+from gridpilot.core.errors import GridPilotError
+from gridpilot.core.schemas import (
+    Command,
+    InjectionKind,
+    InjectRequest,
+    Reply,
+    SwitchState,
+)
+from gridpilot.core.service import Service
+from gridpilot.model import distribution
+from gridpilot.simulator.twin import GrossError, Twin
+
+TOPOLOGY_EVERY_S = 60.0  # simulated seconds between topology reports without a change
+
+
+class SimulatorService(Service):
+    name = "simulator"
+
+    async def setup(self) -> None:
+        model, placement = await distribution.fetch(self.nc, self.grid)
+        self.placement = placement
+        self.twin = Twin(model, placement, seed=int(time.time()))
+        self.tick_s = min(d.period_s for d in placement.devices)
+        self.t_s = time.time()
+        # Every device reports once at start, then on its period; meters are staggered.
+        self.next_due = {d.id: self.t_s for d in placement.devices}
+        self._meter_offset = {
+            d.id: (i * 7.919) % d.period_s
+            for i, d in enumerate(placement.devices)
+            if d.kind == "meter"
+        }
+        self.seq = 0
+        self.topology_due = self.t_s
+        self.info["speed"] = self.config.speed
+        await self.subscribe(
+            subjects.COMMAND.format(grid=self.grid, target="*"), Command, self.on_command
+        )
+        await self.subscribe(
+            subjects.SIM_INJECT.format(grid=self.grid), InjectRequest, self.on_inject
+        )
+        self.log.info(
+            "twin ready",
+            extra={"model": model.summary(), "tick_s": self.tick_s, "speed": self.config.speed},
+        )
+        self.spawn(self._run(), name="tick")
+
+    async def on_command(self, cmd: Command, msg: Msg) -> None:
+        try:
+            if cmd.grid != self.grid:
+                raise GridPilotError(f"command for grid {cmd.grid!r} sent to {self.grid}")
+            done = self.twin.apply_command(cmd)
+        except GridPilotError as exc:
+            self.counters["commands_rejected"] += 1
+            self.log.warning("command rejected", extra={"command": cmd.id, "error": str(exc)})
+            if msg.reply:
+                await self.reply(msg, Reply(ok=False, error=str(exc)))
+            return
+        self.counters["commands_applied"] += 1
+        self.log.info(
+            "command applied", extra={"command": cmd.id, "by": cmd.issued_by, "change": done}
+        )
+        self.topology_due = 0.0  # report the new switch states with the next tick
+        if msg.reply:
+            await self.reply(msg, Reply(ok=True, detail={"change": done}))
+
+    async def on_inject(self, req: InjectRequest, msg: Msg) -> None:
+        known = {d.id for d in self.placement.devices}
+        if req.kind is InjectionKind.CLEAR:
+            self.twin.gross.clear()
+            self.twin.outages.clear()
+        elif req.source not in known:
+            await self.reply(msg, Reply(ok=False, error=f"unknown device {req.source!r}"))
+            return
+        elif req.kind is InjectionKind.COMM_OUTAGE:
+            self.twin.outages[req.source] = self.t_s + req.duration_s
+        else:
+            points = {p.mrid for p in self.placement.device(req.source).points}
+            if req.mrid not in points:
+                await self.reply(
+                    msg, Reply(ok=False, error=f"device {req.source} does not measure {req.mrid!r}")
+                )
+                return
+            self.twin.gross.append(
+                GrossError(
+                    source=req.source,
+                    mrid=req.mrid,
+                    measurand=req.measurand,
+                    error=req.error,
+                    until_s=self.t_s + req.duration_s,
+                )
+            )
+        self.counters[f"inject_{req.kind}"] += 1
+        self.log.info(
+            "injection",
+            extra={
+                "kind": req.kind.value,
+                "source": req.source,
+                "mrid": req.mrid,
+                "error": req.error,
+            },
+        )
+        await self.reply(msg, Reply(ok=True))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_wall = loop.time()
+        dt = self.tick_s * self.config.speed
+        while True:
+            self.tick()
+            await self._publish_due()
+            self.t_s += dt
+            next_wall += self.tick_s
+            delay = next_wall - loop.time()
+            if delay < 0:
+                self.counters["ticks_late"] += 1
+                missed = int(-delay // self.tick_s)
+                next_wall += missed * self.tick_s
+                self.t_s += missed * dt
+                delay = 0.0
+            await asyncio.sleep(delay)
+
+    def tick(self) -> None:
+        self.twin.step(self.t_s)
+        self.counters["ticks"] += 1
+        self.info["sim_time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.t_s))
+
+    async def _publish_due(self) -> None:
+        t = self.t_s
+        tol = 1e-6
+        await self.publish(subjects.TRUTH.format(grid=self.grid), self.twin.truth(self.grid))
+        for d in self.placement.devices:
+            if self.next_due[d.id] > t + tol:
+                continue
+            if self.counters["ticks"] <= 1 and d.id in self._meter_offset:
+                nxt = t + (self._meter_offset[d.id] or d.period_s)
+            else:
+                nxt = self.next_due[d.id] + d.period_s
+            if nxt <= t + tol:  # fell behind (high speed): skip ahead
+                nxt = t + d.period_s
+            self.next_due[d.id] = nxt
+            if self.twin.silent(d.id, t):
+                self.counters["reports_suppressed"] += 1
+                continue
+            self.seq += 1
+            await self.publish(
+                subjects.MEAS.format(grid=self.grid, source=d.id),
+                self.twin.measure(d, self.grid, self.seq),
+            )
+        if t >= self.topology_due:
+            self.topology_due = t + TOPOLOGY_EVERY_S
+            await self.publish(
+                subjects.TOPOLOGY.format(grid=self.grid),
+                SwitchState(grid=self.grid, t_ns=round(t * 1e9), closed=dict(self.twin.closed)),
+            )
+
+
+def main(grid: str | None = None) -> int:
+    return SimulatorService.main(grid=grid)

@@ -1,0 +1,64 @@
+"""Shared fixtures: one real embedded nats-server per test session, and clients for each identity."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from gridpilot.core import bus
+from gridpilot.platform.broker import EmbeddedNats, write_endpoints
+from gridpilot.platform.permissions import ADMIN, load_credentials
+
+ConnectAs = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A broker on free ports (not the platform's defaults, which a developer may be using)."""
+    data_dir: Path = tmp_path_factory.mktemp("gridpilot-data")
+    server = EmbeddedNats(data_dir=data_dir, port=0, monitor_port=0, mqtt_port=0)
+    server.start()
+    write_endpoints(data_dir, server.endpoints)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def credentials(nats_server: EmbeddedNats) -> dict[str, str]:
+    """Password of every identity of the session's broker, by identity name."""
+    return load_credentials(nats_server.data_dir)
+
+
+@pytest.fixture
+async def connect_as(
+    nats_server: EmbeddedNats, credentials: dict[str, str]
+) -> AsyncIterator[ConnectAs]:
+    """``await connect_as("simulator")``: a client with that identity, closed after the test."""
+    clients: list[Client] = []
+
+    async def _connect(identity: str, **kwargs: object) -> Client:
+        nc = await bus.connect(
+            nats_server.url,
+            user=identity,
+            password=credentials[identity],
+            name=f"test-{identity}",
+            startup_timeout=5.0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        clients.append(nc)
+        return nc
+
+    yield _connect
+    for nc in clients:
+        await nc.close()
+
+
+@pytest.fixture
+async def admin_nc(connect_as: ConnectAs) -> Client:
+    """An admin client with every stream, bucket and object store in place."""
+    nc = await connect_as(ADMIN)
+    await bus.ensure_jetstream(nc)
+    return nc
