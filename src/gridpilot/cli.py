@@ -74,8 +74,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging(service="supervisor", grid=args.grid, level=logging.WARNING)
         if not args.speed > 0:
             raise GridPilotError(f"--speed must be > 0, not {args.speed}")
-        sup = Supervisor(grid=args.grid, data_dir=args.data_dir, speed=args.speed,
-                         nats_url=args.nats_url, live=not args.no_live)
+        sup = Supervisor(
+            grid=args.grid,
+            data_dir=args.data_dir,
+            speed=args.speed,
+            nats_url=args.nats_url,
+            live=not args.no_live,
+        )
         asyncio.run(sup.run())
         return 0
     if args.command == "run":
@@ -83,7 +88,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.service not in SERVICES:
             raise GridPilotError(
-                f"unknown service {args.service!r}; use one of {', '.join(SERVICES)}")
+                f"unknown service {args.service!r}; use one of {', '.join(SERVICES)}"
+            )
         return service_main(args.service)(grid=args.grid)
     if args.command == "grids":
         from gridpilot.model.registry import BUILTIN
@@ -141,9 +147,18 @@ async def _status(args: argparse.Namespace) -> int:
         for key in sorted(keys):
             entry = await kv.get(key)
             hb = msgspec.json.decode(entry.value or b"", type=Heartbeat)
-            rows.append({"service": hb.service, "grid": hb.grid, "state": hb.state.value,
-                         "pid": hb.pid, "heartbeat_age_s": round((now - hb.t_ns) / 1e9, 1),
-                         "uptime_s": hb.uptime_s, "info": hb.info, "counters": hb.counters})
+            rows.append(
+                {
+                    "service": hb.service,
+                    "grid": hb.grid,
+                    "state": hb.state.value,
+                    "pid": hb.pid,
+                    "heartbeat_age_s": round((now - hb.t_ns) / 1e9, 1),
+                    "uptime_s": hb.uptime_s,
+                    "info": hb.info,
+                    "counters": hb.counters,
+                }
+            )
     finally:
         await nc.close()
     if args.json:
@@ -155,8 +170,10 @@ async def _status(args: argparse.Namespace) -> int:
     print(f"{'service':18s} {'grid':10s} {'state':9s} {'pid':>7s} {'heartbeat':>10s}  info")
     for r in rows:
         info = ", ".join(f"{k}={v}" for k, v in r["info"].items())  # type: ignore[attr-defined]
-        print(f"{r['service']:18s} {r['grid']:10s} {r['state']:9s} {r['pid']:>7d} "
-              f"{r['heartbeat_age_s']:>9.1f}s  {info}")
+        print(
+            f"{r['service']:18s} {r['grid']:10s} {r['state']:9s} {r['pid']:>7d} "
+            f"{r['heartbeat_age_s']:>9.1f}s  {info}"
+        )
     return 0
 
 
@@ -164,9 +181,14 @@ async def _inject(args: argparse.Namespace) -> int:
     from gridpilot.core import subjects
     from gridpilot.core.schemas import InjectRequest, Measurand, Reply, decode, encode
 
-    req = InjectRequest(kind=args.kind, source=args.source, mrid=args.mrid,
-                        measurand=Measurand(args.measurand), error=args.error,
-                        duration_s=args.duration)
+    req = InjectRequest(
+        kind=args.kind,
+        source=args.source,
+        mrid=args.mrid,
+        measurand=Measurand(args.measurand),
+        error=args.error,
+        duration_s=args.duration,
+    )
     nc = await _viewer(args.data_dir, None, identity="admin")
     try:
         msg = await nc.request(subjects.SIM_INJECT.format(grid=args.grid), encode(req), timeout=5)

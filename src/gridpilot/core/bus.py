@@ -45,10 +45,17 @@ class BusStats:
     )
 
     def denied_since(self, mark: int, subject: str | None = None) -> PermissionDeniedError | None:
-        """The first refusal recorded after ``mark`` (for ``subject`` if given), else None."""
+        """The first refusal recorded after ``mark`` (for ``subject`` if given), else None.
+
+        The server's message arrives lowercased; with ``subject`` the error names it as given.
+        """
         for seq, err in self.denied:
-            if seq > mark and (subject is None or err.subject == subject.lower()):
+            if seq <= mark:
+                continue
+            if subject is None:
                 return err
+            if err.subject == subject.lower():
+                return PermissionDeniedError(subject, err.operation)
         return None
 
 
@@ -186,6 +193,16 @@ async def denied_as_error(nc: Client, subject: str | None = None) -> AsyncIterat
         raise
 
 
+async def barrier(nc: Client, timeout: float = 2.0) -> None:
+    """Return once the server has handled everything this client sent before the call.
+
+    nats-py 2.16 writes flush()'s PING straight to the socket while PUB and SUB wait in its
+    buffer, so the PONG can overtake them: push the buffer out first, then round-trip.
+    """
+    await nc._flush_pending(force_flush=True)
+    await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # annotated int, used as float
+
+
 async def publish_checked(
     nc: Client, subject: str, payload: bytes, *, flush_timeout: float = 2.0
 ) -> None:
@@ -194,7 +211,7 @@ async def publish_checked(
     mark = st.permission_denied
     await nc.publish(subject, payload)
     # The server answers PING after handling the PUB, so any -ERR for it comes first.
-    await nc.flush(timeout=flush_timeout)  # type: ignore[arg-type]  # annotated int, used as float
+    await barrier(nc, flush_timeout)
     denied = st.denied_since(mark, subject)
     if denied is not None:
         raise denied

@@ -117,7 +117,8 @@ class BadData(msgspec.Struct, frozen=True, kw_only=True):
     mrid: str
     source: str
     measurand: Measurand
-    r_norm: float  # weighted residual |r|/sigma when it was removed
+    # how far off, in sigmas: the square root of the WLS objective's drop when it was removed
+    r_norm: float
 
 
 class StateEstimate(msgspec.Struct, frozen=True, kw_only=True):

@@ -110,12 +110,11 @@ class Supervisor:
             endpoints = {"nats": url, "mqtt": "", "monitor": ""}
         else:
             self._say("starting NATS (JetStream, MQTT) ...")
-            self.broker = await asyncio.to_thread(
-                EmbeddedNats(data_dir=self.data_dir).start
-            )
+            self.broker = await asyncio.to_thread(EmbeddedNats(data_dir=self.data_dir).start)
             url = self.broker.url
-            user, password = permissions.ADMIN, permissions.service_password(
-                self.data_dir, permissions.ADMIN
+            user, password = (
+                permissions.ADMIN,
+                permissions.service_password(self.data_dir, permissions.ADMIN),
             )
             endpoints = self.broker.endpoints
         write_endpoints(self.data_dir, endpoints)
@@ -133,8 +132,10 @@ class Supervisor:
         )
         await distribution.publish(nc, model, placement)
         self.grid = model.name
-        self._say(f"{model.summary()}; {len(placement.devices)} devices "
-                  f"({distribution.placement_path(self.data_dir, model.name)})")
+        self._say(
+            f"{model.summary()}; {len(placement.devices)} devices "
+            f"({distribution.placement_path(self.data_dir, model.name)})"
+        )
 
     def _start_children(self) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
@@ -192,13 +193,22 @@ class Supervisor:
                 child.last_exit = child.proc.returncode
                 ran = now - child.started_at
                 child.backoff_s = (
-                    BACKOFF_FIRST_S if ran >= STABLE_AFTER_S
-                    else min(BACKOFF_MAX_S, child.backoff_s * 2 if child.restarts else child.backoff_s)
+                    BACKOFF_FIRST_S
+                    if ran >= STABLE_AFTER_S
+                    else min(
+                        BACKOFF_MAX_S, child.backoff_s * 2 if child.restarts else child.backoff_s
+                    )
                 )
                 child.start_at = now + child.backoff_s
                 child.proc = None
-                log.warning("child exited", extra={"child": child.name, "code": child.last_exit,
-                                                   "restart_in_s": child.backoff_s})
+                log.warning(
+                    "child exited",
+                    extra={
+                        "child": child.name,
+                        "code": child.last_exit,
+                        "restart_in_s": child.backoff_s,
+                    },
+                )
             if child.proc is None and now >= child.start_at:
                 child.restarts += 1
                 child.start(self.grid)
@@ -227,28 +237,41 @@ class Supervisor:
         out = []
         for c in self.children.values():
             hb = c.heartbeat
-            out.append({
-                "service": c.name,
-                "pid": c.proc.pid if c.proc else None,
-                "state": hb.state.value if hb and c.proc else ("restarting" if not c.proc else "starting"),
-                "heartbeat_age_s": round(now - c.heartbeat_at, 1) if hb else None,
-                "restarts": c.restarts,
-                "info": dict(hb.info) if hb else {},
-            })
+            out.append(
+                {
+                    "service": c.name,
+                    "pid": c.proc.pid if c.proc else None,
+                    "state": hb.state.value
+                    if hb and c.proc
+                    else ("restarting" if not c.proc else "starting"),
+                    "heartbeat_age_s": round(now - c.heartbeat_at, 1) if hb else None,
+                    "restarts": c.restarts,
+                    "info": dict(hb.info) if hb else {},
+                }
+            )
         return out
 
     def table(self):  # type: ignore[no-untyped-def]
         from rich.table import Table
 
-        t = Table(title=f"GridPilot — grid {self.grid or self.grid_name} — {self.endpoints.get('nats', '')}"
-                  if hasattr(self, "endpoints") else "GridPilot")
+        t = Table(
+            title=f"GridPilot — grid {self.grid or self.grid_name} — {self.endpoints.get('nats', '')}"
+            if hasattr(self, "endpoints")
+            else "GridPilot"
+        )
         for col in ("service", "pid", "state", "heartbeat", "restarts", "info"):
             t.add_column(col)
         for r in self.rows():
             age = r["heartbeat_age_s"]
             info = ", ".join(f"{k}={v}" for k, v in r["info"].items())  # type: ignore[attr-defined]
-            t.add_row(str(r["service"]), str(r["pid"] or "-"), str(r["state"]),
-                      "-" if age is None else f"{age:.1f}s ago", str(r["restarts"]), info)
+            t.add_row(
+                str(r["service"]),
+                str(r["pid"] or "-"),
+                str(r["state"]),
+                "-" if age is None else f"{age:.1f}s ago",
+                str(r["restarts"]),
+                info,
+            )
         return t
 
     def summary_line(self) -> str:

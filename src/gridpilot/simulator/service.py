@@ -18,6 +18,7 @@ from gridpilot.core.schemas import (
 )
 from gridpilot.core.service import Service
 from gridpilot.model import distribution
+from gridpilot.simulator.schedule import Schedule
 from gridpilot.simulator.twin import GrossError, Twin
 
 TOPOLOGY_EVERY_S = 60.0  # simulated seconds between topology reports without a change
@@ -32,13 +33,7 @@ class SimulatorService(Service):
         self.twin = Twin(model, placement, seed=int(time.time()))
         self.tick_s = min(d.period_s for d in placement.devices)
         self.t_s = time.time()
-        # Every device reports once at start, then on its period; meters are staggered.
-        self.next_due = {d.id: self.t_s for d in placement.devices}
-        self._meter_offset = {
-            d.id: (i * 7.919) % d.period_s
-            for i, d in enumerate(placement.devices)
-            if d.kind == "meter"
-        }
+        self.schedule = Schedule(placement, self.t_s)
         self.seq = 0
         self.topology_due = self.t_s
         self.info["speed"] = self.config.speed
@@ -136,18 +131,8 @@ class SimulatorService(Service):
 
     async def _publish_due(self) -> None:
         t = self.t_s
-        tol = 1e-6
         await self.publish(subjects.TRUTH.format(grid=self.grid), self.twin.truth(self.grid))
-        for d in self.placement.devices:
-            if self.next_due[d.id] > t + tol:
-                continue
-            if self.counters["ticks"] <= 1 and d.id in self._meter_offset:
-                nxt = t + (self._meter_offset[d.id] or d.period_s)
-            else:
-                nxt = self.next_due[d.id] + d.period_s
-            if nxt <= t + tol:  # fell behind (high speed): skip ahead
-                nxt = t + d.period_s
-            self.next_due[d.id] = nxt
+        for d in self.schedule.due(t):
             if self.twin.silent(d.id, t):
                 self.counters["reports_suppressed"] += 1
                 continue

@@ -51,8 +51,11 @@ class GrossError:
 class Twin:
     """Quasi-static time-series power flow of one grid with its measuring devices."""
 
-    def __init__(self, model: GridModel, placement: Placement, *, seed: int = 0) -> None:
+    def __init__(
+        self, model: GridModel, placement: Placement, *, seed: int = 0, noise: bool = True
+    ) -> None:
         self.model = model
+        self.noise = 1.0 if noise else 0.0
         self.placement = placement
         self.rng = np.random.default_rng(seed)
         self.closed = {sw.id: sw.closed for sw in model.switches}
@@ -179,10 +182,10 @@ class Twin:
                 if device.kind == "pmu":
                     # circular phasor error
                     z = u * complex(math.cos(ang), math.sin(ang))
-                    z += complex(*(self.rng.standard_normal(2) * sig).tolist())
+                    z += complex(*(self.rng.standard_normal(2) * sig * self.noise).tolist())
                     u, va = abs(z), math.degrees(math.atan2(z.imag, z.real))
                 else:
-                    u, va = u + sig * float(self.rng.standard_normal()), None
+                    u, va = u + sig * self.noise * float(self.rng.standard_normal()), None
                 u += self._gross(device.id, pt.mrid, Measurand.VOLTAGE)
                 ms.append(
                     Measurement(
@@ -198,7 +201,7 @@ class Twin:
                 continue
             p, q = self._power(pt.mrid, pt.terminal)
             sig = device.power_sigma_pct / 100.0 * self._rating(pt.mrid, pt.terminal)
-            n = (self.rng.standard_normal(2) * sig).tolist()
+            n = (self.rng.standard_normal(2) * sig * self.noise).tolist()
             err = self._gross(device.id, pt.mrid, Measurand.POWER)
             ms.append(
                 Measurement(

@@ -44,7 +44,7 @@ class Aligner:
         self.last_emitted_ns = -1
         self.late_dropped = 0
         self.unknown_sources = 0
-        self._last_emit_wall = clock()
+        self._last_emit_wall = self.started = clock()
 
     def add(self, mset: MeasurementSet) -> list[MeasurementSnapshot]:
         now = self.clock()
@@ -63,7 +63,8 @@ class Aligner:
             return []
         self.pending.setdefault(mset.t_ns, {})[src] = mset
         self.first_seen.setdefault(mset.t_ns, now)
-        alive = {r for r in self.reference if now - self.last_seen.get(r, -1e18) < ALIVE_S}
+        # Wait for every reference device heard lately (or not yet heard, just after start).
+        alive = {r for r in self.reference if now - self.last_seen.get(r, self.started) < ALIVE_S}
         if alive <= set(self.pending[mset.t_ns]):
             return self._emit_through(mset.t_ns)
         return []

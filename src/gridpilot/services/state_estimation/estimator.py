@@ -75,6 +75,7 @@ class Estimator:
         r_max: float = 4.0,
         max_bad_data: int = 3,
         candidates: int = 3,
+        max_candidates: int = 24,
         cache_size: int = 16,
     ) -> None:
         self.model = model
@@ -83,6 +84,7 @@ class Estimator:
         self.r_max = r_max
         self.max_bad_data = max_bad_data
         self.candidates = candidates
+        self.max_candidates = max_candidates
         self._cache_size = cache_size
         self.set_topology(closed or {})
 
@@ -150,6 +152,16 @@ class Estimator:
         n_meas = int(v_active.sum() + real.sum())
 
         bad: list[BadData] = []
+        if not v_active.any():
+            return self._failed(
+                snapshot,
+                EstimateStatus.NOT_OBSERVABLE,
+                "not observable: no voltage measurement (PMU or RTU) in this snapshot; "
+                "at least one is needed as the voltage reference",
+                t0,
+                n_meas,
+                n_pseudo,
+            )
         try:
             sol = self._solve(v_active, p_active)
             while self._suspicious(sol, v_active, p_active) and len(bad) < self.max_bad_data:
@@ -185,7 +197,8 @@ class Estimator:
             return self._failed(
                 snapshot,
                 EstimateStatus.NOT_OBSERVABLE,
-                str(exc).split("\n")[0],
+                f"not observable with {n_meas} measurements and {n_pseudo} pseudo-measurements: "
+                + str(exc).split("\n")[0],
                 t0,
                 n_meas,
                 n_pseudo,
@@ -274,15 +287,29 @@ class Estimator:
     def _identify(
         self, sol: _Solution, v_active: np.ndarray, p_active: np.ndarray
     ) -> tuple[str, int, float, _Solution] | None:
-        """Try removing each of the largest weighted residuals; keep the best re-estimate."""
+        """Try removing each suspect; keep the removal whose re-estimate fits best.
+
+        Suspects are the largest weighted residuals and every real measurement at the same
+        nodes: a precise measurement in error pulls the estimate towards itself and pushes
+        its residual onto less precise neighbours, so the culprit is near the largest residuals
+        but not always among them (what normalised residuals would reveal).
+        """
+        s = self.sensors
         v_rows = np.flatnonzero(v_active)
         p_rows = np.flatnonzero(p_active)
-        real = p_rows < self.sensors.n_real_p
-        cands = [("v", int(v_rows[i]), float(sol.r_v[i])) for i in range(len(v_rows))]
-        cands += [("p", int(p_rows[i]), float(sol.r_p[i])) for i in np.flatnonzero(real)]
-        cands.sort(key=lambda c: -c[2])
+        real = np.flatnonzero(p_rows < s.n_real_p)
+        ranked = [("v", int(v_rows[i]), float(sol.r_v[i])) for i in range(len(v_rows))]
+        ranked += [("p", int(p_rows[i]), float(sol.r_p[i])) for i in real]
+        ranked.sort(key=lambda c: -c[2])
+        top = ranked[: self.candidates]
+        nodes = {n for kind, row, _ in top for n in (s.v_nodes if kind == "v" else s.p_nodes)[row]}
+        cands = list(top)
+        for cand in ranked[self.candidates :]:
+            kind, row, _ = cand
+            if nodes.intersection((s.v_nodes if kind == "v" else s.p_nodes)[row]):
+                cands.append(cand)
         best: tuple[str, int, float, _Solution] | None = None
-        for kind, row, r in cands[: self.candidates]:
+        for kind, row, _r in cands[: self.max_candidates]:
             va, pa = v_active.copy(), p_active.copy()
             (va if kind == "v" else pa)[row] = False
             try:
@@ -290,7 +317,9 @@ class Estimator:
             except PowerGridError:
                 continue  # removing it loses observability or convergence: keep it
             if best is None or trial.objective < best[3].objective:
-                best = (kind, row, r, trial)
+                # How far off it was: the square root of the objective's drop on removal, the
+                # size in sigmas of its deleted residual (robust where leverage hides it).
+                best = (kind, row, math.sqrt(max(0.0, sol.objective - trial.objective)), trial)
         return best
 
     def _result(

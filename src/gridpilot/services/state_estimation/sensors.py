@@ -27,6 +27,12 @@ class SensorTable:
 
     def __init__(self, net: PgmNetwork, placement: Placement) -> None:
         model = net.model
+        # The calculation nodes each element touches, to find a suspect's neighbours.
+        ends = {ln.id: (ln.from_bus, ln.to_bus) for ln in model.lines}
+        ends |= {t.id: (t.hv_bus, t.lv_bus) for t in model.transformers}
+        ends |= {ld.id: (ld.bus,) for ld in model.loads}
+        ends |= {gn.id: (gn.bus,) for gn in model.generators}
+        p_nodes: list[tuple[int, ...]] = []
         u_rated = {b.id: b.vn_kv * 1e3 for b in model.buses}
         v_keys: list[tuple[str, str]] = []
         v_node: list[int] = []
@@ -52,6 +58,7 @@ class SensorTable:
                 rating = rating_mva(model, pt.mrid, pt.terminal) * 1e6
                 p_keys.append((dev.id, pt.mrid, pt.terminal))
                 p_obj.append(net.pgm_id[(kind, pt.mrid)])
+                p_nodes.append(tuple(net.node_of_bus[b] for b in ends[pt.mrid]))
                 p_type.append(_TERMINAL_TYPE[pt.terminal])
                 p_sigma.append(dev.power_sigma_pct / 100.0 * rating)
                 p_rating.append(rating)
@@ -67,6 +74,7 @@ class SensorTable:
                 rating = rating_mva(model, it.id, term) * 1e6
                 p_keys.append((PSEUDO, it.id, term))
                 p_obj.append(net.pgm_id[(_ELEMENT_KIND[term], it.id)])
+                p_nodes.append((net.node_of_bus[it.bus],))
                 p_type.append(_TERMINAL_TYPE[term])
                 p_sigma.append(pseudo_pct * rating)
                 p_rating.append(rating)
@@ -75,6 +83,8 @@ class SensorTable:
                 rated_q.append(it.q_mvar * 1e6)
                 profiles.append(it.profile)
         self.v_keys = v_keys
+        self.v_nodes = [(n,) for n in v_node]
+        self.p_nodes = p_nodes
         self.p_keys = p_keys
         self.v_index = {k: i for i, k in enumerate(v_keys)}
         self.p_index = {k: i for i, k in enumerate(p_keys)}
