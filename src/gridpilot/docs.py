@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterable
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -31,17 +32,8 @@ PARAMETERS = {
     "service": "Name of the service sending the heartbeat.",
 }
 
-UNITS = (
-    ("_pu", "p.u."),
-    ("_deg", "degrees"),
-    ("_mw", "MW"),
-    ("_mvar", "Mvar"),
-    ("_ns", "ns since epoch"),
-    ("_ms", "milliseconds"),
-    ("_s", "seconds"),
-    ("_pct", "percent"),
-    ("_ka", "kA"),
-)
+UNITS = {"_pu": "p.u.", "_deg": "degrees", "_mw": "MW", "_mvar": "Mvar", "_ns": "ns since epoch"}
+UNITS |= {"_s": "seconds", "_ms": "milliseconds", "_pct": "percent", "_ka": "kA"}
 
 
 def message_types() -> list[type[msgspec.Struct]]:
@@ -78,8 +70,15 @@ def _summary(t: object) -> str:
     return " ".join(doc.split())
 
 
-def _msg_ref(t: type) -> dict[str, str]:
-    return {"$ref": f"#/components/messages/{t.__name__}"}
+def _channel(name: str, address: str | None, description: str, t: type) -> dict[str, Any]:
+    messages = {t.__name__: {"$ref": f"#/components/messages/{t.__name__}"}}
+    return {"address": address, "title": name, "description": description, "messages": messages}
+
+
+def _refs(channel: str, t: type) -> dict[str, Any]:
+    """An operation's (or reply's) channel and message, by reference."""
+    message = {"$ref": f"#/channels/{channel}/messages/{t.__name__}"}
+    return {"channel": {"$ref": f"#/channels/{channel}"}, "messages": [message]}
 
 
 def asyncapi() -> dict[str, Any]:
@@ -88,51 +87,34 @@ def asyncapi() -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(types, ref_template=REF)
     messages: dict[str, Any] = {}
     for t in types:
+        summary = {"summary": _summary(t)} if _summary(t) else {}
+        payload = {"$ref": REF.format(name=t.__name__)}
         messages[t.__name__] = {
             "name": t.__name__,
             "title": t.__name__,
-            "contentType": "application/json",
-            "payload": {"$ref": REF.format(name=t.__name__)},
+            **summary,
+            "payload": payload,
         }
-        if _summary(t):
-            messages[t.__name__]["summary"] = _summary(t)
+        messages[t.__name__]["contentType"] = "application/json"
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for spec in CATALOGUE:
-        ext: dict[str, Any] = {
+        channel = channels[spec.name] = _channel(
+            spec.name, spec.template, spec.description, spec.payload
+        )
+        channel["parameters"] = {p: {"description": PARAMETERS[p]} for p in placeholders(spec)}
+        channel["x-gridpilot"] = {
             "pattern": str(spec.pattern),
             "publishers": list(spec.publishers),
             "subscribers": list(spec.subscribers),
             "stream": stream_for(spec),
         }
-        channels[spec.name] = {
-            "address": spec.template,
-            "title": spec.name,
-            "description": spec.description,
-            "parameters": {p: {"description": PARAMETERS[p]} for p in placeholders(spec)},
-            "messages": {spec.payload.__name__: _msg_ref(spec.payload)},
-            "x-gridpilot": ext,
-        }
-        op: dict[str, Any] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{spec.name}"},
-            "summary": spec.description,
-            "messages": [{"$ref": f"#/channels/{spec.name}/messages/{spec.payload.__name__}"}],
-        }
+        op = {"action": "send", "summary": spec.description, **_refs(spec.name, spec.payload)}
         if spec.reply is not None:
-            reply_channel = f"{spec.name}_reply"
-            channels[reply_channel] = {
-                "address": None,
-                "title": reply_channel,
-                "description": f"Reply to {spec.name}, sent to the requester's inbox (_INBOX.>).",
-                "messages": {spec.reply.__name__: _msg_ref(spec.reply)},
-            }
-            op["reply"] = {
-                "channel": {"$ref": f"#/channels/{reply_channel}"},
-                "messages": [
-                    {"$ref": f"#/channels/{reply_channel}/messages/{spec.reply.__name__}"}
-                ],
-            }
+            name = f"{spec.name}_reply"
+            about = f"Reply to {spec.name}, sent to the requester's inbox (_INBOX.>)."
+            channels[name] = _channel(name, None, about, spec.reply)
+            op["reply"] = _refs(name, spec.reply)
         operations[spec.name] = op
     return {
         "asyncapi": "3.0.0",
@@ -191,12 +173,18 @@ def _named_types(t: mi.Type, found: dict[str, mi.StructType | mi.EnumType]) -> N
             _named_types(u, found)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _codes(items: Iterable[str]) -> str:
+    return ", ".join(f"`{x}`" for x in items)
 
 
 def _unit(field: str) -> str:
-    return next((unit for suffix, unit in UNITS if field.endswith(suffix)), "")
+    return next((unit for suffix, unit in UNITS.items() if field.endswith(suffix)), "")
 
 
 def _age(seconds: float) -> str:
@@ -206,71 +194,60 @@ def _age(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def _default(f: mi.Field) -> str:
+    if f.required:
+        return "required"
+    value = f.default if f.default_factory is msgspec.NODEFAULT else f.default_factory()
+    return f"`{msgspec.json.encode(value).decode()}`"
+
+
+def _subject_row(spec: SubjectSpec) -> tuple[str, ...]:
+    payload = f"[{spec.payload.__name__}](#{spec.payload.__name__.lower()})"
+    if spec.reply is not None:
+        payload += f" → [{spec.reply.__name__}](#{spec.reply.__name__.lower()})"
+    stream = stream_for(spec)
+    pattern = f"{spec.pattern} ({stream})" if stream else str(spec.pattern)
+    flow = f"{', '.join(spec.publishers)} → {', '.join(spec.subscribers)}"
+    return (f"`{spec.template}`", pattern, payload, flow, spec.description)
+
+
 def markdown() -> str:
     """The readable catalogue: subjects, streams, buckets, object stores, payload types."""
-    link = "[{0}](#{1})"
-    out = [
-        f"<!-- This file is {GENERATED}. Do not edit it by hand. -->",
-        "",
-        "# GridPilot subjects",
-    ]
-    out += ["", f"> This file is {GENERATED}; do not edit it by hand, run `gridpilot docs`.", ""]
-    out += [
-        "## Subjects",
-        "",
-        "| Subject | Pattern | Payload | Publishers → subscribers | Description |",
-    ]
-    out.append("|---|---|---|---|---|")
-    for spec in CATALOGUE:
-        payload = link.format(spec.payload.__name__, spec.payload.__name__.lower())
-        if spec.reply is not None:
-            payload += " → " + link.format(spec.reply.__name__, spec.reply.__name__.lower())
-        stream = stream_for(spec)
-        pattern = f"{spec.pattern} ({stream})" if stream else str(spec.pattern)
-        flow = f"{', '.join(spec.publishers)} → {', '.join(spec.subscribers)}"
-        row = (f"`{spec.template}`", pattern, payload, flow, spec.description)
-        out.append("| " + " | ".join(_cell(c) for c in row) + " |")
-    out += ["", "Placeholders:", ""]
-    out += [f"- `{{{p}}}`: {d}" for p, d in PARAMETERS.items()]
-    out += [
-        "",
-        "## Streams",
-        "",
-        "| Stream | Subjects | Max age | Description |",
-        "|---|---|---|---|",
-    ]
-    for s in STREAMS:
-        subjects = ", ".join(f"`{x}`" for x in s.subjects)
-        out.append(f"| `{s.name}` | {subjects} | {_age(s.max_age_s)} | {_cell(s.description)} |")
-    out += ["", "## KV buckets", "", "| Bucket | History | Description |", "|---|---|---|"]
-    out += [f"| `{b.name}` | {b.history} | {_cell(b.description)} |" for b in BUCKETS]
-    out += ["", "## Object stores", "", "| Store | Description |", "|---|---|"]
-    out += [f"| `{o.name}` | {_cell(o.description)} |" for o in OBJECT_STORES]
+    out = [f"<!-- This file is {GENERATED}. Do not edit it by hand. -->", ""]
+    out += ["# GridPilot subjects", ""]
+    out += [f"> This file is {GENERATED}; do not edit it by hand, run `gridpilot docs`.", ""]
+    out += ["## Subjects", ""]
+    columns = ("Subject", "Pattern", "Payload", "Publishers → subscribers", "Description")
+    out += _table(columns, (_subject_row(spec) for spec in CATALOGUE))
+    out += ["Placeholders:", ""] + [f"- `{{{p}}}`: {d}" for p, d in PARAMETERS.items()]
+    out += ["", "## Streams", ""]
+    rows = [(f"`{s.name}`", _codes(s.subjects), _age(s.max_age_s), s.description) for s in STREAMS]
+    out += _table(("Stream", "Subjects", "Max age", "Description"), rows)
+    out += ["## KV buckets", ""]
+    buckets = [(f"`{b.name}`", str(b.history), b.description) for b in BUCKETS]
+    out += _table(("Bucket", "History", "Description"), buckets)
+    out += ["## Object stores", ""]
+    out += _table(("Store", "Description"), ((f"`{o.name}`", o.description) for o in OBJECT_STORES))
     found: dict[str, mi.StructType | mi.EnumType] = {}
     for t in mi.multi_type_info(message_types()):
         _named_types(t, found)
-    out += ["", "## Payload types"]
-    for name, info in found.items():
-        if not isinstance(info, mi.StructType):
-            continue
-        out += ["", f"### {name}", ""]
+    structs = [i for i in found.values() if isinstance(i, mi.StructType)]
+    enums = [i for i in found.values() if isinstance(i, mi.EnumType)]
+    out += ["## Payload types", ""]
+    for info in structs:
+        out += [f"### {info.cls.__name__}", ""]
         out += [_summary(info.cls), ""] if _summary(info.cls) else []
-        out += ["| Field | Type | Default | Unit |", "|---|---|---|---|"]
-        for f in info.fields:
-            if f.required:
-                default = "required"
-            else:
-                value = f.default if f.default_factory is msgspec.NODEFAULT else f.default_factory()
-                default = f"`{msgspec.json.encode(value).decode()}`"
-            typ = f"`{_type_name(f.type)}`"
-            out.append(f"| `{f.name}` | {_cell(typ)} | {_cell(default)} | {_unit(f.name)} |")
-    out += ["", "## Enumerations"]
-    for name, info in found.items():
-        if isinstance(info, mi.EnumType):
-            out += ["", f"### {name}", ""]
-            out += [_summary(info.cls), ""] if _summary(info.cls) else []
-            out.append("Values: " + ", ".join(f"`{m.value}`" for m in info.cls))
-    return "\n".join(out) + "\n"
+        fields = [
+            (f"`{f.name}`", f"`{_type_name(f.type)}`", _default(f), _unit(f.name))
+            for f in info.fields
+        ]
+        out += _table(("Field", "Type", "Default", "Unit"), fields)
+    out += ["## Enumerations", ""]
+    for enum in enums:
+        out += [f"### {enum.cls.__name__}", ""]
+        out += [_summary(enum.cls), ""] if _summary(enum.cls) else []
+        out += ["Values: " + _codes(str(m.value) for m in enum.cls), ""]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def write_docs(out: Path) -> list[Path]:

@@ -212,6 +212,19 @@ class Command(msgspec.Struct, frozen=True, kw_only=True):
     q_mvar: float | None = None
 
 
+class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a command: carried out, or refused and why."""
+
+    command_id: str
+    grid: str
+    target: str
+    ok: bool
+    t_ns: int
+    executed_by: str
+    change: str = ""
+    error: str = ""
+
+
 class SwitchState(msgspec.Struct, frozen=True, kw_only=True):
     """Topology event: the switch states the simulator (the field) now reports."""
 

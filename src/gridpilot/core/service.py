@@ -153,10 +153,10 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.config.heartbeat_s)
 
-    async def run(self) -> None:
+    async def run(self, *, install_signals: bool = True) -> None:
         """Connect, set up, beat until stopped, then shut down cleanly."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if install_signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self.nc = await connect(

@@ -88,6 +88,15 @@ COMMAND = SubjectSpec(
     subscribers=("simulator", "gateways"),
     description="Switching command or DER setpoint for one piece of equipment.",
 )
+COMMAND_RESULT = SubjectSpec(
+    name="command_result",
+    template="gp.{grid}.event.command",
+    payload=s.CommandResult,
+    pattern=Pattern.STREAM,
+    publishers=("simulator", "gateways"),
+    subscribers=("web", "flisr", "volt_var", "historian"),
+    description="The outcome of every command: carried out (with the change) or refused (why).",
+)
 TOPOLOGY = SubjectSpec(
     name="topology",
     template="gp.{grid}.topology",
@@ -133,6 +142,7 @@ CATALOGUE: tuple[SubjectSpec, ...] = (
     STATE,
     ALARM,
     COMMAND,
+    COMMAND_RESULT,
     TOPOLOGY,
     ALARM_ACK,
     SIM_INJECT,
@@ -163,9 +173,9 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
     StreamSpec(
         name="GP_CMD",
-        subjects=("gp.*.command.>", "gp.*.topology"),
+        subjects=("gp.*.command.>", "gp.*.event.>", "gp.*.topology"),
         max_age_s=365 * 86400,
-        description="commands and topology events: the audit trail of switching",
+        description="commands, their results and topology events: the switching audit trail",
     ),
 )
 

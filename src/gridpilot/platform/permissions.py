@@ -112,6 +112,7 @@ PERMISSIONS: dict[str, Permissions] = {
             _under(sj.MEAS),
             sj.TRUTH.wildcard(),
             sj.TOPOLOGY.wildcard(),
+            sj.COMMAND_RESULT.wildcard(),
         ),
         subscribe=(
             _under(sj.COMMAND),
@@ -143,6 +144,7 @@ PERMISSIONS: dict[str, Permissions] = {
         subscribe=(
             sj.STATE.wildcard(),
             sj.ALARM.wildcard(),
+            sj.COMMAND_RESULT.wildcard(),
             sj.HEARTBEAT.wildcard(),
             _INBOX,
         ),

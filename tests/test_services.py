@@ -1,0 +1,322 @@
+"""Services on a real nats-server, in this process: the data path, bad input, alarms, commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from nats.aio.client import Client
+
+from gridpilot.core import subjects
+from gridpilot.core.config import ServiceConfig
+from gridpilot.core.schemas import (
+    AckRequest,
+    Alarm,
+    AlarmKind,
+    AlarmState,
+    BusStates,
+    Command,
+    CommandKind,
+    CommandResult,
+    EstimateStatus,
+    Heartbeat,
+    InjectionKind,
+    InjectRequest,
+    Measurand,
+    MeasurementSet,
+    Reply,
+    SimTruth,
+    StateEstimate,
+    decode,
+    encode,
+)
+from gridpilot.core.service import Service
+from gridpilot.model import distribution
+from gridpilot.model.placement import default_placement
+from gridpilot.platform.broker import EmbeddedNats
+from gridpilot.services.monitoring.service import MonitoringService
+from gridpilot.services.state_estimation.service import StateEstimationService
+from gridpilot.simulator.service import SimulatorService
+from tests.pipeline import Pipeline, grid
+
+GRID = "cigre_mv"
+
+
+@pytest.fixture
+async def platform(
+    admin_nc: Client, nats_server: EmbeddedNats, credentials: dict[str, str], tmp_path: Path
+) -> AsyncIterator[Callable[[type[Service]], Service]]:
+    """Start services in this process with their own credentials; stopped after the test."""
+    model = grid(GRID)
+    await distribution.publish(admin_nc, model, default_placement(model))
+    running: list[tuple[Service, asyncio.Task[None]]] = []
+
+    def start(cls: type[Service]) -> Service:
+        config = ServiceConfig(
+            nats_url=nats_server.url,
+            user=cls.name,
+            password=credentials[cls.name],
+            grid=GRID,
+            data_dir=tmp_path,
+            heartbeat_s=0.2,
+        )
+        svc = cls(config)
+        running.append((svc, asyncio.create_task(svc.run(install_signals=False))))
+        return svc
+
+    yield start
+    for svc, task in running:
+        svc.stop()
+    for _svc, task in running:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+
+
+class Collector:
+    def __init__(self, typ: type) -> None:
+        self.typ = typ
+        self.items: list = []
+        self.event = asyncio.Event()
+
+    async def __call__(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.items.append(msgspec.json.decode(msg.data, type=self.typ))
+        self.event.set()
+
+    async def wait_for(self, pred: Callable[[list], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred(self.items):
+            self.event.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"condition not met; got {len(self.items)} messages")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), remaining)
+
+
+async def collect(nc: Client, subject: str, typ: type) -> Collector:
+    c = Collector(typ)
+
+    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+        await c(msg)
+
+    await nc.subscribe(subject, cb=on_msg)
+    return c
+
+
+async def test_simulator_state_estimation_accuracy_and_injected_gross_error(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
+    truths = await collect(admin_nc, subjects.TRUTH.format(grid=GRID), SimTruth)
+    platform(SimulatorService)
+    platform(StateEstimationService)
+    await states.wait_for(lambda s: len(s) >= 20, timeout=20)
+    truth_at = {t.t_ns: t.buses for t in truths.items}
+    errors = [_v_error(s.buses, truth_at[s.t_ns]) for s in states.items if s.t_ns in truth_at]
+    assert len(errors) >= 15
+    assert all(s.status is EstimateStatus.CONVERGED for s in states.items)
+    assert max(errors) < 0.005
+
+    req = InjectRequest(
+        kind=InjectionKind.GROSS_ERROR,
+        source="rtu_trafo_0_1",
+        mrid="trafo_0_1",
+        measurand=Measurand.POWER,
+        error=2.0,
+    )
+    reply = decode(
+        (
+            await admin_nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(req), timeout=5)
+        ).data,
+        Reply,
+    )
+    assert reply.ok, reply.error
+    n = len(states.items)
+    await states.wait_for(lambda s: any(e.bad_data for e in s[n:]), timeout=10)
+    flagged = next(e for e in states.items[n:] if e.bad_data)
+    assert [(b.source, b.mrid) for b in flagged.bad_data] == [("rtu_trafo_0_1", "trafo_0_1")]
+    assert _v_error(flagged.buses, {t.t_ns: t.buses for t in truths.items}[flagged.t_ns]) < 0.005
+
+    bad = InjectRequest(kind=InjectionKind.GROSS_ERROR, source="no_such_device", mrid="x")
+    reply = decode(
+        (
+            await admin_nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(bad), timeout=5)
+        ).data,
+        Reply,
+    )
+    assert not reply.ok and "no_such_device" in reply.error
+
+
+def _v_error(est: BusStates | None, truth: BusStates) -> float:
+    assert est is not None
+    return float(np.max(np.abs(np.subtract(est.v_pu, truth.v_pu))))
+
+
+async def test_malformed_measurements_are_counted_and_dropped(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    se = platform(StateEstimationService)
+    states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=se.name), Heartbeat)
+    await beats.wait_for(lambda b: any(h.state == "running" for h in b))
+    subject = subjects.MEAS.format(grid=GRID, source="pmu_bus_1")
+    bad_messages = [
+        b"\x00\xffnot json",
+        b'{"grid": "cigre_mv"}',  # required fields missing
+        b'{"grid": 1, "source": "x", "kind": "pmu", "t_ns": 0, "seq": 0, "measurements": []}',
+        b'{"grid": "cigre_mv", "source": "pmu_bus_1", "kind": "pmu", "t_ns": "soon", '
+        b'"seq": 0, "measurements": []}',
+        b"[" * 100_000,  # deeply nested
+    ]
+    for data in bad_messages:
+        await admin_nc.publish(subject, data)
+    # then good data: the service must still estimate
+    pipe = Pipeline(GRID)
+    for k in range(5):
+        pipe.twin.step(pipe.t_s + k * 0.1)
+        for dev in pipe.placement.devices:
+            mset = pipe.twin.measure(dev, GRID, k)
+            await admin_nc.publish(subjects.MEAS.format(grid=GRID, source=dev.id), encode(mset))
+    await states.wait_for(lambda s: len(s) >= 3)
+    assert states.items[-1].status is EstimateStatus.CONVERGED
+    await beats.wait_for(lambda b: b[-1].counters.get("dropped_bad_payload", 0) >= 5)
+    assert beats.items[-1].counters.get("handler_errors", 0) == 0
+
+
+async def test_unknown_device_and_wrong_grid_do_not_disturb_the_estimate(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    se = platform(StateEstimationService)
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=se.name), Heartbeat)
+    await beats.wait_for(lambda b: any(h.state == "running" for h in b))
+    other = MeasurementSet(
+        grid="other", source="pmu_bus_1", kind="pmu", t_ns=1, seq=1, measurements=[]
+    )
+    await admin_nc.publish(subjects.MEAS.format(grid=GRID, source="pmu_bus_1"), encode(other))
+    await beats.wait_for(lambda b: b[-1].counters.get("dropped_bad_payload", 0) >= 1)
+
+
+async def test_alarm_life_cycle_with_acknowledge_and_restart(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    alarms = await collect(admin_nc, subjects.ALARM.format(grid=GRID), Alarm)
+    mon = platform(MonitoringService)
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=mon.name), Heartbeat)
+    await beats.wait_for(lambda b: any(h.state == "running" for h in b))
+    model = grid(GRID)
+    ids = [b.id for b in model.buses]
+
+    async def estimate(v5: float, t: int) -> None:
+        v = [1.0] * len(ids)
+        v[ids.index("bus_5")] = v5
+        est = StateEstimate(
+            grid=GRID,
+            t_ns=t,
+            status=EstimateStatus.CONVERGED,
+            buses=BusStates(
+                id=ids,
+                v_pu=v,
+                va_deg=[0.0] * len(ids),
+                p_mw=[0.0] * len(ids),
+                q_mvar=[0.0] * len(ids),
+            ),
+        )
+        await admin_nc.publish(subjects.STATE.format(grid=GRID), encode(est))
+
+    for t in range(5):  # debounce: raised after three violating estimates, once
+        await estimate(1.08, t)
+    await alarms.wait_for(lambda a: len(a) >= 1)
+    await asyncio.sleep(0.3)
+    assert [(a.id, a.state) for a in alarms.items] == [("voltage_high:bus_5", AlarmState.RAISED)]
+    assert alarms.items[0].kind is AlarmKind.VOLTAGE_HIGH
+
+    ack = subjects.ALARM_ACK.format(grid=GRID)
+    unknown = decode(
+        (
+            await admin_nc.request(ack, encode(AckRequest(alarm_id="nope", user="op")), timeout=5)
+        ).data,
+        Reply,
+    )
+    assert not unknown.ok and "nope" in unknown.error
+    garbage = decode((await admin_nc.request(ack, b"{]", timeout=5)).data, Reply)
+    assert not garbage.ok and "bad request" in garbage.error
+    ok = decode(
+        (
+            await admin_nc.request(
+                ack, encode(AckRequest(alarm_id="voltage_high:bus_5", user="op")), timeout=5
+            )
+        ).data,
+        Reply,
+    )
+    assert ok.ok
+    await alarms.wait_for(lambda a: len(a) >= 2)
+    assert alarms.items[1].acknowledged and alarms.items[1].acknowledged_by == "op"
+
+    # a restarted monitoring service remembers the active alarm and does not raise it again
+    mon.stop()
+    await asyncio.sleep(0.5)
+    platform(MonitoringService)
+    await asyncio.sleep(1.0)
+    for t in range(5, 8):
+        await estimate(1.08, t)
+    await estimate(1.0, 9)  # back in band: cleared (and, being acknowledged, removed)
+    await alarms.wait_for(lambda a: any(x.state is AlarmState.CLEARED for x in a))
+    assert [a.state for a in alarms.items] == [
+        AlarmState.RAISED,
+        AlarmState.RAISED,
+        AlarmState.CLEARED,
+    ]
+    kv = await admin_nc.jetstream().key_value("gp_alarms")
+    await asyncio.sleep(0.2)
+    assert msgspec.json.decode((await kv.get(GRID)).value or b"", type=list[Alarm]) == []
+
+
+async def test_switch_command_changes_topology_and_estimates_follow(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    platform(SimulatorService)
+    se = platform(StateEstimationService)
+    states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
+    truths = await collect(admin_nc, subjects.TRUTH.format(grid=GRID), SimTruth)
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=se.name), Heartbeat)
+    await states.wait_for(lambda s: len(s) >= 3, timeout=20)
+    cmd = Command(
+        id="c1",
+        grid=GRID,
+        kind=CommandKind.SWITCH,
+        target="sw_4",
+        issued_by="test",
+        t_ns=time.time_ns(),
+        closed=True,
+    )
+    results = await collect(admin_nc, subjects.COMMAND_RESULT.format(grid=GRID), CommandResult)
+    js = admin_nc.jetstream()
+    ack = await js.publish(subjects.COMMAND.format(grid=GRID, target="sw_4"), encode(cmd))
+    assert ack.stream == "GP_CMD"  # stored for the audit trail before it is carried out
+    await results.wait_for(lambda r: len(r) >= 1)
+    assert results.items[0].ok and results.items[0].command_id == "c1"
+    await beats.wait_for(lambda b: b[-1].counters.get("topology_changes", 0) >= 1)
+    n = len(states.items)
+    await states.wait_for(lambda s: len(s) >= n + 10)
+    truth_at = {t.t_ns: t.buses for t in truths.items}
+    later = [s for s in states.items[n:] if s.t_ns in truth_at]
+    assert later and max(_v_error(s.buses, truth_at[s.t_ns]) for s in later) < 0.005
+
+    bad = Command(
+        id="c2",
+        grid=GRID,
+        kind=CommandKind.SWITCH,
+        target="sw_404",
+        issued_by="test",
+        t_ns=0,
+        closed=True,
+    )
+    await js.publish(subjects.COMMAND.format(grid=GRID, target="sw_404"), encode(bad))
+    await results.wait_for(lambda r: len(r) >= 2)
+    assert not results.items[1].ok and "sw_404" in results.items[1].error
