@@ -48,7 +48,12 @@ class DeviceKind(StrEnum):
 
 
 class Measurement(msgspec.Struct, frozen=True, kw_only=True):
-    """One measured quantity of one piece of equipment at one instant."""
+    """One measured quantity of one piece of equipment at one instant.
+
+    Power is positive into the equipment at the terminal (a load's consumption, a generator's
+    production, a branch end's flow into the branch). ``quality`` holds IEC 61850-7-3 bits:
+    0 good, 1 invalid, 2 questionable, 4 substituted, 8 old data, 16 overflow.
+    """
 
     mrid: str  # measured equipment: bus, branch, load or generator id
     measurand: Measurand
@@ -85,7 +90,8 @@ class MeasurementSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BusStates(msgspec.Struct, frozen=True, kw_only=True):
-    """Bus voltages, columnar: entry i of every list belongs to bus ``id[i]``."""
+    """Bus voltages, columnar: entry i of every list belongs to bus ``id[i]``; ``p_mw`` and
+    ``q_mvar`` are the net injection into the grid at the bus."""
 
     id: list[str]
     v_pu: list[float]
@@ -113,6 +119,8 @@ class EstimateStatus(StrEnum):
 
 
 class BadData(msgspec.Struct, frozen=True, kw_only=True):
+    """A measurement found to be in gross error and left out of the estimate."""
+
     sensor: str  # "<source>/<mrid>/<measurand>/<terminal>"
     mrid: str
     source: str
@@ -122,6 +130,14 @@ class BadData(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StateEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    """One state estimate: bus voltages, branch flows, what went in and how well it fits.
+
+    ``objective`` is the weighted sum of squared residuals after bad-data removal, tested
+    against ``chi2_threshold``; ``residual_norm[i]`` is the weighted residual of
+    ``residual_sensor[i]``. Without convergence, ``buses`` and ``branches`` are absent and
+    ``message`` says why.
+    """
+
     grid: str
     t_ns: int
     status: EstimateStatus
@@ -169,6 +185,9 @@ class Severity(StrEnum):
 
 
 class Alarm(msgspec.Struct, frozen=True, kw_only=True):
+    """An alarm and its life cycle; ``value`` and ``limit`` are in p.u. for voltage alarms and
+    in percent of rating for overloads. Acknowledgement is a flag on either state."""
+
     id: str  # "<kind>:<mrid>", the deduplication key
     grid: str
     kind: AlarmKind
@@ -185,11 +204,15 @@ class Alarm(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AckRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Acknowledge one alarm."""
+
     alarm_id: str
     user: str
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a request: ok, or the error that says what was wrong."""
+
     ok: bool
     error: str = ""
     detail: dict[str, Any] = {}
@@ -201,6 +224,8 @@ class CommandKind(StrEnum):
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """Open or close a switch (``closed``), or set a generator's ``p_mw``/``q_mvar`` limit."""
+
     id: str
     grid: str
     kind: CommandKind
@@ -240,6 +265,8 @@ class InjectionKind(StrEnum):
 
 
 class InjectRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Disturb the twin: ``error`` is added to p_mw and q_mvar (MW, Mvar) or to v_pu (p.u.)."""
+
     kind: InjectionKind
     source: str = ""  # device id
     mrid: str = ""  # for gross errors: the measured equipment
@@ -256,6 +283,8 @@ class ServiceState(StrEnum):
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """A service's liveness, counters and current figures, every second."""
+
     service: str
     grid: str
     instance: str

@@ -12,8 +12,7 @@ from enum import StrEnum
 import msgspec
 
 from gridpilot.core import schemas as s
-
-PREFIX = "gp"
+from gridpilot.core.errors import ConfigError
 
 
 class Pattern(StrEnum):
@@ -77,7 +76,7 @@ ALARM = SubjectSpec(
     pattern=Pattern.STREAM,
     publishers=("monitoring",),
     subscribers=("web", "historian"),
-    description="Alarm raised, cleared or acknowledged; active alarms also in KV gp_alarms.",
+    description="Every change of an alarm (raised, cleared, acknowledged); active ones in KV gp_alarms.",
 )
 COMMAND = SubjectSpec(
     name="command",
@@ -201,4 +200,7 @@ OBJECT_STORES: tuple[BucketSpec, ...] = (
 def grid_token(grid: str) -> str:
     """A grid name as a single subject token (no dots, spaces or wildcards)."""
     bad = set(". *>\t\r\n")
-    return "".join("_" if c in bad else c for c in grid)
+    token = "".join("_" if c in bad else c for c in grid)
+    if token in ("svc", ""):
+        raise ConfigError(f"{grid!r} cannot name a grid: 'gp.svc.*' is reserved for services")
+    return token
