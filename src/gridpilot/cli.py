@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
 from gridpilot.core.errors import GridPilotError
@@ -142,7 +143,7 @@ async def _status(args: argparse.Namespace) -> int:
             keys = await kv.keys()
         except Exception:
             keys = []
-        rows = []
+        rows: list[dict[str, Any]] = []
         now = time.time_ns()
         for key in sorted(keys):
             entry = await kv.get(key)
@@ -169,7 +170,7 @@ async def _status(args: argparse.Namespace) -> int:
         return 1
     print(f"{'service':18s} {'grid':10s} {'state':9s} {'pid':>7s} {'heartbeat':>10s}  info")
     for r in rows:
-        info = ", ".join(f"{k}={v}" for k, v in r["info"].items())  # type: ignore[attr-defined]
+        info = ", ".join(f"{k}={v}" for k, v in r["info"].items())
         print(
             f"{r['service']:18s} {r['grid']:10s} {r['state']:9s} {r['pid']:>7d} "
             f"{r['heartbeat_age_s']:>9.1f}s  {info}"

@@ -76,7 +76,8 @@ ALARM = SubjectSpec(
     pattern=Pattern.STREAM,
     publishers=("monitoring",),
     subscribers=("web", "historian"),
-    description="Every change of an alarm (raised, cleared, acknowledged); active ones in KV gp_alarms.",
+    description="Every change of an alarm (raised, cleared, acknowledged); "
+    "the active ones are also in KV gp_alarms.",
 )
 COMMAND = SubjectSpec(
     name="command",

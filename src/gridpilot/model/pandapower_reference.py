@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -264,14 +265,17 @@ class PandapowerReference:
         setup = self._fill(rows)
         t0 = time.perf_counter()
         try:
-            # pandapower logs and returns a failure rather than raising for most problems.
-            res = estimate(
-                self.net,
-                algorithm="wls",
-                init=init,
-                tolerance=tolerance,
-                maximum_iterations=maximum_iterations,
-            )
+            with warnings.catch_warnings():
+                # pandas' chained-assignment and numpy cast warnings from inside pandapower.
+                warnings.simplefilter("ignore")
+                res = estimate(
+                    self.net,
+                    algorithm="wls",
+                    init=init,
+                    tolerance=tolerance,
+                    maximum_iterations=maximum_iterations,
+                )
+            # pandapower reports most failures in the result rather than raising.
             ok = bool(res["success"] if isinstance(res, dict) else res)
         except Exception as exc:  # a singular gain matrix surfaces as a LinAlgError et al.
             logging.getLogger("gridpilot.model").debug("pandapower estimate failed: %s", exc)

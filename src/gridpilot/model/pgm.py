@@ -150,15 +150,15 @@ class PgmNetwork:
             ComponentType.sym_gen: gen,
         }
         self.pgm_id: dict[tuple[str, str], int] = {}
-        for kind, items, arr in (
-            ("line", model.lines, line),
-            ("transformer", model.transformers, tr),
-            ("source", model.sources, src),
-            ("load", model.loads, load),
-            ("gen", model.generators, gen),
+        for kind, ids, arr in (
+            ("line", [x.id for x in model.lines], line),
+            ("transformer", [x.id for x in model.transformers], tr),
+            ("source", [x.id for x in model.sources], src),
+            ("load", [x.id for x in model.loads], load),
+            ("gen", [x.id for x in model.generators], gen),
         ):
-            for item, pid in zip(items, arr["id"].tolist(), strict=True):
-                self.pgm_id[(kind, item.id)] = pid
+            for mrid, pid in zip(ids, arr["id"].tolist(), strict=True):
+                self.pgm_id[(kind, mrid)] = pid
         self.branch_ids = [ln.id for ln in model.lines] + [t.id for t in model.transformers]
         self.branch_kind = {ln.id: "line" for ln in model.lines} | {
             t.id: "transformer" for t in model.transformers

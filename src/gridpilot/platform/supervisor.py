@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -232,7 +233,7 @@ class Supervisor:
         self._say("stopped")
 
     # -- presentation -------------------------------------------------------------------------
-    def rows(self) -> list[dict[str, object]]:
+    def rows(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         out = []
         for c in self.children.values():
@@ -251,19 +252,16 @@ class Supervisor:
             )
         return out
 
-    def table(self):  # type: ignore[no-untyped-def]
+    def table(self) -> Any:
         from rich.table import Table
 
-        t = Table(
-            title=f"GridPilot — grid {self.grid or self.grid_name} — {self.endpoints.get('nats', '')}"
-            if hasattr(self, "endpoints")
-            else "GridPilot"
-        )
+        nats = self.endpoints.get("nats", "") if hasattr(self, "endpoints") else ""
+        t = Table(title=f"GridPilot — grid {self.grid or self.grid_name} — {nats}")
         for col in ("service", "pid", "state", "heartbeat", "restarts", "info"):
             t.add_column(col)
         for r in self.rows():
             age = r["heartbeat_age_s"]
-            info = ", ".join(f"{k}={v}" for k, v in r["info"].items())  # type: ignore[attr-defined]
+            info = ", ".join(f"{k}={v}" for k, v in r["info"].items())
             t.add_row(
                 str(r["service"]),
                 str(r["pid"] or "-"),

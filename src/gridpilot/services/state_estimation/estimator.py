@@ -14,10 +14,17 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-from power_grid_model import CalculationMethod, ComponentType, DatasetType, PowerGridModel
-from power_grid_model.errors import NotObservableError, PowerGridError
+from power_grid_model import (
+    CalculationMethod,
+    ComponentType,
+    DatasetType,
+    PowerGridModel,
+    initialize_array,
+)
+from power_grid_model.errors import NotObservableError, PowerGridError  # type: ignore[attr-defined]
 
 from gridpilot.core.schemas import (
     BadData,
@@ -33,17 +40,14 @@ from gridpilot.model.placement import Placement
 from gridpilot.services.state_estimation.sensors import SensorTable, chi2_threshold
 
 C = ComponentType
-_OUTPUTS = {
+_OUTPUTS: dict[ComponentType, Any] = {
     C.node: None,
     C.line: None,
     C.transformer: None,
     C.sym_voltage_sensor: None,
     C.sym_power_sensor: None,
 }
-_UPDATE_DTYPE = {
-    C.sym_voltage_sensor: None,
-    C.sym_power_sensor: None,
-}
+_UPDATE_DTYPE: dict[ComponentType, np.dtype[np.void]] = {}
 _METHOD_NAMES = {
     CalculationMethod.iterative_linear: "iterative_linear",
     CalculationMethod.newton_raphson: "newton_raphson",
@@ -53,7 +57,7 @@ _METHOD_NAMES = {
 class _Solution:
     __slots__ = ("dof", "method", "objective", "out", "r_p", "r_v")
 
-    def __init__(self, out: dict, method: CalculationMethod) -> None:
+    def __init__(self, out: Mapping[ComponentType, Any], method: CalculationMethod) -> None:
         self.out = out
         self.method = method
         self.r_v = np.zeros(0)
@@ -382,10 +386,8 @@ class Estimator:
 def _as_update(arr: np.ndarray, comp: ComponentType) -> np.ndarray:
     dtype = _UPDATE_DTYPE.get(comp)
     if dtype is None:
-        from power_grid_model import initialize_array
-
         dtype = _UPDATE_DTYPE[comp] = initialize_array(DatasetType.update, comp, 0).dtype
     upd = np.empty(len(arr), dtype=dtype)
-    for field in dtype.names:
+    for field in dtype.names or ():
         upd[field] = arr[field]
     return upd

@@ -28,7 +28,7 @@ class SensorTable:
     def __init__(self, net: PgmNetwork, placement: Placement) -> None:
         model = net.model
         # The calculation nodes each element touches, to find a suspect's neighbours.
-        ends = {ln.id: (ln.from_bus, ln.to_bus) for ln in model.lines}
+        ends: dict[str, tuple[str, ...]] = {ln.id: (ln.from_bus, ln.to_bus) for ln in model.lines}
         ends |= {t.id: (t.hv_bus, t.lv_bus) for t in model.transformers}
         ends |= {ld.id: (ld.bus,) for ld in model.loads}
         ends |= {gn.id: (gn.bus,) for gn in model.generators}
