@@ -293,7 +293,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     t_ns: int
     uptime_s: float
     counters: dict[str, int] = {}
-    info: dict[str, float | str] = {}
+    info: dict[str, int | float | str] = {}
 
 
 T = TypeVar("T")

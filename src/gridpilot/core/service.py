@@ -44,7 +44,7 @@ class Service:
         self.grid = subjects.grid_token(config.grid)
         self.log = logging.getLogger(f"gridpilot.{self.name}")
         self.counters: Counter[str] = Counter()
-        self.info: dict[str, float | str] = {}
+        self.info: dict[str, int | float | str] = {}
         self.state = s.ServiceState.STARTING
         self.instance = uuid.uuid4().hex[:8]
         self.started = time.monotonic()
