@@ -32,7 +32,8 @@ from gridpilot.platform.permissions import (
 ConnectAs = Callable[..., Awaitable[Client]]
 
 GRID = "cigre_mv"
-MODEL = os.urandom(2_000_000)  # large enough for chunking and JetStream flow control
+# Above ~4 MB the ordered consumer needs flow-control replies ($JS.FC.OBJ_gp_models.>).
+MODEL = os.urandom(4_500_000)
 SHORT = 0.5  # timeout for operations the server silently drops
 
 
@@ -168,7 +169,9 @@ async def test_every_service_heartbeats_and_reads_the_model(
     entry = await (await admin_nc.jetstream().key_value("gp_services")).get(service)
     assert entry.value == b"alive"
 
-    result = await (await js.object_store("gp_models")).get(GRID)
+    store = await js.object_store("gp_models")
+    # Without flow control the download stalls instead of failing: bound it.
+    result = await asyncio.wait_for(store.get(GRID), 10.0)
     assert result.data == model
     assert bus.stats(nc).permission_denied == 0
 
@@ -247,7 +250,8 @@ async def test_viewer_reads_everything_it_shows(
         kv = await js.key_value(bucket)
         assert (await kv.get("viewer_test")).value == bucket.encode()
         assert "viewer_test" in await kv.keys()  # an ordered-consumer watch
-    assert (await (await js.object_store("gp_models")).get(GRID)).data == model
+    store = await js.object_store("gp_models")
+    assert (await asyncio.wait_for(store.get(GRID), 10.0)).data == model
     subs = [
         await nc.subscribe(s)
         for s in (sj.STATE.wildcard(), sj.ALARM.wildcard(), sj.HEARTBEAT.wildcard())

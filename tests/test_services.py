@@ -71,7 +71,7 @@ async def platform(
         return svc
 
     yield start
-    for svc, task in running:
+    for svc, _task in running:
         svc.stop()
     for _svc, task in running:
         with contextlib.suppress(Exception):
@@ -88,8 +88,8 @@ class Collector:
         self.items.append(msgspec.json.decode(msg.data, type=self.typ))
         self.event.set()
 
-    async def wait_for(self, pred: Callable[[list], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, pred: Callable[[list], bool], within_s: float = 10.0) -> None:
+        deadline = time.monotonic() + within_s
         while not pred(self.items):
             self.event.clear()
             remaining = deadline - time.monotonic()
@@ -116,7 +116,7 @@ async def test_simulator_state_estimation_accuracy_and_injected_gross_error(
     truths = await collect(admin_nc, subjects.TRUTH.format(grid=GRID), SimTruth)
     platform(SimulatorService)
     platform(StateEstimationService)
-    await states.wait_for(lambda s: len(s) >= 20, timeout=20)
+    await states.wait_for(lambda s: len(s) >= 20, within_s=20)
     truth_at = {t.t_ns: t.buses for t in truths.items}
     errors = [_v_error(s.buses, truth_at[s.t_ns]) for s in states.items if s.t_ns in truth_at]
     assert len(errors) >= 15
@@ -138,7 +138,7 @@ async def test_simulator_state_estimation_accuracy_and_injected_gross_error(
     )
     assert reply.ok, reply.error
     n = len(states.items)
-    await states.wait_for(lambda s: any(e.bad_data for e in s[n:]), timeout=10)
+    await states.wait_for(lambda s: any(e.bad_data for e in s[n:]), within_s=10)
     flagged = next(e for e in states.items[n:] if e.bad_data)
     assert [(b.source, b.mrid) for b in flagged.bad_data] == [("rtu_trafo_0_1", "trafo_0_1")]
     assert _v_error(flagged.buses, {t.t_ns: t.buses for t in truths.items}[flagged.t_ns]) < 0.005
@@ -285,7 +285,7 @@ async def test_switch_command_changes_topology_and_estimates_follow(
     states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
     truths = await collect(admin_nc, subjects.TRUTH.format(grid=GRID), SimTruth)
     beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=se.name), Heartbeat)
-    await states.wait_for(lambda s: len(s) >= 3, timeout=20)
+    await states.wait_for(lambda s: len(s) >= 3, within_s=20)
     cmd = Command(
         id="c1",
         grid=GRID,
