@@ -1,4 +1,4 @@
-"""Shared fixtures: one real embedded nats-server per test session, and clients for each identity."""
+"""Shared fixtures: one real embedded nats-server per test session, clients for each identity."""
 
 from __future__ import annotations
 

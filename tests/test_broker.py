@@ -180,7 +180,12 @@ async def test_simulator_publishes_field_data_and_serves_injection(
     connect_as: ConnectAs, admin_nc: Client
 ) -> None:
     nc = await connect_as("simulator")
-    for subject in ("gp.cigre_mv.meas.pmu_1", "gp.cigre_mv.sim.truth", "gp.cigre_mv.topology"):
+    for subject in (
+        "gp.cigre_mv.meas.pmu_1",
+        "gp.cigre_mv.sim.truth",
+        "gp.cigre_mv.topology",
+        "gp.cigre_mv.event.command",
+    ):
         await bus.publish_checked(nc, subject, b"{}")
     await nc.jetstream(timeout=2.0).publish("gp.cigre_mv.meas.rtu_2", b"{}")  # stored in GP_MEAS
 
@@ -254,10 +259,17 @@ async def test_viewer_reads_everything_it_shows(
     assert (await asyncio.wait_for(store.get(GRID), 10.0)).data == model
     subs = [
         await nc.subscribe(s)
-        for s in (sj.STATE.wildcard(), sj.ALARM.wildcard(), sj.HEARTBEAT.wildcard())
+        for s in (
+            sj.STATE.wildcard(),
+            sj.ALARM.wildcard(),
+            sj.COMMAND_RESULT.wildcard(),
+            sj.HEARTBEAT.wildcard(),
+        )
     ]
     await nc.flush()
-    for sub, subject in zip(subs, ("gp.x.state", "gp.x.alarm", "gp.svc.x.heartbeat"), strict=True):
+    for sub, subject in zip(
+        subs, ("gp.x.state", "gp.x.alarm", "gp.x.event.command", "gp.svc.x.heartbeat"), strict=True
+    ):
         await admin_nc.publish(subject, b"v")
         assert (await _next(sub)).subject == subject
     assert bus.stats(nc).permission_denied == 0
@@ -308,13 +320,13 @@ async def test_refused_publishes(connect_as: ConnectAs, identity: str, subject: 
 async def test_simulator_cannot_write_state_nor_manage_streams(connect_as: ConnectAs) -> None:
     nc = await connect_as("simulator")
     js = nc.jetstream(timeout=SHORT)
-    with pytest.raises(PermissionDeniedError, match="(?i)kv_gp_state"):
+    with pytest.raises(PermissionDeniedError, match=r"(?i)kv_gp_state"):
         async with bus.denied_as_error(nc):
             await js.key_value("gp_state")
-    with pytest.raises(PermissionDeniedError, match="(?i)stream.create"):
+    with pytest.raises(PermissionDeniedError, match=r"(?i)stream\.create"):
         async with bus.denied_as_error(nc):
             await js.add_stream(name="EVIL", subjects=["evil.>"])
-    with pytest.raises(PermissionDeniedError, match="(?i)stream.delete"):
+    with pytest.raises(PermissionDeniedError, match=r"(?i)stream\.delete"):
         async with bus.denied_as_error(nc):
             await js.delete_stream("GP_MEAS")
 
@@ -351,34 +363,64 @@ def _mqtt_packet(kind: int, body: bytes) -> bytes:
             return bytes([kind]) + length + body
 
 
-async def _mqtt_connect(url: str, user: str, password: str) -> tuple[asyncio.StreamWriter, int]:
+async def _mqtt_read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first = (await asyncio.wait_for(reader.readexactly(1), 2.0))[0]
+    length, shift = 0, 0
+    while True:
+        digit = (await reader.readexactly(1))[0]
+        length += (digit & 0x7F) << shift
+        shift += 7
+        if not digit & 0x80:
+            return first, await reader.readexactly(length)
+
+
+async def _mqtt_connect(
+    url: str, user: str, password: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
     host, port = url.removeprefix("mqtt://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     flags = 0xC2  # user name, password, clean session
     header = _mqtt_str("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big")
     payload = _mqtt_str(f"test-{user}") + _mqtt_str(user) + _mqtt_str(password)
     writer.write(_mqtt_packet(0x10, header + payload))
-    connack = await asyncio.wait_for(reader.readexactly(4), 2.0)
-    return writer, connack[3]  # return code: 0 accepted, 5 not authorised
+    _, connack = await _mqtt_read(reader)
+    return reader, writer, connack[1]  # return code: 0 accepted, 5 not authorised
 
 
-async def test_mqtt_device_publishes_measurements(
-    nats_server: EmbeddedNats, credentials: dict[str, str], admin_nc: Client
-) -> None:
-    meas = await admin_nc.subscribe(sj.MEAS.wildcard())
-    await admin_nc.flush()
-    writer, code = await _mqtt_connect(
-        nats_server.mqtt_url, "mqtt_device", credentials["mqtt_device"]
-    )
-    assert code == 0
-    writer.write(_mqtt_packet(0x30, _mqtt_str("gp/cigre_mv/meas/pmu_9") + b"{}"))  # QoS 0
-    msg = await _next(meas)
-    assert (msg.subject, msg.data) == ("gp.cigre_mv.meas.pmu_9", b"{}")
+async def _mqtt_close(writer: asyncio.StreamWriter) -> None:
     writer.write(b"\xe0\x00")  # DISCONNECT
     writer.close()
     await writer.wait_closed()
 
-    writer, code = await _mqtt_connect(nats_server.mqtt_url, "simulator", credentials["simulator"])
+
+async def test_mqtt_device_sends_measurements_and_receives_commands(
+    nats_server: EmbeddedNats, credentials: dict[str, str], admin_nc: Client
+) -> None:
+    meas = await admin_nc.subscribe(sj.MEAS.wildcard())
+    await admin_nc.flush()
+    url = nats_server.mqtt_url
+    reader, writer, code = await _mqtt_connect(url, "mqtt_device", credentials["mqtt_device"])
+    assert code == 0
+    writer.write(_mqtt_packet(0x30, _mqtt_str("gp/cigre_mv/meas/pmu_9") + b"{}"))  # QoS 0
+    msg = await _next(meas)
+    assert (msg.subject, msg.data) == ("gp.cigre_mv.meas.pmu_9", b"{}")
+
+    # QoS 1 subscription: delivered by a JetStream consumer through $MQTT.sub.<nuid>.
+    writer.write(_mqtt_packet(0x82, b"\x00\x01" + _mqtt_str("gp/cigre_mv/command/#") + b"\x01"))
+    kind, suback = await _mqtt_read(reader)
+    assert (kind, suback) == (0x90, b"\x00\x01\x01")  # packet 1, granted QoS 1
+    await admin_nc.publish(sj.COMMAND.format(grid=GRID, target="sw_1"), b"open")
+    kind, body = await _mqtt_read(reader)
+    topic_len = int.from_bytes(body[:2], "big")
+    assert kind & 0xF0 == 0x30 and body[2 : 2 + topic_len] == b"gp/cigre_mv/command/sw_1"
+    # NATS-published messages reach MQTT subscribers at QoS 0 (no packet id, no PUBACK).
+    qos = (kind >> 1) & 3
+    payload = body[2 + topic_len + (2 if qos else 0) :]
+    assert payload == b"open"
+    if qos:
+        writer.write(b"\x40\x02" + body[2 + topic_len : 4 + topic_len])  # PUBACK
+    await _mqtt_close(writer)
+
+    _, writer, code = await _mqtt_connect(url, "simulator", credentials["simulator"])
     assert code == 5  # service passwords are for NATS connections only
-    writer.close()
-    await writer.wait_closed()
+    await _mqtt_close(writer)
