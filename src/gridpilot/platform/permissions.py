@@ -150,12 +150,14 @@ PERMISSIONS: dict[str, Permissions] = {
         ),
     ),
     # A field device over MQTT: topic gp/<grid>/meas/<dev> is NATS subject gp.<grid>.meas.<dev>.
-    # QoS 1 subscriptions are delivered through a JetStream consumer on $MQTT.sub.<nuid>.
+    # Older servers' docs ask for subscribe "$MQTT.sub.>" for QoS 1; nats-server 2.15 delivers
+    # QoS 1 (also to resumed sessions) without it, and with it a device could read every
+    # other device's QoS 1 deliveries through the MQTT topic $MQTT/sub/#.
     MQTT_DEVICE: Permissions(
-        publish=(_under(sj.MEAS), sj.TOPOLOGY.wildcard()),
+        publish=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), sj.COMMAND_RESULT.wildcard()),
         # MQTT "gp/+/command/#" also matches the parent level, so the server subscribes
         # gp.*.command too and refuses the whole SUBSCRIBE if that one is not allowed.
-        subscribe=(_under(sj.COMMAND), sj.COMMAND.wildcard().rsplit(".", 1)[0], "$MQTT.sub.>"),
+        subscribe=(_under(sj.COMMAND), sj.COMMAND.wildcard().rsplit(".", 1)[0]),
         connection_types=("MQTT",),
     ),
 }

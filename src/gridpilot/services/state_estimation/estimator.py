@@ -99,6 +99,7 @@ class Estimator:
         self.sensors = SensorTable(self.net, self.placement)
         self._models: OrderedDict[bytes, PowerGridModel] = OrderedDict()
         self._preferred: dict[bytes, CalculationMethod] = {}
+        self._suspects: list[tuple[str, int]] = []
         node_ids = self.net.input[C.node]["id"]
         with_appliance = np.zeros(len(node_ids), dtype=bool)
         index = {int(n): i for i, n in enumerate(node_ids)}
@@ -156,6 +157,7 @@ class Estimator:
         n_meas = int(v_active.sum() + real.sum())
 
         bad: list[BadData] = []
+        removed: list[tuple[str, int]] = []
         if not v_active.any():
             return self._failed(
                 snapshot,
@@ -169,10 +171,13 @@ class Estimator:
         try:
             sol = self._solve(v_active, p_active)
             while self._suspicious(sol, v_active, p_active) and len(bad) < self.max_bad_data:
-                found = self._identify(sol, v_active, p_active)
+                found = self._recall(sol, v_active, p_active) or self._identify(
+                    sol, v_active, p_active
+                )
                 if found is None:
                     break
                 kind, row, r_norm, sol = found
+                removed.append((kind, row))
                 if kind == "v":
                     v_active[row] = False
                     key = s.v_keys[row]
@@ -197,6 +202,8 @@ class Estimator:
                             r_norm=round(r_norm, 2),
                         )
                     )
+            # A sensor in error usually stays so: try it first at the next snapshot.
+            self._suspects = removed
         except NotObservableError as exc:
             return self._failed(
                 snapshot,
@@ -214,7 +221,8 @@ class Estimator:
         return self._result(snapshot, sol, v_active, p_active, bad, t0, n_meas, n_pseudo)
 
     # -- internals ----------------------------------------------------------------------------
-    def _solve(self, v_active: np.ndarray, p_active: np.ndarray) -> _Solution:
+    def _solve(self, v_active: np.ndarray, p_active: np.ndarray, *, keep: bool = True) -> _Solution:
+        """Estimate with the active sensors; ``keep`` caches the model for the next snapshot."""
         key = v_active.tobytes() + p_active.tobytes()
         volt = self.sensors.voltage[v_active]
         power = self.sensors.power[p_active]
@@ -224,9 +232,10 @@ class Estimator:
             data[C.sym_voltage_sensor] = volt
             data[C.sym_power_sensor] = power
             model = PowerGridModel(data, system_frequency=self.model.f_hz)
-            self._models[key] = model
-            if len(self._models) > self._cache_size:
-                self._models.popitem(last=False)
+            if keep:
+                self._models[key] = model
+                if len(self._models) > self._cache_size:
+                    self._models.popitem(last=False)
         else:
             self._models.move_to_end(key)
             model.update(
@@ -288,6 +297,24 @@ class Estimator:
         worst = max(float(sol.r_v.max(initial=0.0)), float(real_p.max(initial=0.0)))
         return worst > self.r_max or sol.objective > chi2_threshold(sol.dof, self.alpha)
 
+    def _recall(
+        self, sol: _Solution, v_active: np.ndarray, p_active: np.ndarray
+    ) -> tuple[str, int, float, _Solution] | None:
+        """Remove a sensor found in error at the last snapshot, if that settles the test."""
+        for kind, row in self._suspects:
+            active = v_active if kind == "v" else p_active
+            if not active[row]:
+                continue
+            va, pa = v_active.copy(), p_active.copy()
+            (va if kind == "v" else pa)[row] = False
+            try:
+                trial = self._solve(va, pa)
+            except PowerGridError:
+                continue
+            if trial.objective < sol.objective:
+                return kind, row, math.sqrt(sol.objective - trial.objective), trial
+        return None
+
     def _identify(
         self, sol: _Solution, v_active: np.ndarray, p_active: np.ndarray
     ) -> tuple[str, int, float, _Solution] | None:
@@ -317,7 +344,7 @@ class Estimator:
             va, pa = v_active.copy(), p_active.copy()
             (va if kind == "v" else pa)[row] = False
             try:
-                trial = self._solve(va, pa)
+                trial = self._solve(va, pa, keep=False)
             except PowerGridError:
                 continue  # removing it loses observability or convergence: keep it
             if best is None or trial.objective < best[3].objective:
