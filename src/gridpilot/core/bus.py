@@ -193,14 +193,14 @@ async def denied_as_error(nc: Client, subject: str | None = None) -> AsyncIterat
         raise
 
 
-async def barrier(nc: Client, timeout: float = 2.0) -> None:
+async def barrier(nc: Client, *, flush_timeout: float = 2.0) -> None:
     """Return once the server has handled everything this client sent before the call.
 
     nats-py 2.16 writes flush()'s PING straight to the socket while PUB and SUB wait in its
     buffer, so the PONG can overtake them: push the buffer out first, then round-trip.
     """
     await nc._flush_pending(force_flush=True)
-    await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # annotated int, used as float
+    await nc.flush(timeout=flush_timeout)  # type: ignore[arg-type]  # annotated int, used as float
 
 
 async def publish_checked(
@@ -211,7 +211,7 @@ async def publish_checked(
     mark = st.permission_denied
     await nc.publish(subject, payload)
     # The server answers PING after handling the PUB, so any -ERR for it comes first.
-    await barrier(nc, flush_timeout)
+    await barrier(nc, flush_timeout=flush_timeout)
     denied = st.denied_since(mark, subject)
     if denied is not None:
         raise denied
