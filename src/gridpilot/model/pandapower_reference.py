@@ -21,9 +21,9 @@ from gridpilot.model.placement import Placement
 from gridpilot.services.state_estimation.sensors import SensorTable
 
 # pandapower has no exact zero-injection constraint in plain WLS, so a bus without any appliance
-# gets P = Q = 0 measurements this tight: a hundred times tighter than the tightest sensor
+# gets P = Q = 0 measurements this tight: about a hundred times tighter than the tightest sensor
 # (0.5 % of a 0.4 kV line's rating is ~1e-3 MW) yet loose enough for a well-conditioned gain
-# matrix in pandapower's per-unit system (sn_mva = 1).
+# matrix in pandapower's per-unit system (sn_mva = 1). 1e-4 to 1e-6 give the same estimates.
 ZERO_INJECTION_SIGMA_MW = 1e-5
 
 # One measurement row: (type, element_type, element, side, value, std_dev).
@@ -121,30 +121,26 @@ class PandapowerReference:
         for sw, idx in zip(model.switches, net.switch.index, strict=True):
             net.switch.at[idx, "closed"] = self.pgm.closed[sw.id]
         self._bus_idx = {b.id: int(i) for b, i in zip(model.buses, net.bus.index, strict=True)}
-        self._branch = {ln.id: ("line", int(i)) for ln, i in zip(model.lines, net.line.index)}
-        self._branch |= {
-            t.id: ("trafo", int(i)) for t, i in zip(model.transformers, net.trafo.index)
+        self._branch = {
+            ln.id: ("line", int(i)) for ln, i in zip(model.lines, net.line.index, strict=True)
         }
+        for t, i in zip(model.transformers, net.trafo.index, strict=True):
+            self._branch[t.id] = ("trafo", int(i))
         # Injections are measured per calculation node (buses fused by closed bus switches),
         # placed on the node's first bus; pandapower fuses the same buses.
-        self._node_bus = {}
+        node_of = self.pgm.node_of_bus
+        self._node_bus: dict[int, int] = {}
         for b in model.buses:
-            self._node_bus.setdefault(self.pgm.node_of_bus[b.id], self._bus_idx[b.id])
+            self._node_bus.setdefault(node_of[b.id], self._bus_idx[b.id])
         self._appliance_node = {
-            (Terminal.LOAD, ld.id): (self.pgm.node_of_bus[ld.bus], ld.in_service)
-            for ld in model.loads
-        } | {
-            (Terminal.GEN, gn.id): (self.pgm.node_of_bus[gn.bus], gn.in_service)
-            for gn in model.generators
+            (Terminal.LOAD, ld.id): (node_of[ld.bus], ld.in_service) for ld in model.loads
         }
-        with_appliance = {self.pgm.node_of_bus[b] for b, *_ in self._appliance_buses()}
-        self._source_nodes = {self.pgm.node_of_bus[s.bus] for s in model.sources}
+        for gn in model.generators:
+            self._appliance_node[(Terminal.GEN, gn.id)] = (node_of[gn.bus], gn.in_service)
+        with_appliance = {node for node, _ in self._appliance_node.values()}
+        self._source_nodes = {node_of[s.bus] for s in model.sources}
         self._zero_nodes = sorted(set(self._node_bus) - with_appliance - self._source_nodes)
         self._structure: tuple[tuple[str, str, int, str | None], ...] | None = None
-
-    def _appliance_buses(self) -> list[tuple[str, str]]:
-        m = self.model
-        return [(ld.bus, ld.id) for ld in m.loads] + [(g.bus, g.id) for g in m.generators]
 
     # -- measurements -----------------------------------------------------------------------
     def rows(self, values: SensorValues) -> list[Row]:
