@@ -235,6 +235,7 @@ async def run(args: argparse.Namespace, kinds: list[type[Variant]]) -> list[dict
                     await barrier(v.sub_nc)
                     await throughput(v, WARMUP)  # imports, caches, decoders
                     rates[v.name].append(await throughput(v, args.messages))
+                    await latency(v, 200, args.rate)  # the first after a burst is often slow
                     lats[v.name].append(await latency(v, per_round[r], args.rate))
                     await v.stop()
                     log(f"round {r + 1}: {v.name}: {rates[v.name][-1]:,.0f} msgs/s")
@@ -320,9 +321,11 @@ Written by `benchmarks/bus_bench.py` (see its docstring); rerun it to refresh.
 Same process, one asyncio loop, publisher and subscriber on their own connections to one
 embedded nats-server (core NATS); see `benchmarks/README.md`. Payload: a PMU frame as
 `MeasurementSet`, {size} bytes of JSON, on `{subject}`. Throughput: {messages:,} messages,
-a flush every {flush:,}, median of {nrounds} interleaved rounds (msgs/s per round: {rounds}).
-Latency: one-way, {samples:,} samples at {rate:,.0f} Hz spread over the rounds. Tail latencies on
-this shared VM include stalls of a few ms that hit every variant: read p99 as indicative only.
+a flush every {flush:,}, median of {nrounds} interleaved rounds. Latency: one-way, {samples:,}
+samples at {rate:,.0f} Hz spread over the rounds. Tail latencies on this shared VM include
+stalls of a few ms that hit every variant at random: read p99 as indicative only.
+
+msgs/s per round: {rounds}.
 
 ## Machine
 

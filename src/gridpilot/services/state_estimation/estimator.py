@@ -31,7 +31,6 @@ from gridpilot.core.schemas import (
     EstimateStatus,
     Measurand,
     MeasurementSnapshot,
-    Quality,
     StateEstimate,
 )
 from gridpilot.model.grid import GridModel
@@ -48,6 +47,7 @@ _OUTPUTS: dict[ComponentType, Any] = {
     C.sym_power_sensor: None,
 }
 _UPDATE_DTYPE: dict[ComponentType, np.dtype[np.void]] = {}
+_INVALID = 1  # Quality.INVALID as a plain int: IntFlag arithmetic is slow per measurement
 _METHOD_NAMES = {
     CalculationMethod.iterative_linear: "iterative_linear",
     CalculationMethod.newton_raphson: "newton_raphson",
@@ -55,11 +55,21 @@ _METHOD_NAMES = {
 
 
 class _Solution:
-    __slots__ = ("dof", "method", "objective", "out", "r_p", "r_v")
+    __slots__ = ("dof", "method", "model", "objective", "out", "power", "r_p", "r_v", "volt")
 
-    def __init__(self, out: Mapping[ComponentType, Any], method: CalculationMethod) -> None:
+    def __init__(
+        self,
+        out: Mapping[ComponentType, Any],
+        method: CalculationMethod,
+        model: PowerGridModel,
+        volt: np.ndarray,
+        power: np.ndarray,
+    ) -> None:
         self.out = out
         self.method = method
+        self.model = model  # with exactly the active sensors, values as of this snapshot
+        self.volt = volt
+        self.power = power
         self.r_v = np.zeros(0)
         self.r_p = np.zeros(0)
         self.objective = 0.0
@@ -118,38 +128,59 @@ class Estimator:
         s = self.sensors
         volt = s.voltage
         power = s.power
-        volt["u_measured"] = np.nan
-        volt["u_angle_measured"] = np.nan
-        volt["u_sigma"] = s.v_sigma
-        power["p_measured"] = np.nan
-        power["q_measured"] = np.nan
-        age = np.zeros(len(power))
+        # Collect rows and values in lists and write each array once: element-wise writes
+        # into structured arrays cost more than the solve on small grids.
+        v_rows: list[int] = []
+        v_vals: list[float] = []
+        a_rows: list[int] = []
+        a_vals: list[float] = []
+        p_rows: list[int] = []
+        p_vals: list[float] = []
+        q_vals: list[float] = []
+        p_t: list[int] = []
+        v_index, p_index, v_pmu = s.v_index, s.p_index, s.v_pmu_list
+        voltage = Measurand.VOLTAGE
         for m in snapshot.measurements:
-            if m.quality & Quality.INVALID:
+            if m.quality & _INVALID:
                 continue
-            if m.measurand is Measurand.VOLTAGE:
-                row = s.v_index.get((m.source, m.mrid))
+            if m.measurand is voltage:
+                row = v_index.get((m.source, m.mrid))
                 if row is None or m.v_pu is None:
                     continue
-                volt["u_measured"][row] = m.v_pu * s.v_rated[row]
-                if s.v_pmu[row] and m.va_deg is not None:
-                    volt["u_angle_measured"][row] = math.radians(m.va_deg)
+                v_rows.append(row)
+                v_vals.append(m.v_pu)
+                if v_pmu[row] and m.va_deg is not None:
+                    a_rows.append(row)
+                    a_vals.append(m.va_deg)
             else:
-                prow = s.p_index.get((m.source, m.mrid, m.terminal))
+                prow = p_index.get((m.source, m.mrid, m.terminal))
                 if prow is None or m.p_mw is None or m.q_mvar is None:
                     continue
-                power["p_measured"][prow] = m.p_mw * 1e6
-                power["q_measured"][prow] = m.q_mvar * 1e6
-                age[prow] = max(0.0, (snapshot.t_ns - m.t_ns) / 1e9)
-        v_active = ~np.isnan(volt["u_measured"])
-        real = ~np.isnan(power["p_measured"][: s.n_real_p])
+                p_rows.append(prow)
+                p_vals.append(m.p_mw)
+                q_vals.append(m.q_mvar)
+                p_t.append(m.t_ns)
+        u = np.full(len(volt), np.nan)
+        u[v_rows] = np.asarray(v_vals) * s.v_rated[v_rows]
+        volt["u_measured"] = u
+        ang = np.full(len(volt), np.nan)
+        ang[a_rows] = np.radians(a_vals)
+        volt["u_angle_measured"] = ang
+        pm = np.full(len(power), np.nan)
+        qm = np.full(len(power), np.nan)
+        pm[p_rows] = np.asarray(p_vals) * 1e6
+        qm[p_rows] = np.asarray(q_vals) * 1e6
+        age = np.zeros(len(power))
+        age[p_rows] = np.maximum(0.0, (snapshot.t_ns - np.asarray(p_t, dtype=np.int64)) / 1e9)
+        v_active = ~np.isnan(u)
+        real = ~np.isnan(pm[: s.n_real_p])
         covered = s.covers[real & (s.covers >= 0)]
         p_active = np.ones(len(power), dtype=bool)
         p_active[: s.n_real_p] = real
         p_active[covered] = False
-        pseudo_p, pseudo_q = s.pseudo_values(snapshot.t_ns / 1e9)
-        power["p_measured"][s.n_real_p :] = pseudo_p
-        power["q_measured"][s.n_real_p :] = pseudo_q
+        pm[s.n_real_p :], qm[s.n_real_p :] = s.pseudo_values(snapshot.t_ns / 1e9)
+        power["p_measured"] = pm
+        power["q_measured"] = qm
         sigma = s.p_sigma + s.drift_per_s * age * s.p_rating * s.p_meter
         power["p_sigma"] = sigma
         power["q_sigma"] = sigma
@@ -178,8 +209,8 @@ class Estimator:
                     break
                 kind, row, r_norm, sol = found
                 removed.append((kind, row))
+                v_active, p_active = self._without(kind, row, v_active, p_active)
                 if kind == "v":
-                    v_active[row] = False
                     key = s.v_keys[row]
                     bad.append(
                         BadData(
@@ -191,7 +222,6 @@ class Estimator:
                         )
                     )
                 else:
-                    p_active[row] = False
                     pkey = s.p_keys[row]
                     bad.append(
                         BadData(
@@ -267,7 +297,8 @@ class Estimator:
                 error = exc
                 continue
             self._preferred[key] = method
-            return self._residuals(_Solution(out, method), volt, power, v_active)
+            sol = _Solution(out, method, model, volt, power)
+            return self._residuals(sol, volt, power, v_active)
         assert error is not None
         raise error
 
@@ -297,6 +328,22 @@ class Estimator:
         worst = max(float(sol.r_v.max(initial=0.0)), float(real_p.max(initial=0.0)))
         return worst > self.r_max or sol.objective > chi2_threshold(sol.dof, self.alpha)
 
+    def _without(
+        self, kind: str, row: int, v_active: np.ndarray, p_active: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The sensor sets without one sensor; a load or generator it measured falls back to
+        its pseudo-measurement, as when the measurement had not arrived."""
+        va, pa = v_active.copy(), p_active.copy()
+        if kind == "v":
+            va[row] = False
+            return va, pa
+        pa[row] = False
+        covers = self.sensors.covers
+        if row < len(covers) and covers[row] >= 0:
+            others = np.flatnonzero(pa[: len(covers)] & (covers == covers[row]))
+            pa[covers[row]] = len(others) == 0
+        return va, pa
+
     def _recall(
         self, sol: _Solution, v_active: np.ndarray, p_active: np.ndarray
     ) -> tuple[str, int, float, _Solution] | None:
@@ -305,8 +352,7 @@ class Estimator:
             active = v_active if kind == "v" else p_active
             if not active[row]:
                 continue
-            va, pa = v_active.copy(), p_active.copy()
-            (va if kind == "v" else pa)[row] = False
+            va, pa = self._without(kind, row, v_active, p_active)
             try:
                 trial = self._solve(va, pa)
             except PowerGridError:
@@ -339,19 +385,95 @@ class Estimator:
             kind, row, _ = cand
             if nodes.intersection((s.v_nodes if kind == "v" else s.p_nodes)[row]):
                 cands.append(cand)
-        best: tuple[str, int, float, _Solution] | None = None
-        for kind, row, _r in cands[: self.max_candidates]:
-            va, pa = v_active.copy(), p_active.copy()
-            (va if kind == "v" else pa)[row] = False
+        cands = cands[: self.max_candidates]
+        objectives = self._trials(sol, [(k, r) for k, r, _ in cands])
+        for k in np.argsort(objectives):
+            if not np.isfinite(objectives[k]):
+                break  # removing it loses observability or convergence: keep it
+            kind, row, _ = cands[k]
+            va, pa = self._without(kind, row, v_active, p_active)
             try:
-                trial = self._solve(va, pa, keep=False)
+                trial = self._solve(va, pa)
             except PowerGridError:
-                continue  # removing it loses observability or convergence: keep it
-            if best is None or trial.objective < best[3].objective:
-                # How far off it was: the square root of the objective's drop on removal, the
-                # size in sigmas of its deleted residual (robust where leverage hides it).
-                best = (kind, row, math.sqrt(max(0.0, sol.objective - trial.objective)), trial)
-        return best
+                continue
+            # How far off it was: the square root of the objective's drop on removal, the
+            # size in sigmas of its deleted residual (robust where leverage hides it).
+            return kind, row, math.sqrt(max(0.0, sol.objective - trial.objective)), trial
+        return None
+
+    def _trials(self, sol: _Solution, cands: list[tuple[str, int]]) -> np.ndarray:
+        """The objective after removing each candidate, all in one batch calculation.
+
+        A removed sensor gets an infinite sigma (no weight), which power-grid-model solves like
+        a model without it; a removal that loses observability fails its scenario (inf).
+        """
+        s = self.sensors
+        k = len(cands)
+        v_ids = [int(s.voltage["id"][row]) for kind, row in cands if kind == "v"]
+        p_ids = [int(s.power["id"][row]) for kind, row in cands if kind == "p"]
+        update: dict[ComponentType, np.ndarray] = {}
+        if v_ids:
+            vu = initialize_array(DatasetType.update, C.sym_voltage_sensor, (k, len(v_ids)))
+            vu["id"] = v_ids
+            update[C.sym_voltage_sensor] = vu
+        if p_ids:
+            pu = initialize_array(DatasetType.update, C.sym_power_sensor, (k, len(p_ids)))
+            pu["id"] = p_ids
+            update[C.sym_power_sensor] = pu
+        iv = ip = 0
+        pseudo_for: dict[int, int] = {}  # scenario -> pseudo row that stands in
+        for i, (kind, row) in enumerate(cands):
+            if kind == "v":
+                update[C.sym_voltage_sensor]["u_sigma"][i, iv] = np.inf
+                iv += 1
+                continue
+            pu = update[C.sym_power_sensor]
+            stand_in = int(s.covers[row]) if row < len(s.covers) else -1
+            if stand_in >= 0:
+                # an appliance's meter out: its pseudo-measurement takes the same place
+                pseudo_for[i] = stand_in
+                pu["p_measured"][i, ip] = s.power["p_measured"][stand_in]
+                pu["q_measured"][i, ip] = s.power["q_measured"][stand_in]
+                pu["p_sigma"][i, ip] = s.power["p_sigma"][stand_in]
+                pu["q_sigma"][i, ip] = s.power["q_sigma"][stand_in]
+            else:
+                pu["p_sigma"][i, ip] = np.inf
+                pu["q_sigma"][i, ip] = np.inf
+            ip += 1
+        out = sol.model.calculate_state_estimation(
+            update_data=update,
+            calculation_method=sol.method,
+            error_tolerance=1e-8,
+            max_iterations=50 if sol.method is CalculationMethod.newton_raphson else 100,
+            output_component_types={C.sym_voltage_sensor: None, C.sym_power_sensor: None},
+            threading=0,
+            continue_on_batch_error=True,
+        )
+        volt, power = sol.volt, sol.power
+        vo, po = out[C.sym_voltage_sensor], out[C.sym_power_sensor]
+        rv = vo["u_residual"] / volt["u_sigma"]
+        ra = np.nan_to_num(vo["u_angle_residual"] * volt["u_measured"] / volt["u_sigma"])
+        rp = po["p_residual"] / power["p_sigma"]
+        rq = po["q_residual"] / power["q_sigma"]
+        v_pos = {int(pid): i for i, pid in enumerate(volt["id"])}
+        p_pos = {int(pid): i for i, pid in enumerate(power["id"])}
+        for i, (kind, row) in enumerate(cands):
+            if kind == "v":  # the removed sensor adds nothing
+                j = v_pos[int(s.voltage["id"][row])]
+                rv[i, j] = ra[i, j] = 0.0
+            elif i in pseudo_for:  # weighed as the pseudo-measurement it became
+                j = p_pos[int(s.power["id"][row])]
+                rp[i, j] *= power["p_sigma"][j] / s.power["p_sigma"][pseudo_for[i]]
+                rq[i, j] *= power["q_sigma"][j] / s.power["q_sigma"][pseudo_for[i]]
+            else:
+                j = p_pos[int(s.power["id"][row])]
+                rp[i, j] = rq[i, j] = 0.0
+        objective = (rv**2).sum(axis=1) + (ra**2).sum(axis=1) + (rp**2).sum(axis=1)
+        objective += (rq**2).sum(axis=1)
+        failed = getattr(sol.model, "batch_error", None)
+        if failed is not None:
+            objective[np.asarray(failed.failed_scenarios, dtype=np.int64)] = np.inf
+        return np.where(np.isfinite(objective), objective, np.inf)
 
     def _result(
         self,

@@ -89,6 +89,7 @@ class SensorTable:
         self.v_index = {k: i for i, k in enumerate(v_keys)}
         self.p_index = {k: i for i, k in enumerate(p_keys)}
         self.v_pmu = np.array(v_pmu, dtype=bool)
+        self.v_pmu_list = v_pmu
         self.v_sigma = np.array(v_sigma, dtype=np.float64)
         self.v_rated = np.array(v_rated, dtype=np.float64)
         self.p_sigma = np.array(p_sigma, dtype=np.float64)
@@ -115,6 +116,7 @@ class SensorTable:
         )
         self.voltage["id"] = net.next_ids(len(v_keys))
         self.voltage["measured_object"] = v_node
+        self.voltage["u_sigma"] = v_sigma
         self.power = initialize_array(
             DatasetType.input, ComponentType.sym_power_sensor, len(p_keys)
         )
