@@ -85,7 +85,7 @@ class Solver:
         self.cache_size = cache_size
         self._sets: OrderedDict[bytes, SensorSet] = OrderedDict()
         nodes = net.input[C.node]["id"]
-        fed = set()
+        fed: set[int] = set()
         for comp in (C.source, C.sym_load, C.sym_gen):
             fed.update(int(n) for n in net.input[comp]["node"])
         # Nodes with nothing connected are exact zero-injection constraints: 2 equations each.
@@ -105,7 +105,7 @@ class Solver:
                     self._sets.popitem(last=False)
         else:
             self._sets.move_to_end(key)
-            _fill(sset, values)
+            _fill(sset.v_update, sset.p_update, sset.v_rows, sset.p_rows, values)
             sset.model.update(
                 update_data={C.sym_voltage_sensor: sset.v_update, C.sym_power_sensor: sset.p_update}
             )
@@ -144,16 +144,7 @@ class Solver:
         v_col[v_rows] = np.arange(len(v_rows))
         p_col = np.full(len(t.power), -1, dtype=np.int64)
         p_col[p_rows] = np.arange(len(p_rows))
-        sset = SensorSet(
-            model=None,
-            v_rows=v_rows,
-            p_rows=p_rows,
-            v_update=v_update,  # type: ignore[arg-type]
-            p_update=p_update,
-            v_col=v_col,
-            p_col=p_col,
-        )
-        _fill(sset, values)
+        _fill(v_update, p_update, v_rows, p_rows, values)
         for f in ("u_measured", "u_angle_measured", "u_sigma"):
             volt[f] = v_update[f]
         for f in ("p_measured", "q_measured", "p_sigma", "q_sigma"):
@@ -161,12 +152,18 @@ class Solver:
         data = dict(self.net.input)
         data[C.sym_voltage_sensor] = volt
         data[C.sym_power_sensor] = power
-        sset.model = PowerGridModel(data, system_frequency=self.f_hz)
         n_real = int((p_rows < t.n_real_p).sum())
-        sset.names = [t.names[i] for i in v_rows] + [
-            t.names[len(t.v_keys) + i] for i in p_rows[:n_real]
-        ]
-        return sset
+        return SensorSet(
+            model=PowerGridModel(data, system_frequency=self.f_hz),
+            v_rows=v_rows,
+            p_rows=p_rows,
+            v_update=v_update,
+            p_update=p_update,
+            v_col=v_col,
+            p_col=p_col,
+            names=[t.names[i] for i in v_rows]
+            + [t.names[len(t.v_keys) + i] for i in p_rows[:n_real]],
+        )
 
     def _solution(
         self,
@@ -258,13 +255,15 @@ class Solver:
         return np.where(np.isfinite(objective), objective, np.inf)
 
 
-def _fill(sset: SensorSet, values: Values) -> None:
-    vu, pu = sset.v_update, sset.p_update
-    vu["u_measured"] = values.u[sset.v_rows]
-    vu["u_angle_measured"] = values.angle[sset.v_rows]
-    vu["u_sigma"] = values.u_sigma[sset.v_rows]
-    pu["p_measured"] = values.p[sset.p_rows]
-    pu["q_measured"] = values.q[sset.p_rows]
-    sigma = values.p_sigma[sset.p_rows]
+def _fill(
+    vu: np.ndarray, pu: np.ndarray, v_rows: np.ndarray, p_rows: np.ndarray, values: Values
+) -> None:
+    """Write a snapshot's values of the active sensors into update arrays."""
+    vu["u_measured"] = values.u[v_rows]
+    vu["u_angle_measured"] = values.angle[v_rows]
+    vu["u_sigma"] = values.u_sigma[v_rows]
+    pu["p_measured"] = values.p[p_rows]
+    pu["q_measured"] = values.q[p_rows]
+    sigma = values.p_sigma[p_rows]
     pu["p_sigma"] = sigma
     pu["q_sigma"] = sigma
