@@ -51,14 +51,15 @@ GRID = "cigre_mv"
 @pytest.fixture
 async def platform(
     admin_nc: Client, nats_server: EmbeddedNats, credentials: dict[str, str], tmp_path: Path
-) -> AsyncIterator[Callable[[type[Service]], Service]]:
+) -> AsyncIterator[Callable[..., Service]]:
     """Start services in this process with their own credentials; stopped after the test."""
     model = grid(GRID)
     await distribution.publish(admin_nc, model, default_placement(model))
     running: list[tuple[Service, asyncio.Task[None]]] = []
 
-    def start(cls: type[Service]) -> Service:
+    def start(cls: type[Service], speed: float = 1.0) -> Service:
         config = ServiceConfig(
+            speed=speed,
             nats_url=nats_server.url,
             user=cls.name,
             password=credentials[cls.name],
@@ -320,3 +321,13 @@ async def test_switch_command_changes_topology_and_estimates_follow(
     await js.publish(subjects.COMMAND.format(grid=GRID, target="sw_404"), encode(bad))
     await results.wait_for(lambda r: len(r) >= 2)
     assert not results.items[1].ok and "sw_404" in results.items[1].error
+
+
+async def test_simulator_speed_scales_simulated_time(
+    platform: Callable[..., Service], admin_nc: Client
+) -> None:
+    truths = await collect(admin_nc, subjects.TRUTH.format(grid=GRID), SimTruth)
+    platform(SimulatorService, speed=60.0)
+    await truths.wait_for(lambda t: len(t) >= 5)
+    steps = np.diff([t.t_ns for t in truths.items[:5]]) / 1e9
+    np.testing.assert_allclose(steps, 6.0, rtol=1e-6)  # 0.1 s ticks, 60 simulated s per s
