@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+from power_grid_model import ComponentType as C
 
 from gridpilot.core.schemas import (
     Command,
@@ -163,3 +164,51 @@ def test_golden_case() -> None:
     np.testing.assert_allclose(est.buses.va_deg, expected["va_deg"], atol=1e-4)
     # and the stored truth: the estimate is physically right, not only unchanged
     assert np.max(np.abs(np.subtract(est.buses.v_pu, expected["truth_v_pu"]))) < BOUND_PU
+
+
+def test_der_setpoint_curtails_the_generator() -> None:
+    pipe = Pipeline("cigre_mv")
+    pipe.twin.step(pipe.t_s)
+    before = float(pipe.twin.out[C.sym_gen]["p"][pipe.twin._gen_index["wka_7"]]) / 1e6
+    assert before > 0.3
+    pipe.twin.apply_command(
+        Command(
+            id="c",
+            grid="cigre_mv",
+            kind=CommandKind.DER_SETPOINT,
+            target="wka_7",
+            issued_by="test",
+            t_ns=0,
+            p_mw=0.2,
+            q_mvar=-0.1,
+        )
+    )
+    pipe.twin.step(pipe.t_s + 1)
+    gen = pipe.twin.out[C.sym_gen][pipe.twin._gen_index["wka_7"]]
+    assert gen["p"] / 1e6 == pytest.approx(0.2) and gen["q"] / 1e6 == pytest.approx(-0.1)
+    run = pipe.run(1.0)  # and the estimate follows the new operating point
+    assert max(run.v_errors()) < BOUND_PU
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("voltages", ["all", "half"])
+def test_several_thousand_bus_grid_converges(voltages: str) -> None:
+    model = grid("mvlv_rural")
+    placement = default_placement(model)
+    if voltages == "half":
+        placement = msgspec.structs.replace(
+            placement,
+            devices=[
+                msgspec.structs.replace(
+                    d, points=[p for p in d.points if p.measurand is not Measurand.VOLTAGE]
+                )
+                if i % 2 and d.kind is not DeviceKind.METER and len(d.points) > 1
+                else d
+                for i, d in enumerate(placement.devices)
+            ],
+        )
+    run = Pipeline("mvlv_rural", placement=placement).run(0.3)
+    assert len(run.estimates) == 3
+    assert all(e.status is EstimateStatus.CONVERGED for e in run.estimates)
+    # the first snapshot closes before any RTU or meter has reported: pseudo-measurements only
+    assert max(run.v_errors()[1:]) < BOUND_PU

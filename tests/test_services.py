@@ -331,3 +331,25 @@ async def test_simulator_speed_scales_simulated_time(
     await truths.wait_for(lambda t: len(t) >= 5)
     steps = np.diff([t.t_ns for t in truths.items[:5]]) / 1e9
     np.testing.assert_allclose(steps, 6.0, rtol=1e-6)  # 0.1 s ticks, 60 simulated s per s
+
+
+async def test_comm_outage_is_reported_and_estimates_go_on(
+    platform: Callable[..., Service], admin_nc: Client
+) -> None:
+    states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
+    platform(SimulatorService)
+    platform(StateEstimationService)
+    await states.wait_for(lambda s: len(s) >= 3, within_s=20)
+    req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source="pmu_bus_6", duration_s=60)
+    reply = decode(
+        (
+            await admin_nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(req), timeout=5)
+        ).data,
+        Reply,
+    )
+    assert reply.ok, reply.error
+    n = len(states.items)
+    await states.wait_for(lambda s: sum("pmu_bus_6" in e.missing_sources for e in s[n:]) >= 5)
+    later = [e for e in states.items[n:] if "pmu_bus_6" in e.missing_sources]
+    assert all(e.status is EstimateStatus.CONVERGED for e in later)
+    assert not any("pmu_bus_6/" in name for e in later for name in e.residual_sensor)

@@ -324,6 +324,8 @@ class Estimator:
             branches=self.net.branch_states(out[C.line], out[C.transformer]),
             residual_sensor=sol.sensors.names,
             residual_norm=np.round(r_all, 3).tolist(),
+            missing_sources=snap.missing_sources,
+            late_dropped=snap.late_dropped,
         )
 
     def _failed(
@@ -343,4 +345,6 @@ class Estimator:
             solve_ms=round((time.perf_counter() - t0) * 1e3, 3),
             n_measurements=n_meas,
             n_pseudo=n_pseudo,
+            missing_sources=snap.missing_sources,
+            late_dropped=snap.late_dropped,
         )
