@@ -131,12 +131,7 @@ async def test_simulator_state_estimation_accuracy_and_injected_gross_error(
         measurand=Measurand.POWER,
         error=2.0,
     )
-    reply = decode(
-        (
-            await admin_nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(req), timeout=5)
-        ).data,
-        Reply,
-    )
+    reply = await inject(admin_nc, req)
     assert reply.ok, reply.error
     n = len(states.items)
     await states.wait_for(lambda s: any(e.bad_data for e in s[n:]), within_s=10)
@@ -145,13 +140,13 @@ async def test_simulator_state_estimation_accuracy_and_injected_gross_error(
     assert _v_error(flagged.buses, {t.t_ns: t.buses for t in truths.items}[flagged.t_ns]) < 0.005
 
     bad = InjectRequest(kind=InjectionKind.GROSS_ERROR, source="no_such_device", mrid="x")
-    reply = decode(
-        (
-            await admin_nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(bad), timeout=5)
-        ).data,
-        Reply,
-    )
+    reply = await inject(admin_nc, bad)
     assert not reply.ok and "no_such_device" in reply.error
+
+
+async def inject(nc: Client, req: InjectRequest) -> Reply:
+    msg = await nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(req), timeout=5)
+    return decode(msg.data, Reply)
 
 
 def _v_error(est: BusStates | None, truth: BusStates) -> float:
@@ -341,12 +336,7 @@ async def test_comm_outage_is_reported_and_estimates_go_on(
     platform(StateEstimationService)
     await states.wait_for(lambda s: len(s) >= 3, within_s=20)
     req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source="pmu_bus_6", duration_s=60)
-    reply = decode(
-        (
-            await admin_nc.request(subjects.SIM_INJECT.format(grid=GRID), encode(req), timeout=5)
-        ).data,
-        Reply,
-    )
+    reply = await inject(admin_nc, req)
     assert reply.ok, reply.error
     n = len(states.items)
     await states.wait_for(lambda s: sum("pmu_bus_6" in e.missing_sources for e in s[n:]) >= 5)

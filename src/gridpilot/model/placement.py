@@ -134,6 +134,38 @@ def assert_valid_placement(placement: Placement, model: GridModel) -> None:
         raise ConfigError(f"placement for {model.name} has {len(issues)} problem(s): {lines}")
 
 
+# Default accuracy of each kind of device: v_sigma_pu, power_sigma_pct (of rating).
+ACCURACY: dict[DeviceKind, tuple[float, float]] = {
+    DeviceKind.PMU: (0.001, 0.5),
+    DeviceKind.RTU: (0.0025, 0.5),
+    DeviceKind.METER: (0.0025, 1.0),
+}
+
+
+def _device(kind: DeviceKind, device_id: str, period_s: float, points: list[Point]) -> Device:
+    v_sigma, power_pct = ACCURACY[kind]
+    return Device(
+        id=device_id,
+        kind=kind,
+        period_s=period_s,
+        points=points,
+        v_sigma_pu=v_sigma,
+        power_sigma_pct=power_pct,
+    )
+
+
+def _voltage(bus: str) -> Point:
+    return Point(mrid=bus, measurand=Measurand.VOLTAGE, terminal=Terminal.BUS)
+
+
+def _power(mrid: str, terminal: Terminal) -> Point:
+    return Point(mrid=mrid, measurand=Measurand.POWER, terminal=terminal)
+
+
+def _flows(ends: list[tuple[str, Terminal]]) -> list[Point]:
+    return [_power(line, terminal) for line, terminal in ends]
+
+
 def default_placement(model: GridModel) -> Placement:
     """PMUs at primary substations and feeder ends, RTUs at every substation and large DER,
     smart meters on every load and small DER."""
@@ -160,75 +192,25 @@ def default_placement(model: GridModel) -> Placement:
         picks = {round(i * (len(leaves) - 1) / max(1, n_leaves - 1)) for i in range(n_leaves)}
         pmu_buses += [leaves[i] for i in sorted(picks)]
     for bus in pmu_buses[:budget]:
-        points = [Point(mrid=bus, measurand=Measurand.VOLTAGE, terminal=Terminal.BUS)]
-        points += [
-            Point(mrid=lid, measurand=Measurand.POWER, terminal=term)
-            for lid, term in lines_at.get(bus, [])[:4]
-        ]
-        devices.append(
-            Device(
-                id=f"pmu_{bus}",
-                kind=DeviceKind.PMU,
-                period_s=PMU_PERIOD_S,
-                points=points,
-                v_sigma_pu=0.001,
-                power_sigma_pct=0.5,
-            )
-        )
+        points = [_voltage(bus), *_flows(lines_at.get(bus, [])[:4])]
+        devices.append(_device(DeviceKind.PMU, f"pmu_{bus}", PMU_PERIOD_S, points))
     for t in model.transformers:
         points = [
-            Point(mrid=t.lv_bus, measurand=Measurand.VOLTAGE, terminal=Terminal.BUS),
-            Point(mrid=t.id, measurand=Measurand.POWER, terminal=Terminal.TO),
-        ]
-        points += [
-            Point(mrid=lid, measurand=Measurand.POWER, terminal=term)
-            for lid, term in lines_at.get(t.lv_bus, [])
+            _voltage(t.lv_bus),
+            _power(t.id, Terminal.TO),
+            *_flows(lines_at.get(t.lv_bus, [])),
         ]
         period = RTU_PERIOD_S if t in primary else RTU_SECONDARY_PERIOD_S
-        devices.append(
-            Device(
-                id=f"rtu_{t.id}",
-                kind=DeviceKind.RTU,
-                period_s=period,
-                points=points,
-                v_sigma_pu=0.0025,
-                power_sigma_pct=0.5,
-            )
-        )
+        devices.append(_device(DeviceKind.RTU, f"rtu_{t.id}", period, points))
     for gn in model.generators:
-        large = abs(gn.p_mw) >= LARGE_DER_MW
-        point = Point(mrid=gn.id, measurand=Measurand.POWER, terminal=Terminal.GEN)
-        if large:
-            devices.append(
-                Device(
-                    id=f"rtu_{gn.id}",
-                    kind=DeviceKind.RTU,
-                    period_s=RTU_PERIOD_S,
-                    points=[point],
-                    power_sigma_pct=0.5,
-                )
-            )
+        point = _power(gn.id, Terminal.GEN)
+        if abs(gn.p_mw) >= LARGE_DER_MW:
+            devices.append(_device(DeviceKind.RTU, f"rtu_{gn.id}", RTU_PERIOD_S, [point]))
         else:
-            devices.append(
-                Device(
-                    id=f"meter_{gn.id}",
-                    kind=DeviceKind.METER,
-                    period_s=METER_PERIOD_S,
-                    points=[point],
-                    power_sigma_pct=1.0,
-                )
-            )
+            devices.append(_device(DeviceKind.METER, f"meter_{gn.id}", METER_PERIOD_S, [point]))
     for ld in model.loads:
-        point = Point(mrid=ld.id, measurand=Measurand.POWER, terminal=Terminal.LOAD)
-        devices.append(
-            Device(
-                id=f"meter_{ld.id}",
-                kind=DeviceKind.METER,
-                period_s=METER_PERIOD_S,
-                points=[point],
-                power_sigma_pct=1.0,
-            )
-        )
+        point = _power(ld.id, Terminal.LOAD)
+        devices.append(_device(DeviceKind.METER, f"meter_{ld.id}", METER_PERIOD_S, [point]))
     return Placement(grid=model.name, devices=devices)
 
 
