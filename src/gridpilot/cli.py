@@ -8,10 +8,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
 from gridpilot.core.errors import GridPilotError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +122,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-async def _viewer(data_dir: Path, nats_url: str | None, identity: str = "viewer"):  # type: ignore[no-untyped-def]
+async def _client(data_dir: Path, nats_url: str | None, identity: str = "viewer") -> Client:
+    """A connection as ``identity`` to the platform running with ``data_dir`` (or to a URL)."""
     from gridpilot.core.bus import connect
     from gridpilot.platform import permissions
     from gridpilot.platform.broker import read_endpoints
@@ -136,7 +140,7 @@ async def _status(args: argparse.Namespace) -> int:
 
     from gridpilot.core.schemas import Heartbeat
 
-    nc = await _viewer(args.data_dir, args.nats_url)
+    nc = await _client(args.data_dir, args.nats_url)
     try:
         kv = await nc.jetstream().key_value("gp_services")
         try:
@@ -190,7 +194,7 @@ async def _inject(args: argparse.Namespace) -> int:
         error=args.error,
         duration_s=args.duration,
     )
-    nc = await _viewer(args.data_dir, None, identity="admin")
+    nc = await _client(args.data_dir, None, identity="admin")
     try:
         msg = await nc.request(subjects.SIM_INJECT.format(grid=args.grid), encode(req), timeout=5)
     finally:

@@ -44,9 +44,9 @@ class StateEstimationService(Service):
         self.spawn(self._poll(), name="aligner")
         self.spawn(self._estimate_loop(), name="estimate")
 
-    async def on_measurements(self, mset: MeasurementSet, _msg: Msg) -> None:
+    async def on_measurements(self, mset: MeasurementSet, msg: Msg) -> None:
         if mset.grid != self.grid:
-            self._drop(_msg.subject, f"grid {mset.grid!r} on a {self.grid} subject")
+            self._drop(msg.subject, f"grid {mset.grid!r} on a {self.grid} subject")
             return
         self._enqueue(self.aligner.add(mset))
 
