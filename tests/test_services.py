@@ -256,9 +256,9 @@ async def test_alarm_life_cycle_with_acknowledge_and_restart(
 
     # a restarted monitoring service remembers the active alarm and does not raise it again
     mon.stop()
-    await asyncio.sleep(0.5)
-    platform(MonitoringService)
-    await asyncio.sleep(1.0)
+    await beats.wait_for(lambda b: b[-1].state == "stopping")
+    again = platform(MonitoringService)
+    await beats.wait_for(lambda b: b[-1].instance == again.instance and b[-1].state == "running")
     for t in range(5, 8):
         await estimate(1.08, t)
     await estimate(1.0, 9)  # back in band: cleared (and, being acknowledged, removed)
