@@ -48,6 +48,17 @@ class PayloadError(GridPilotError):
         super().__init__(f"bad payload on {subject}: {reason}")
 
 
+class ProtocolError(GridPilotError):
+    """A field-protocol frame or exchange is wrong; each protocol package subclasses it."""
+
+    def __init__(self, protocol: str, reason: str, *, offset: int | None = None) -> None:
+        self.protocol = protocol
+        self.reason = reason
+        self.offset = offset
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{protocol}: {reason}{where}")
+
+
 class BusError(GridPilotError):
     """The message backbone refused a request or cannot be reached."""
 

@@ -1,0 +1,1 @@
+"""Gateways: the I/O around the protocol codecs, between field devices and the bus."""

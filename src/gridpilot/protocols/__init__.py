@@ -1,0 +1,1 @@
+"""Field protocols as sans-IO libraries: bytes in, typed frames out, and back (no sockets)."""
