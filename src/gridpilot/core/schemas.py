@@ -44,6 +44,7 @@ class Quality(IntFlag):
 class DeviceKind(StrEnum):
     PMU = "pmu"
     RTU = "rtu"
+    DER = "der"  # an inverter's own controller (Modbus)
     METER = "meter"
 
 

@@ -138,6 +138,7 @@ def assert_valid_placement(placement: Placement, model: GridModel) -> None:
 ACCURACY: dict[DeviceKind, tuple[float, float]] = {
     DeviceKind.PMU: (0.001, 0.5),
     DeviceKind.RTU: (0.0025, 0.5),
+    DeviceKind.DER: (0.0025, 0.5),
     DeviceKind.METER: (0.0025, 1.0),
 }
 
@@ -205,7 +206,7 @@ def default_placement(model: GridModel) -> Placement:
     for gn in model.generators:
         point = _power(gn.id, Terminal.GEN)
         if abs(gn.p_mw) >= LARGE_DER_MW:
-            devices.append(_device(DeviceKind.RTU, f"rtu_{gn.id}", RTU_PERIOD_S, [point]))
+            devices.append(_device(DeviceKind.DER, f"der_{gn.id}", RTU_PERIOD_S, [point]))
         else:
             devices.append(_device(DeviceKind.METER, f"meter_{gn.id}", METER_PERIOD_S, [point]))
     for ld in model.loads:
@@ -217,7 +218,7 @@ def default_placement(model: GridModel) -> Placement:
 HEADER = """\
 # GridPilot measurement placement for grid {grid}.
 # Each device reports its points every period_s (simulated) seconds.
-# kind: pmu (voltage phasor + branch flows), rtu (SCADA values), meter (smart meter).
+# kind: pmu (voltage phasor + branch flows), rtu (SCADA values), der (inverter), meter.
 # v_sigma_pu: standard deviation of voltage magnitude (and, for PMUs, the circular phasor
 #   error); power_sigma_pct: standard deviation of P and Q in percent of the equipment rating.
 # terminal: bus (voltage), from/to (branch end), load, gen.

@@ -1,0 +1,316 @@
+"""The device registry: how each field device is reached and which protocol address carries
+which measurement — PMU id code and channel, common address and IOA, Modbus unit and
+register, MQTT device and component — mapped to CIM mRIDs. One readable TOML file per grid,
+generated from the placement on first start and validated with errors that name the line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+
+from gridpilot.core.errors import ConfigError
+from gridpilot.core.schemas import DeviceKind, Measurand, Terminal
+from gridpilot.model.grid import GridModel
+from gridpilot.model.placement import Placement
+
+PMU_BASE_PORT = 14712  # C37.118 servers of the virtual PMUs: one port per PMU from here
+RTU_BASE_PORT = 12404  # IEC 104 servers of the virtual RTUs
+DER_PORT = 15020  # one Modbus TCP server for every virtual DER inverter (unit ids 1..)
+IOA_MEASURED = 1001  # first IOA of measured values; IOA_COMMAND for switch commands
+IOA_COMMAND = 2001
+
+
+class Quantity(msgspec.Struct, frozen=True, kw_only=True):
+    """What one protocol address carries: a quantity of a measurement point."""
+
+    mrid: str
+    measurand: Measurand
+    terminal: Terminal
+    quantity: str  # "v" (p.u. for RTU, phasor for PMU), "i" (PMU current phasor), "p", "q"
+
+
+class PmuChannel(Quantity, frozen=True, kw_only=True):
+    channel: str  # C37.118 channel name (CHNAM)
+
+
+class RtuPoint(Quantity, frozen=True, kw_only=True):
+    ioa: int  # information object address; value is short float (MW, Mvar, p.u.)
+
+
+class RtuCommand(msgspec.Struct, frozen=True, kw_only=True):
+    ioa: int  # double command (C_DC_NA_1), select before operate
+    switch: str  # switch mRID
+
+
+class Pmu(msgspec.Struct, frozen=True, kw_only=True):
+    device: str
+    host: str
+    port: int
+    idcode: int
+    data_rate: int  # frames per second
+    channels: list[PmuChannel]
+
+
+class Rtu(msgspec.Struct, frozen=True, kw_only=True):
+    device: str
+    host: str
+    port: int
+    common_address: int
+    points: list[RtuPoint]
+    commands: list[RtuCommand] = []
+
+
+class Der(msgspec.Struct, frozen=True, kw_only=True):
+    device: str
+    host: str
+    port: int
+    unit: int  # Modbus unit id; registers per gridpilot.protocols.sunspec
+    generator: str  # generator mRID
+
+
+class MeterComponent(msgspec.Struct, frozen=True, kw_only=True):
+    component: str  # the component name in the meter's payload
+    mrid: str
+    terminal: Terminal
+
+
+class Meter(msgspec.Struct, frozen=True, kw_only=True):
+    device: str  # MQTT client's device id: topic gp/<grid>/meter/<device>
+    components: list[MeterComponent]
+
+
+class DeviceRegistry(msgspec.Struct, frozen=True, kw_only=True):
+    grid: str
+    pmu: list[Pmu] = []
+    rtu: list[Rtu] = []
+    der: list[Der] = []
+    meter: list[Meter] = []
+
+
+def default_registry(
+    placement: Placement, model: GridModel, *, host: str = "127.0.0.1"
+) -> DeviceRegistry:
+    """Addresses for every device of a placement: PMUs and RTUs each on their own port, DER
+    inverters as units of one Modbus server, meters by device id."""
+    pmus: list[Pmu] = []
+    rtus: list[Rtu] = []
+    ders: list[Der] = []
+    meters: list[Meter] = []
+    gens = {g.id for g in model.generators}
+    switches_at: dict[str, list[str]] = {}
+    for sw in model.switches:
+        switches_at.setdefault(sw.bus, []).append(sw.id)
+    for dev in placement.devices:
+        if dev.kind is DeviceKind.PMU:
+            channels = []
+            for pt in dev.points:
+                if pt.measurand is Measurand.VOLTAGE:
+                    channels.append(
+                        PmuChannel(
+                            channel=f"V_{pt.mrid}"[:16],
+                            mrid=pt.mrid,
+                            measurand=pt.measurand,
+                            terminal=pt.terminal,
+                            quantity="v",
+                        )
+                    )
+                else:
+                    channels.append(
+                        PmuChannel(
+                            channel=f"I_{pt.mrid}"[:16],
+                            mrid=pt.mrid,
+                            measurand=pt.measurand,
+                            terminal=pt.terminal,
+                            quantity="i",
+                        )
+                    )
+            pmus.append(
+                Pmu(
+                    device=dev.id,
+                    host=host,
+                    port=PMU_BASE_PORT + len(pmus),
+                    idcode=len(pmus) + 1,
+                    data_rate=max(1, round(1 / dev.period_s)),
+                    channels=channels,
+                )
+            )
+        elif dev.kind is DeviceKind.DER and len(dev.points) == 1 and dev.points[0].mrid in gens:
+            ders.append(
+                Der(
+                    device=dev.id,
+                    host=host,
+                    port=DER_PORT,
+                    unit=len(ders) + 1,
+                    generator=dev.points[0].mrid,
+                )
+            )
+        elif dev.kind is DeviceKind.RTU:
+            points: list[RtuPoint] = []
+            ioa = IOA_MEASURED
+            for pt in dev.points:
+                kinds = ("v",) if pt.measurand is Measurand.VOLTAGE else ("p", "q")
+                for q in kinds:
+                    points.append(
+                        RtuPoint(
+                            ioa=ioa,
+                            mrid=pt.mrid,
+                            measurand=pt.measurand,
+                            terminal=pt.terminal,
+                            quantity=q,
+                        )
+                    )
+                    ioa += 1
+            station = next((p.mrid for p in dev.points if p.measurand is Measurand.VOLTAGE), "")
+            commands = [
+                RtuCommand(ioa=IOA_COMMAND + i, switch=sw)
+                for i, sw in enumerate(switches_at.get(station, []))
+            ]
+            rtus.append(
+                Rtu(
+                    device=dev.id,
+                    host=host,
+                    port=RTU_BASE_PORT + len(rtus),
+                    common_address=len(rtus) + 1,
+                    points=points,
+                    commands=commands,
+                )
+            )
+        else:
+            meters.append(
+                Meter(
+                    device=dev.id,
+                    components=[
+                        MeterComponent(component="main", mrid=pt.mrid, terminal=pt.terminal)
+                        for pt in dev.points
+                    ],
+                )
+            )
+    return DeviceRegistry(grid=placement.grid, pmu=pmus, rtu=rtus, der=ders, meter=meters)
+
+
+def validate_registry(
+    registry: DeviceRegistry, placement: Placement, model: GridModel
+) -> list[str]:
+    """Every problem, each naming the device and what is wrong (empty when good)."""
+    problems: list[str] = []
+    devices = {d.id: d for d in placement.devices}
+    points = {
+        d.id: {(p.mrid, p.measurand, p.terminal) for p in d.points} for d in placement.devices
+    }
+    switches = {s.id for s in model.switches}
+    gens = {g.id for g in model.generators}
+    seen: set[str] = set()
+    endpoints: dict[tuple[str, int], str] = {}
+
+    def device(dev_id: str) -> bool:
+        if dev_id in seen:
+            problems.append(f"device {dev_id!r} appears twice")
+        seen.add(dev_id)
+        if dev_id not in devices:
+            problems.append(f"device {dev_id!r} is not in the placement")
+            return False
+        return True
+
+    def quantity(dev_id: str, q: Quantity, label: str) -> None:
+        if (q.mrid, q.measurand, q.terminal) not in points[dev_id]:
+            problems.append(
+                f"device {dev_id!r} {label}: the placement has no "
+                f"{q.measurand} point at {q.terminal} {q.mrid!r}"
+            )
+
+    for pmu in registry.pmu:
+        _endpoint(endpoints, problems, pmu.device, pmu.host, pmu.port)
+        if device(pmu.device):
+            names = [c.channel for c in pmu.channels]
+            if len(set(names)) != len(names):
+                problems.append(f"device {pmu.device!r}: channel names repeat")
+            for c in pmu.channels:
+                quantity(pmu.device, c, f"channel {c.channel!r}")
+    for rtu in registry.rtu:
+        _endpoint(endpoints, problems, rtu.device, rtu.host, rtu.port)
+        if device(rtu.device):
+            ioas = [p.ioa for p in rtu.points] + [c.ioa for c in rtu.commands]
+            if len(set(ioas)) != len(ioas):
+                problems.append(f"device {rtu.device!r}: an IOA is used twice")
+            for p in rtu.points:
+                quantity(rtu.device, p, f"IOA {p.ioa}")
+            for c in rtu.commands:
+                if c.switch not in switches:
+                    problems.append(f"device {rtu.device!r} IOA {c.ioa}: no switch {c.switch!r}")
+    units: set[tuple[str, int, int]] = set()
+    for der in registry.der:
+        if (der.host, der.port, der.unit) in units:
+            problems.append(f"device {der.device!r}: unit {der.unit} is used twice")
+        units.add((der.host, der.port, der.unit))
+        if device(der.device) and der.generator not in gens:
+            problems.append(f"device {der.device!r}: no generator {der.generator!r}")
+    for meter in registry.meter:
+        if device(meter.device):
+            for comp in meter.components:
+                quantity(
+                    meter.device,
+                    Quantity(
+                        mrid=comp.mrid,
+                        measurand=Measurand.POWER,
+                        terminal=comp.terminal,
+                        quantity="p",
+                    ),
+                    f"component {comp.component!r}",
+                )
+    return problems
+
+
+def _endpoint(
+    taken: dict[tuple[str, int], str], problems: list[str], dev: str, host: str, port: int
+) -> None:
+    if (host, port) in taken:
+        problems.append(f"device {dev!r}: {host}:{port} is already {taken[(host, port)]!r}'s")
+    taken[(host, port)] = dev
+
+
+HEADER = """\
+# GridPilot device registry for grid {grid}: how each device of the placement is reached.
+# pmu: IEEE C37.118.2 server (idcode, channels -> measured points; "v" voltage phasor,
+#      "i" current phasor of a branch end, from which the gateway derives P and Q).
+# rtu: IEC 60870-5-104 server (common_address; points: IOA -> short float in MW, Mvar or
+#      p.u.; commands: IOA -> switch, double command with select before operate).
+# der: Modbus TCP inverter (unit id -> generator), registers per gridpilot.protocols.sunspec.
+# meter: MQTT device publishing on gp/<grid>/meter/<device>; components -> loads/generators.
+"""
+
+
+def registry_to_toml(registry: DeviceRegistry) -> str:
+    return HEADER.format(grid=registry.grid) + msgspec.toml.encode(registry).decode()
+
+
+def load_registry(path: Path, placement: Placement, model: GridModel) -> DeviceRegistry:
+    text = path.read_text()
+    try:
+        registry = msgspec.toml.decode(text, type=DeviceRegistry)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}; see the comments at the top of the file") from exc
+    problems = validate_registry(registry, placement, model)
+    if problems:
+        lines = "\n".join(f"  {path}:{_line_of(text, p)}: {p}" for p in problems[:20])
+        raise ConfigError(f"{path} has {len(problems)} problem(s):\n{lines}")
+    return registry
+
+
+def _line_of(text: str, problem: str) -> int:
+    """The line a problem is about: where its most specific quoted name (the bad value, else
+    the channel or IOA) stands after its device's line."""
+    device = re.search(r"device '([^']+)'", problem)
+    start = 0
+    if device:
+        start = max(0, text.find(f'device = "{device.group(1)}"'))
+    for token in reversed(re.findall(r"'([^']+)'|IOA (\d+)", problem)[1:]):
+        needle = f'"{token[0]}"' if token[0] else f"ioa = {token[1]}"
+        at = text.find(needle, start)
+        if at >= 0:
+            return text.count("\n", 0, at) + 1
+    return text.count("\n", 0, start) + 1

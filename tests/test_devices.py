@@ -1,0 +1,66 @@
+"""The device registry: defaults from the placement, round trip, errors that name the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gridpilot.core.errors import ConfigError
+from gridpilot.model.devices import (
+    default_registry,
+    load_registry,
+    registry_to_toml,
+    validate_registry,
+)
+from gridpilot.model.placement import default_placement
+from tests.pipeline import grid
+
+
+@pytest.fixture
+def setup() -> tuple:  # type: ignore[type-arg]
+    model = grid("cigre_mv")
+    placement = default_placement(model)
+    return model, placement, default_registry(placement, model)
+
+
+def test_default_registry_covers_every_device(setup: tuple) -> None:  # type: ignore[type-arg]
+    model, placement, reg = setup
+    assert validate_registry(reg, placement, model) == []
+    ids = {d.device for d in (*reg.pmu, *reg.rtu, *reg.der, *reg.meter)}
+    assert ids == {d.id for d in placement.devices}
+    assert [d.generator for d in reg.der] == ["wka_7"]
+    rtu = next(r for r in reg.rtu if r.device == "rtu_trafo_0_1")
+    assert {c.switch for c in rtu.commands} == set()  # bus_1 has no switch; bus_0 has the CBs
+    assert len({p.port for p in reg.pmu}) == len(reg.pmu)
+
+
+def test_round_trip(tmp_path: Path, setup: tuple) -> None:  # type: ignore[type-arg]
+    model, placement, reg = setup
+    path = tmp_path / "devices.toml"
+    path.write_text(registry_to_toml(reg))
+    assert load_registry(path, placement, model) == reg
+
+
+def test_errors_name_the_line(tmp_path: Path, setup: tuple) -> None:  # type: ignore[type-arg]
+    model, placement, reg = setup
+    text = registry_to_toml(reg)
+    bad = text.replace('mrid = "line_12_13"', 'mrid = "line_99"', 1)
+    path = tmp_path / "devices.toml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError) as info:
+        load_registry(path, placement, model)
+    line = bad[: bad.index('"line_99"')].count("\n") + 1
+    assert f"devices.toml:{line}:" in str(info.value)
+    assert "line_99" in str(info.value)
+
+
+def test_duplicate_ioa_and_port(tmp_path: Path, setup: tuple) -> None:  # type: ignore[type-arg]
+    model, placement, reg = setup
+    text = registry_to_toml(reg).replace("ioa = 1002", "ioa = 1001", 1)
+    text = text.replace("port = 14713", "port = 14712", 1)
+    path = tmp_path / "devices.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="IOA is used twice") as info:
+        load_registry(path, placement, model)
+    assert "14712 is already" in str(info.value)
