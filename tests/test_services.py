@@ -54,7 +54,7 @@ async def platform(
 ) -> AsyncIterator[Callable[..., Service]]:
     """Start services in this process with their own credentials; stopped after the test."""
     model = grid(GRID)
-    await distribution.publish(admin_nc, model, default_placement(model))
+    await distribution.publish(admin_nc, distribution.package(model, default_placement(model)))
     running: list[tuple[Service, asyncio.Task[None]]] = []
 
     def start(cls: type[Service], speed: float = 1.0) -> Service:

@@ -227,8 +227,8 @@ def validate_registry(
             names = [c.channel for c in pmu.channels]
             if len(set(names)) != len(names):
                 problems.append(f"device {pmu.device!r}: channel names repeat")
-            for c in pmu.channels:
-                quantity(pmu.device, c, f"channel {c.channel!r}")
+            for ch in pmu.channels:
+                quantity(pmu.device, ch, f"channel {ch.channel!r}")
     for rtu in registry.rtu:
         _endpoint(endpoints, problems, rtu.device, rtu.host, rtu.port)
         if device(rtu.device):
@@ -237,9 +237,11 @@ def validate_registry(
                 problems.append(f"device {rtu.device!r}: an IOA is used twice")
             for p in rtu.points:
                 quantity(rtu.device, p, f"IOA {p.ioa}")
-            for c in rtu.commands:
-                if c.switch not in switches:
-                    problems.append(f"device {rtu.device!r} IOA {c.ioa}: no switch {c.switch!r}")
+            for cmd in rtu.commands:
+                if cmd.switch not in switches:
+                    problems.append(
+                        f"device {rtu.device!r} IOA {cmd.ioa}: no switch {cmd.switch!r}"
+                    )
     units: set[tuple[str, int, int]] = set()
     for der in registry.der:
         if (der.host, der.port, der.unit) in units:

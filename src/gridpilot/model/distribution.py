@@ -1,5 +1,6 @@
-"""Grid models travel over the bus: the supervisor puts each grid's model and placement into
-the ``gp_models`` object store once, and services fetch them instead of importing pandapower."""
+"""Grid packages travel over the bus: the supervisor puts each grid's model, placement and
+device registry into the ``gp_models`` object store once, and services fetch them instead of
+importing pandapower."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import msgspec
 from nats.aio.client import Client
 
 from gridpilot.core.errors import ModelError
-from gridpilot.model.grid import GridModel, decode_model, encode_model
+from gridpilot.model.devices import (
+    DeviceRegistry,
+    default_registry,
+    load_registry,
+    registry_to_toml,
+)
+from gridpilot.model.grid import GridModel
 from gridpilot.model.placement import (
     Placement,
     assert_valid_placement,
@@ -23,12 +30,25 @@ log = logging.getLogger("gridpilot.model")
 BUCKET = "gp_models"
 
 
+class GridPackage(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a service needs about a grid: its model, placement and device registry."""
+
+    model: GridModel
+    placement: Placement
+    devices: DeviceRegistry
+
+
 def placement_path(data_dir: Path, grid: str) -> Path:
     return data_dir / "placements" / f"{grid}.toml"
 
 
-def prepare(name: str, data_dir: Path) -> tuple[GridModel, Placement]:
-    """Load a grid (cached under the data dir) and its placement file, written on first use."""
+def devices_path(data_dir: Path, grid: str) -> Path:
+    return data_dir / "devices" / f"{grid}.toml"
+
+
+def prepare(name: str, data_dir: Path) -> GridPackage:
+    """Load a grid (cached under the data dir), its placement and its device registry; the two
+    files are written with their defaults on first use, for the operator to edit."""
     from gridpilot.model.registry import load_grid
 
     model = load_grid(name, cache_dir=data_dir / "models")
@@ -37,26 +57,36 @@ def prepare(name: str, data_dir: Path) -> tuple[GridModel, Placement]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(placement_to_toml(default_placement(model)))
         log.info("wrote default placement", extra={"path": str(path)})
-    return model, load_placement(path, model)
+    placement = load_placement(path, model)
+    dpath = devices_path(data_dir, model.name)
+    if not dpath.exists():
+        dpath.parent.mkdir(parents=True, exist_ok=True)
+        dpath.write_text(registry_to_toml(default_registry(placement, model)))
+        log.info("wrote default device registry", extra={"path": str(dpath)})
+    devices = load_registry(dpath, placement, model)
+    return GridPackage(model=model, placement=placement, devices=devices)
 
 
-async def publish(nc: Client, model: GridModel, placement: Placement) -> None:
+def package(model: GridModel, placement: Placement) -> GridPackage:
+    """A package with the default device registry (for tests and tools)."""
+    return GridPackage(model=model, placement=placement, devices=default_registry(placement, model))
+
+
+async def publish(nc: Client, pkg: GridPackage) -> None:
     store = await nc.jetstream().object_store(BUCKET)
-    await store.put(f"{model.name}.model.json", encode_model(model))
-    await store.put(f"{model.name}.placement.json", msgspec.json.encode(placement))
+    await store.put(f"{pkg.model.name}.json", msgspec.json.encode(pkg))
 
 
-async def fetch(nc: Client, grid: str) -> tuple[GridModel, Placement]:
-    """The model and placement of ``grid`` from the object store."""
+async def fetch(nc: Client, grid: str) -> GridPackage:
+    """The model, placement and device registry of ``grid`` from the object store."""
     try:
         store = await nc.jetstream().object_store(BUCKET)
-        model = decode_model((await store.get(f"{grid}.model.json")).data or b"")
-        raw = (await store.get(f"{grid}.placement.json")).data or b""
-        placement = msgspec.json.decode(raw, type=Placement)
+        raw = (await store.get(f"{grid}.json")).data or b""
+        pkg = msgspec.json.decode(raw, type=GridPackage)
     except Exception as exc:
         raise ModelError(
             f"no model for grid {grid!r} on the bus ({exc}); start the platform with "
             f"'gridpilot up --grid {grid}' which publishes it"
         ) from exc
-    assert_valid_placement(placement, model)
-    return model, placement
+    assert_valid_placement(pkg.placement, pkg.model)
+    return pkg

@@ -128,10 +128,9 @@ class Supervisor:
 
     async def _publish_model(self, nc: Client) -> None:
         self._say(f"loading grid {self.grid_name} ...")
-        model, placement = await asyncio.to_thread(
-            distribution.prepare, self.grid_name, self.data_dir
-        )
-        await distribution.publish(nc, model, placement)
+        pkg = await asyncio.to_thread(distribution.prepare, self.grid_name, self.data_dir)
+        await distribution.publish(nc, pkg)
+        model, placement = pkg.model, pkg.placement
         self.grid = model.name
         self._say(
             f"{model.summary()}; {len(placement.devices)} devices "

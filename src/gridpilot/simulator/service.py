@@ -29,7 +29,8 @@ class SimulatorService(Service):
     name = "simulator"
 
     async def setup(self) -> None:
-        model, placement = await distribution.fetch(self.nc, self.grid)
+        pkg = await distribution.fetch(self.nc, self.grid)
+        model, placement = pkg.model, pkg.placement
         self.placement = placement
         self.twin = Twin(model, placement, seed=int(time.time()))
         self.tick_s = min(d.period_s for d in placement.devices)

@@ -18,7 +18,7 @@ class MonitoringService(Service):
     name = "monitoring"
 
     async def setup(self) -> None:
-        model, _ = await distribution.fetch(self.nc, self.grid)
+        model = (await distribution.fetch(self.nc, self.grid)).model
         self.checker = LimitChecker(model)
         self.kv = await self.nc.jetstream().key_value("gp_alarms")
         stored: list[Alarm] = []

@@ -23,7 +23,8 @@ class StateEstimationService(Service):
     name = "state_estimation"
 
     async def setup(self) -> None:
-        model, placement = await distribution.fetch(self.nc, self.grid)
+        pkg = await distribution.fetch(self.nc, self.grid)
+        model, placement = pkg.model, pkg.placement
         self.estimator = Estimator(model, placement)
         self.aligner = Aligner(placement)
         self.queue: deque[MeasurementSnapshot] = deque()
