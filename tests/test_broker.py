@@ -396,14 +396,14 @@ async def _mqtt_close(writer: asyncio.StreamWriter) -> None:
 async def test_mqtt_device_sends_measurements_and_receives_commands(
     nats_server: EmbeddedNats, credentials: dict[str, str], admin_nc: Client
 ) -> None:
-    meas = await admin_nc.subscribe(sj.MEAS.wildcard())
+    meter = await admin_nc.subscribe(sj.METER_RAW.wildcard())
     await admin_nc.flush()
     url = nats_server.mqtt_url
     reader, writer, code = await _mqtt_connect(url, "mqtt_device", credentials["mqtt_device"])
     assert code == 0
-    writer.write(_mqtt_packet(0x30, _mqtt_str("gp/cigre_mv/meas/pmu_9") + b"{}"))  # QoS 0
-    msg = await _next(meas)
-    assert (msg.subject, msg.data) == ("gp.cigre_mv.meas.pmu_9", b"{}")
+    writer.write(_mqtt_packet(0x30, _mqtt_str("gp/cigre_mv/meter/meter_9") + b"{}"))  # QoS 0
+    msg = await _next(meter)
+    assert (msg.subject, msg.data) == ("gp.cigre_mv.meter.meter_9", b"{}")
 
     # QoS 1 subscription: delivered by a JetStream consumer through $MQTT.sub.<nuid>.
     writer.write(_mqtt_packet(0x82, b"\x00\x01" + _mqtt_str("gp/cigre_mv/command/#") + b"\x01"))

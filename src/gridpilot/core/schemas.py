@@ -80,6 +80,21 @@ class MeasurementSet(msgspec.Struct, frozen=True, kw_only=True):
     measurements: list[Measurement]
 
 
+class MeterPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """A smart meter's reading in GridPilot's own JSON, as the meter publishes it over MQTT.
+
+    Power is the meter's total over its phases, positive from the grid into the metered
+    installation (import, as meters count it). The MQTT gateway also accepts the SOGNO
+    measurement format on the same subject; see ``gridpilot.protocols.meter_json``.
+    """
+
+    device: str  # must equal the last token of the subject (the MQTT topic)
+    t_ns: int
+    p_mw: float
+    q_mvar: float
+    v_pu: float | None = None
+
+
 class MeasurementSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """Measurements aligned to one instant: the input of one state estimate."""
 

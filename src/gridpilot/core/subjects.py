@@ -51,6 +51,16 @@ MEAS = SubjectSpec(
     subscribers=("state_estimation", "historian"),
     description="What one field device reports at one instant (PMU frame, RTU scan, meter).",
 )
+METER_RAW = SubjectSpec(
+    name="meter_raw",
+    template="gp.{grid}.meter.{source}",
+    payload=s.MeterPayload,
+    pattern=Pattern.PUBSUB,
+    publishers=("smart meters (MQTT)",),
+    subscribers=("mqtt_gateway",),
+    description="A smart meter's raw reading from MQTT topic gp/<grid>/meter/<device>: "
+    "GridPilot's own JSON or the SOGNO measurement format, normalised by the MQTT gateway.",
+)
 TRUTH = SubjectSpec(
     name="truth",
     template="gp.{grid}.sim.truth",
@@ -138,6 +148,7 @@ HEARTBEAT = SubjectSpec(
 
 CATALOGUE: tuple[SubjectSpec, ...] = (
     MEAS,
+    METER_RAW,
     TRUTH,
     STATE,
     ALARM,

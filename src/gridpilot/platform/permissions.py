@@ -26,6 +26,7 @@ STATE_ESTIMATION = "state_estimation"
 MONITORING = "monitoring"
 VIEWER = "viewer"
 MQTT_DEVICE = "mqtt_device"
+MQTT_GATEWAY = "mqtt_gateway"
 
 _BUCKETS = {b.name for b in sj.BUCKETS}
 _OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
@@ -149,16 +150,22 @@ PERMISSIONS: dict[str, Permissions] = {
             _INBOX,
         ),
     ),
-    # A field device over MQTT: topic gp/<grid>/meas/<dev> is NATS subject gp.<grid>.meas.<dev>.
+    # A field device over MQTT: topic gp/<grid>/meter/<dev> is NATS subject gp.<grid>.meter.<dev>.
+    # Its raw data goes through the MQTT gateway's normaliser, so it may not write gp.*.meas.>.
     # Older servers' docs ask for subscribe "$MQTT.sub.>" for QoS 1; nats-server 2.15 delivers
     # QoS 1 (also to resumed sessions) without it, and with it a device could read every
     # other device's QoS 1 deliveries through the MQTT topic $MQTT/sub/#.
     MQTT_DEVICE: Permissions(
-        publish=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), sj.COMMAND_RESULT.wildcard()),
+        publish=(_under(sj.METER_RAW), sj.TOPOLOGY.wildcard(), sj.COMMAND_RESULT.wildcard()),
         # MQTT "gp/+/command/#" also matches the parent level, so the server subscribes
         # gp.*.command too and refuses the whole SUBSCRIBE if that one is not allowed.
         subscribe=(_under(sj.COMMAND), sj.COMMAND.wildcard().rsplit(".", 1)[0]),
         connection_types=("MQTT",),
+    ),
+    # Normalises what MQTT devices publish into measurement sets.
+    MQTT_GATEWAY: Permissions(
+        publish=_dedup(*_service(MQTT_GATEWAY), _under(sj.MEAS)),
+        subscribe=(_under(sj.METER_RAW), _INBOX),
     ),
 }
 
