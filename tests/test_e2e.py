@@ -113,7 +113,13 @@ async def test_up_estimates_survive_a_killed_estimator_and_stop_cleanly(
             capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip
         rows = {r["service"]: r for r in json.loads(status.stdout)}
-        assert set(rows) == {"simulator", "state_estimation", "monitoring"}
+        assert set(rows) == {
+            "simulator",
+            "state_estimation",
+            "monitoring",
+            "gateway_modbus",
+            "mqtt_gateway",
+        }
         assert all(r["state"] == "running" and r["heartbeat_age_s"] < 3 for r in rows.values())
         assert rows["state_estimation"]["pid"] != pid
     finally:
@@ -122,7 +128,7 @@ async def test_up_estimates_survive_a_killed_estimator_and_stop_cleanly(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     # every child is gone with it
-    for service in ("simulator", "state_estimation", "monitoring"):
+    for service in rows:
         with contextlib.suppress(KeyError):
             child = beats[service].pid
             with pytest.raises(ProcessLookupError):

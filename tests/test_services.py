@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from gridpilot.core.schemas import (
     Command,
     CommandKind,
     CommandResult,
+    DeviceKind,
     EstimateStatus,
     Heartbeat,
     InjectionKind,
@@ -37,6 +39,8 @@ from gridpilot.core.schemas import (
     encode,
 )
 from gridpilot.core.service import Service
+from gridpilot.gateways.modbus.service import ModbusGatewayService
+from gridpilot.gateways.mqtt.service import MqttGatewayService
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
 from gridpilot.platform.broker import EmbeddedNats
@@ -54,11 +58,17 @@ async def platform(
 ) -> AsyncIterator[Callable[..., Service]]:
     """Start services in this process with their own credentials; stopped after the test."""
     model = grid(GRID)
-    await distribution.publish(admin_nc, distribution.package(model, default_placement(model)))
+    pkg = distribution.package(model, default_placement(model))
+    # the virtual DER inverters on a free port, not the platform's default
+    ders = [msgspec.structs.replace(d, port=free_port()) for d in pkg.devices.der]
+    pkg = msgspec.structs.replace(pkg, devices=msgspec.structs.replace(pkg.devices, der=ders))
+    await distribution.publish(admin_nc, pkg)
     running: list[tuple[Service, asyncio.Task[None]]] = []
 
     def start(cls: type[Service], speed: float = 1.0) -> Service:
         config = ServiceConfig(
+            mqtt_url=nats_server.mqtt_url,
+            mqtt_password=credentials["mqtt_device"],
             speed=speed,
             nats_url=nats_server.url,
             user=cls.name,
@@ -77,6 +87,12 @@ async def platform(
     for _svc, task in running:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Collector:
@@ -343,3 +359,45 @@ async def test_comm_outage_is_reported_and_estimates_go_on(
     later = [e for e in states.items[n:] if "pmu_bus_6" in e.missing_sources]
     assert all(e.status is EstimateStatus.CONVERGED for e in later)
     assert not any("pmu_bus_6/" in name for e in later for name in e.residual_sensor)
+
+
+async def test_field_protocols_meters_over_mqtt_and_der_over_modbus(
+    platform: Callable[..., Service], admin_nc: Client
+) -> None:
+    """The twin's meters publish over MQTT and its inverter answers Modbus; the gateways turn
+    both into measurement sets, and a DER setpoint travels to the inverter and back."""
+    meas = await collect(admin_nc, subjects.MEAS.format(grid=GRID, source="*"), MeasurementSet)
+    results = await collect(admin_nc, subjects.COMMAND_RESULT.format(grid=GRID), CommandResult)
+    platform(MqttGatewayService)
+    platform(ModbusGatewayService)
+    platform(SimulatorService, speed=900.0)  # a 15-minute meter period passes every second
+    await meas.wait_for(
+        lambda ms: {m.kind for m in ms} >= {DeviceKind.METER, DeviceKind.DER}, within_s=20
+    )
+    der = next(m for m in meas.items if m.kind is DeviceKind.DER)
+    assert der.source == "der_wka_7" and der.measurements[0].mrid == "wka_7"
+    await meas.wait_for(lambda ms: any(m.source == "meter_load_r1" for m in ms))
+    reading = next(m for m in meas.items if m.source == "meter_load_r1").measurements[0]
+    assert reading.mrid == "load_r1" and (reading.p_mw or 0) > 1.0  # a 15 MW residential load
+    cmd = Command(
+        id="sp1",
+        grid=GRID,
+        kind=CommandKind.DER_SETPOINT,
+        target="wka_7",
+        issued_by="test",
+        t_ns=time.time_ns(),
+        p_mw=0.3,
+        q_mvar=0.0,
+    )
+    await admin_nc.jetstream().publish(
+        subjects.COMMAND.format(grid=GRID, target="wka_7"), encode(cmd)
+    )
+    await results.wait_for(lambda r: any(x.command_id == "sp1" for x in r))
+    result = next(x for x in results.items if x.command_id == "sp1")
+    assert result.ok and result.executed_by == "gateway_modbus", result.error
+    n = len(meas.items)
+    await meas.wait_for(
+        lambda ms: any(
+            m.kind is DeviceKind.DER and (m.measurements[0].p_mw or 0) <= 0.31 for m in ms[n:]
+        )
+    )

@@ -21,6 +21,10 @@ class ServiceConfig:
     data_dir: Path
     speed: float = 1.0
     heartbeat_s: float = 1.0
+    # Only the simulator, which plays the field devices, gets these: the MQTT listener and the
+    # password of the mqtt_device identity its virtual meters connect with.
+    mqtt_url: str = ""
+    mqtt_password: str | None = None
 
     @classmethod
     def from_env(cls, *, grid: str | None = None) -> ServiceConfig:
@@ -39,4 +43,6 @@ class ServiceConfig:
             grid=grid or env.get("GRIDPILOT_GRID", DEFAULT_GRID),
             data_dir=Path(env.get("GRIDPILOT_DATA_DIR", str(DEFAULT_DATA_DIR))),
             speed=speed,
+            mqtt_url=env.get("GRIDPILOT_MQTT_URL", ""),
+            mqtt_password=env.get("GRIDPILOT_MQTT_PASSWORD") or None,
         )

@@ -183,7 +183,7 @@ def default_registry(
                 Meter(
                     device=dev.id,
                     components=[
-                        MeterComponent(component="main", mrid=pt.mrid, terminal=pt.terminal)
+                        MeterComponent(component=dev.id, mrid=pt.mrid, terminal=pt.terminal)
                         for pt in dev.points
                     ],
                 )

@@ -27,6 +27,7 @@ MONITORING = "monitoring"
 VIEWER = "viewer"
 MQTT_DEVICE = "mqtt_device"
 MQTT_GATEWAY = "mqtt_gateway"
+GATEWAY_MODBUS = "gateway_modbus"
 
 _BUCKETS = {b.name for b in sj.BUCKETS}
 _OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
@@ -166,6 +167,11 @@ PERMISSIONS: dict[str, Permissions] = {
     MQTT_GATEWAY: Permissions(
         publish=_dedup(*_service(MQTT_GATEWAY), _under(sj.MEAS)),
         subscribe=(_under(sj.METER_RAW), _INBOX),
+    ),
+    # Polls DER inverters and carries setpoints to them; reports each command's outcome.
+    GATEWAY_MODBUS: Permissions(
+        publish=_dedup(*_service(GATEWAY_MODBUS), _under(sj.MEAS), sj.COMMAND_RESULT.wildcard()),
+        subscribe=(_under(sj.COMMAND), _INBOX),
     ),
 }
 

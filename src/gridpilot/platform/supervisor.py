@@ -149,6 +149,12 @@ class Supervisor:
             env = dict(base)
             if self.broker is not None:
                 env.update(permissions.service_env(self.data_dir, name))
+            if name == "simulator" and self.endpoints.get("mqtt"):
+                env["GRIDPILOT_MQTT_URL"] = self.endpoints["mqtt"]
+                if self.broker is not None:
+                    env["GRIDPILOT_MQTT_PASSWORD"] = permissions.service_password(
+                        self.data_dir, permissions.MQTT_DEVICE
+                    )
             child = Child(name=name, env=env, log_path=self.data_dir / "logs" / f"{name}.log")
             child.start(self.grid)
             self.children[name] = child

@@ -11,6 +11,7 @@ from gridpilot.core import subjects
 from gridpilot.core.errors import GridPilotError
 from gridpilot.core.schemas import (
     Command,
+    CommandKind,
     CommandResult,
     InjectionKind,
     InjectRequest,
@@ -19,6 +20,7 @@ from gridpilot.core.schemas import (
 )
 from gridpilot.core.service import Service
 from gridpilot.model import distribution
+from gridpilot.simulator.field import FieldDevices
 from gridpilot.simulator.schedule import Schedule
 from gridpilot.simulator.twin import GrossError, Twin
 
@@ -36,6 +38,19 @@ class SimulatorService(Service):
         self.tick_s = min(d.period_s for d in placement.devices)
         self.t_s = time.time()
         self.schedule = Schedule(placement, self.t_s)
+        self.twin.step(self.t_s)
+        self.field = FieldDevices(
+            twin=self.twin,
+            grid=self.grid,
+            placement=placement,
+            registry=pkg.devices,
+            sim_time_s=lambda: self.t_s,
+            speed=self.config.speed,
+            mqtt_url=self.config.mqtt_url,
+            mqtt_password=self.config.mqtt_password,
+        )
+        await self.field.start()
+        self.info["protocol_devices"] = len(self.field.protocol_devices)
         self.seq = 0
         self.topology_due = self.t_s
         self.info["speed"] = self.config.speed
@@ -51,7 +66,12 @@ class SimulatorService(Service):
         )
         self.spawn(self._run(), name="tick")
 
+    async def teardown(self) -> None:
+        await self.field.stop()
+
     async def on_command(self, cmd: Command, msg: Msg) -> None:
+        if cmd.kind is CommandKind.DER_SETPOINT and cmd.target in self.field.der_generators:
+            return  # the inverter gets it over Modbus from its gateway
         try:
             if cmd.grid != self.grid:
                 raise GridPilotError(f"command for grid {cmd.grid!r} sent to {self.grid}")
@@ -146,6 +166,8 @@ class SimulatorService(Service):
         t = self.t_s
         await self.publish(subjects.TRUTH.format(grid=self.grid), self.twin.truth(self.grid))
         for d in self.schedule.due(t):
+            if d.id in self.field.protocol_devices:
+                continue  # reported through its own protocol and gateway
             if self.twin.silent(d.id, t):
                 self.counters["reports_suppressed"] += 1
                 continue

@@ -149,6 +149,10 @@ class Twin:
         self.t_s = t_s
         return self.out
 
+    def out_bus_v_pu(self, bus: str) -> float:
+        """Voltage magnitude at a bus in the last power flow."""
+        return float(self.out[C.node]["u_pu"][self._bus_row[bus]])
+
     def truth(self, grid: str) -> SimTruth:
         out = self.out
         return SimTruth(

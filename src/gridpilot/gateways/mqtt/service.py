@@ -10,23 +10,30 @@ from gridpilot.core import subjects
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.service import Service
 from gridpilot.gateways.mqtt.meter import DeviceMap, MeterGateway
+from gridpilot.model import distribution
 
 
 class MqttGatewayService(Service):
-    """``devices``: meter id -> (component, load/gen mRID, terminal) entries.
-
-    Injected for now; a device registry file will supply it later.
-    """
+    """``devices``: meter id -> (component, load/gen mRID, terminal) entries; by default the
+    meters of the grid's device registry."""
 
     name = "mqtt_gateway"
 
-    def __init__(self, config: ServiceConfig, *, devices: DeviceMap) -> None:
+    def __init__(self, config: ServiceConfig, *, devices: DeviceMap | None = None) -> None:
         super().__init__(config)
+        self._devices = devices
+
+    async def setup(self) -> None:
+        devices = self._devices
+        if devices is None:
+            registry = (await distribution.fetch(self.nc, self.grid)).devices
+            devices = {
+                m.device: [(c.component, c.mrid, c.terminal) for c in m.components]
+                for m in registry.meter
+            }
         self.gateway = MeterGateway(
             grid=self.grid, devices=devices, counters=self.counters, log=self.log
         )
-
-    async def setup(self) -> None:
         self.info["meters"] = len(self.gateway.devices)
         # Plain NATS: the payload is one of two formats, decoded by the meter normaliser.
         await self.nc.subscribe(
@@ -42,3 +49,7 @@ class MqttGatewayService(Service):
         except Exception:  # one bad message must not stop the gateway
             self.counters["handler_errors"] += 1
             self.log.exception("meter message failed", extra={"subject": msg.subject})
+
+
+def main(grid: str | None = None) -> int:
+    return MqttGatewayService.main(grid=grid)

@@ -1,0 +1,147 @@
+"""The twin's devices that speak real field protocols: DER inverters as a Modbus TCP server,
+smart meters over MQTT. Measurements of these devices reach the bus only through their
+gateways; the simulator publishes the rest (PMUs, RTUs) itself until their protocols are
+wired in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import defaultdict
+from typing import Any
+
+from gridpilot.core.schemas import Command, CommandKind
+from gridpilot.model.devices import DeviceRegistry
+from gridpilot.model.placement import Placement
+from gridpilot.protocols.sunspec import InverterStatus
+from gridpilot.simulator.der_modbus import InverterSpec, VirtualDerServer
+from gridpilot.simulator.mqtt_meters import MqttMeterFleet, ScaledClock, VirtualMeter
+from gridpilot.simulator.twin import Twin
+
+log = logging.getLogger("gridpilot.simulator")
+
+
+class FieldDevices:
+    def __init__(
+        self,
+        *,
+        twin: Twin,
+        grid: str,
+        placement: Placement,
+        registry: DeviceRegistry,
+        sim_time_s: Any,  # callable returning the simulated time in seconds
+        speed: float,
+        mqtt_url: str = "",
+        mqtt_password: str | None = None,
+    ) -> None:
+        self.twin = twin
+        self.grid = grid
+        self.registry = registry
+        self.devices = {d.id: d for d in placement.devices}
+        self.sim_time_s = sim_time_s
+        self.speed = speed
+        self.mqtt_url = mqtt_url
+        self.mqtt_password = mqtt_password
+        self.der_generators = {d.generator for d in registry.der}
+        self.protocol_devices = {d.device for d in registry.der}
+        if mqtt_url and mqtt_password:
+            self.protocol_devices |= {m.device for m in registry.meter}
+        self._servers: list[VirtualDerServer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        model = self.twin.model
+        kv = {b.id: b.vn_kv for b in model.buses}
+        gens = {g.id: g for g in model.generators}
+        by_server: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)
+        for der in self.registry.der:
+            by_server[(der.host, der.port)][der.unit] = der.device
+        for (host, port), units in by_server.items():
+            specs = {}
+            for unit, device in units.items():
+                gen = gens[self.devices[device].points[0].mrid]
+                specs[unit] = InverterSpec(rated_mw=max(abs(gen.p_mw), 1e-3), v_ref_kv=kv[gen.bus])
+            server = VirtualDerServer(
+                units=specs,
+                state=functools.partial(self._der_state, units),
+                on_setpoint=functools.partial(self._der_setpoint, units),
+                host=host,
+                port=port,
+            )
+            await server.start()
+            self._servers.append(server)
+            log.info(
+                "DER inverters listening", extra={"modbus": f"{host}:{port}", "units": len(units)}
+            )
+        meters = [m for m in self.registry.meter if m.device in self.protocol_devices]
+        if meters:
+            period_s = min(self.devices[m.device].period_s for m in meters)
+            fleet = MqttMeterFleet(
+                url=self.mqtt_url,
+                password=self.mqtt_password or "",
+                grid=self.grid,
+                meters=[
+                    VirtualMeter(device=m.device, component=m.components[0].component)
+                    for m in meters
+                ],
+                reading=self._meter_reading,
+                clock=ScaledClock(speed=self.speed, start_ns=round(self.sim_time_s() * 1e9)),
+                period_s=period_s,
+            )
+            self._tasks.append(asyncio.ensure_future(self._run_fleet(fleet)))
+
+    async def _run_fleet(self, fleet: MqttMeterFleet) -> None:
+        while True:  # the broker may restart: reconnect, as a head-end system would
+            try:
+                await fleet.run()
+            except Exception as exc:
+                log.warning("meter fleet disconnected", extra={"error": str(exc)})
+            await asyncio.sleep(2.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in self._servers:
+            await server.stop()
+
+    def _der_state(
+        self, units: dict[int, str], unit: int
+    ) -> tuple[float, float, float, InverterStatus]:
+        dev = self.devices[units[unit]]
+        m = self.twin.measure(dev, self.grid, 0).measurements[0]
+        gen = m.mrid
+        bus = next(g.bus for g in self.twin.model.generators if g.id == gen)
+        v_pu = float(self.twin.out_bus_v_pu(bus))
+        limited = self.twin.setpoints.get(gen, (None, None))[0] is not None
+        status = InverterStatus.THROTTLED if limited else InverterStatus.MPPT
+        return m.p_mw or 0.0, m.q_mvar or 0.0, v_pu, status
+
+    def _der_setpoint(
+        self, units: dict[int, str], unit: int, p_limit_mw: float | None, q_mvar: float | None
+    ) -> None:
+        device = units[unit]
+        gen = self.devices[device].points[0].mrid
+        self.twin.apply_command(
+            Command(
+                id=f"modbus-{device}",
+                grid=self.grid,
+                kind=CommandKind.DER_SETPOINT,
+                target=gen,
+                issued_by=f"modbus:{device}",
+                t_ns=0,
+                p_mw=p_limit_mw,
+                q_mvar=q_mvar,
+            )
+        )
+        log.info(
+            "DER setpoint over Modbus",
+            extra={"device": device, "p_limit_mw": p_limit_mw, "q_mvar": q_mvar},
+        )
+
+    def _meter_reading(self, device: str, t_ns: int) -> tuple[float, float]:
+        ms = self.twin.measure(self.devices[device], self.grid, 0).measurements
+        return sum(m.p_mw or 0.0 for m in ms), sum(m.q_mvar or 0.0 for m in ms)
