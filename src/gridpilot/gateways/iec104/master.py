@@ -1,0 +1,402 @@
+"""The controlling station: one TCP connection to one RTU, kept up, read with ``async for``.
+
+Usage::
+
+    async with Iec104Master(host="10.0.0.5", common_address=1) as master:
+        result = await master.double_command(100, on=False)
+        async for event in master:
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gridpilot.gateways.iec104.events import (
+    CommandOutcome,
+    CommandResult,
+    CommandStage,
+    ConnectionState,
+    ConnectionStateChanged,
+    DoublePointUpdate,
+    FloatValueUpdate,
+    InterrogationFinished,
+    MasterEvent,
+    PointUpdate,
+    ScaledValueUpdate,
+    SinglePointUpdate,
+)
+from gridpilot.gateways.iec104.link import StreamLink
+from gridpilot.protocols.iec104 import (
+    Asdu,
+    AsduReceived,
+    ClockSync,
+    CloseRequested,
+    Cot,
+    Cp56Time,
+    DoubleCommand,
+    DoublePoint,
+    DoublePointState,
+    Event,
+    FloatValue,
+    InformationObject,
+    Interrogation,
+    LinkState,
+    LinkStateChanged,
+    MonitoredObject,
+    ProtocolErrorEvent,
+    Role,
+    ScaledValue,
+    Session,
+    SingleCommand,
+    SinglePoint,
+    TypeId,
+    type_id_of,
+)
+
+log = logging.getLogger(__name__)
+
+_REFUSING_COTS = {Cot.UNKNOWN_TYPE_ID, Cot.UNKNOWN_COT, Cot.UNKNOWN_CA, Cot.UNKNOWN_IOA}
+
+
+@dataclass(slots=True)
+class MasterStats:
+    connects: int = 0
+    asdus_received: int = 0
+    malformed_frames: int = 0  # dropped, never fatal
+    foreign_asdus: int = 0  # another common address, or a reply nobody waited for
+    dropped_events: int = 0  # the consumer fell more than max_pending_events behind
+
+
+class Iec104Master:
+    """A controlling station for one RTU (one common address), reconnecting with back-off.
+
+    Iterating yields ``ConnectionStateChanged``, point updates and ``InterrogationFinished``
+    until ``close``. k, w and the timers t0..t3 (seconds) are those of IEC 60870-5-104; t0
+    bounds the TCP connect. Reconnect waits double from ``reconnect_min_s`` up to
+    ``reconnect_max_s`` and start again from the minimum after a successful start. Bad frames
+    are counted in ``stats`` and dropped. Commands return a ``CommandResult``, never raise for
+    what the station or the network did.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int = 2404,
+        common_address: int,
+        originator: int = 0,
+        interrogate_on_connect: bool = True,
+        k: int = 12,
+        w: int = 8,
+        t0: float = 30.0,
+        t1: float = 15.0,
+        t2: float = 10.0,
+        t3: float = 20.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        max_pending_events: int = 10_000,
+    ) -> None:
+        if not host:
+            raise ValueError("host must not be empty")
+        if not 0 < port <= 0xFFFF:
+            raise ValueError(f"port must be in 1..65535, got {port}")
+        if not 0 < common_address < 0xFFFF:
+            raise ValueError(f"common_address must be in 1..65534, got {common_address}")
+        if not 0 <= originator <= 0xFF:
+            raise ValueError(f"originator is one octet, got {originator}")
+        if not 0 < reconnect_min_s <= reconnect_max_s:
+            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        # Built once here so that bad k/w/t values fail in the constructor, not on connect.
+        Session(role=Role.CONTROLLING, k=k, w=w, t1=t1, t2=t2, t3=t3)
+        self.host, self.port = host, port
+        self.common_address = common_address
+        self.originator = originator
+        self.interrogate_on_connect = interrogate_on_connect
+        self._k, self._w, self._t1, self._t2, self._t3 = k, w, t1, t2, t3
+        self._t0 = t0
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self.stats = MasterStats()
+        self.state = ConnectionState.DISCONNECTED
+        self._events: asyncio.Queue[MasterEvent | None] = asyncio.Queue()  # None: closed
+        self._max_pending = max_pending_events
+        self._link: StreamLink | None = None
+        self._waiters: dict[tuple[TypeId, int], asyncio.Queue[Asdu | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Iec104Master:
+        self._task = asyncio.create_task(self._run(), name=f"iec104-master-{self.host}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            self._set_state(ConnectionState.CLOSED)
+            self._events.put_nowait(None)
+
+    def __aiter__(self) -> Iec104Master:
+        return self
+
+    async def __anext__(self) -> MasterEvent:
+        event = await self._events.get()
+        if event is None:
+            self._events.put_nowait(None)  # later iterations end too
+            raise StopAsyncIteration
+        return event
+
+    async def _run(self) -> None:
+        delay = self._reconnect[0]
+        while True:
+            self._set_state(ConnectionState.CONNECTING)
+            try:
+                reason = await self._connection()
+            except (OSError, TimeoutError) as error:
+                reason = f"connect failed: {error or type(error).__name__}"
+            except Exception as error:  # a bug must not end the reconnect loop for good
+                log.exception("IEC 104 master to %s:%s failed", self.host, self.port)
+                reason = f"internal error: {error!r}"
+            if self.state is ConnectionState.STARTED:
+                delay = self._reconnect[0]
+            self._drop_waiters()
+            self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=delay)
+            log.warning("IEC 104 link to %s:%s down: %s", self.host, self.port, reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect[1])
+
+    async def _connection(self) -> str:
+        async with asyncio.timeout(self._t0):
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        loop = asyncio.get_running_loop()
+        session = Session(
+            role=Role.CONTROLLING,
+            k=self._k,
+            w=self._w,
+            t1=self._t1,
+            t2=self._t2,
+            t3=self._t3,
+            clock=loop.time,
+        )
+        link = StreamLink(session=session, reader=reader, writer=writer)
+        self.stats.connects += 1
+        self._set_state(ConnectionState.CONNECTED)
+        try:
+            self._link = link
+            session.start()
+            link.flush()
+            return await link.run(self._on_event)
+        finally:
+            self._link = None
+            await link.close()
+
+    # -- incoming -------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, AsduReceived):
+            self.stats.asdus_received += 1
+            self._on_asdu(event.asdu)
+        elif isinstance(event, ProtocolErrorEvent):
+            self.stats.malformed_frames += 1
+            log.warning("IEC 104 bad input from %s:%s: %s", self.host, self.port, event.error)
+        elif isinstance(event, LinkStateChanged) and event.state is LinkState.STARTED:
+            self._set_state(ConnectionState.STARTED)
+            if self.interrogate_on_connect and self._link is not None:
+                self._link.send(self._asdu(Interrogation(), Cot.ACTIVATION))
+        elif isinstance(event, CloseRequested):
+            log.warning("IEC 104 link to %s:%s closing: %s", self.host, self.port, event.reason)
+
+    def _on_asdu(self, asdu: Asdu) -> None:
+        if asdu.common_address != self.common_address:
+            self.stats.foreign_asdus += 1
+            return
+        first = asdu.objects[0]
+        if isinstance(first, SinglePoint | DoublePoint | ScaledValue | FloatValue):
+            received_ns = time.time_ns()
+            for obj in asdu.objects:
+                if isinstance(obj, SinglePoint | DoublePoint | ScaledValue | FloatValue):
+                    self._emit(_point_update(asdu, obj, received_ns))
+            return
+        waiter = self._waiters.get((asdu.type_id, first.ioa))
+        if waiter is not None:
+            waiter.put_nowait(asdu)
+        if isinstance(first, Interrogation) and asdu.cot is Cot.ACTIVATION_TERMINATION:
+            self._emit(InterrogationFinished(common_address=asdu.common_address))
+        elif waiter is None and not isinstance(first, Interrogation):
+            self.stats.foreign_asdus += 1
+
+    def _emit(self, event: MasterEvent) -> None:
+        if self._events.qsize() >= self._max_pending:
+            self._events.get_nowait()
+            self.stats.dropped_events += 1
+        self._events.put_nowait(event)
+
+    def _set_state(
+        self, state: ConnectionState, *, reason: str | None = None, retry_in_s: float | None = None
+    ) -> None:
+        self.state = state
+        self._emit(
+            ConnectionStateChanged(
+                state=state, host=self.host, port=self.port, reason=reason, retry_in_s=retry_in_s
+            )
+        )
+
+    def _drop_waiters(self) -> None:
+        for waiter in self._waiters.values():
+            waiter.put_nowait(None)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def _asdu(self, obj: InformationObject, cot: Cot) -> Asdu:
+        return Asdu(
+            cot=cot, common_address=self.common_address, originator=self.originator, objects=(obj,)
+        )
+
+    async def double_command(
+        self,
+        ioa: int,
+        on: bool,
+        *,
+        select_before_operate: bool = True,
+        qualifier: int = 0,
+        timeout_s: float = 10.0,
+        wait_for_termination: bool = True,
+    ) -> CommandResult:
+        """Switch a double point: select, ACT_CON, execute, ACT_CON, ACT_TERM."""
+        state = DoublePointState.ON if on else DoublePointState.OFF
+
+        def make(select: bool) -> DoubleCommand:
+            return DoubleCommand(ioa=ioa, state=state, select=select, qualifier=qualifier)
+
+        return await self._command(
+            make, select_before_operate, timeout_s, wait_for_termination=wait_for_termination
+        )
+
+    async def single_command(
+        self,
+        ioa: int,
+        on: bool,
+        *,
+        select_before_operate: bool = True,
+        qualifier: int = 0,
+        timeout_s: float = 10.0,
+        wait_for_termination: bool = True,
+    ) -> CommandResult:
+        def make(select: bool) -> SingleCommand:
+            return SingleCommand(ioa=ioa, on=on, select=select, qualifier=qualifier)
+
+        return await self._command(
+            make, select_before_operate, timeout_s, wait_for_termination=wait_for_termination
+        )
+
+    async def interrogate(self, *, timeout_s: float = 30.0) -> CommandResult:
+        """A general interrogation; the values arrive as events, then ``InterrogationFinished``."""
+        return await self._command(lambda _: Interrogation(), False, timeout_s)
+
+    async def clock_sync(
+        self, *, time_ns: int | None = None, timeout_s: float = 10.0
+    ) -> CommandResult:
+        """Set the station's clock (default: our wall clock now)."""
+        stamp = Cp56Time(time.time_ns() if time_ns is None else time_ns)
+        return await self._command(
+            lambda _: ClockSync(time=stamp), False, timeout_s, wait_for_termination=False
+        )
+
+    async def _command(
+        self,
+        make: Callable[[bool], InformationObject],
+        select_first: bool,
+        timeout_s: float,
+        *,
+        wait_for_termination: bool = True,
+    ) -> CommandResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        execute = make(False)
+        stage = CommandStage.SELECT if select_first else CommandStage.EXECUTE
+        link = self._link
+
+        def result(
+            outcome: CommandOutcome, reply: Asdu | None = None, detail: str = ""
+        ) -> CommandResult:
+            return CommandResult(
+                ioa=execute.ioa,
+                outcome=outcome,
+                stage=stage,
+                elapsed_s=loop.time() - started,
+                cot=reply.cot if reply is not None else None,
+                detail=detail,
+            )
+
+        if link is None or self.state is not ConnectionState.STARTED:
+            return result(CommandOutcome.NOT_CONNECTED, detail=f"link is {self.state}")
+        key = (type_id_of(execute), execute.ioa)
+        if key in self._waiters:
+            return result(CommandOutcome.BUSY, detail="a command on this address is under way")
+        replies: asyncio.Queue[Asdu | None] = asyncio.Queue()
+        self._waiters[key] = replies
+
+        async def expect(cot: Cot) -> Asdu | None:
+            while True:
+                reply = await replies.get()
+                if reply is None or reply.cot is cot or reply.cot in _REFUSING_COTS:
+                    return reply
+                self.stats.foreign_asdus += 1
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                steps: list[tuple[CommandStage, Cot]] = []
+                if select_first:
+                    steps.append((CommandStage.SELECT, Cot.ACTIVATION_CON))
+                steps.append((CommandStage.EXECUTE, Cot.ACTIVATION_CON))
+                if wait_for_termination:
+                    steps.append((CommandStage.TERMINATION, Cot.ACTIVATION_TERMINATION))
+                reply: Asdu | None = None
+                for stage, cot in steps:
+                    if stage is not CommandStage.TERMINATION:
+                        link.send(self._asdu(make(stage is CommandStage.SELECT), Cot.ACTIVATION))
+                    reply = await expect(cot)
+                    if reply is None:
+                        return result(CommandOutcome.CONNECTION_LOST)
+                    if reply.negative or reply.cot is not cot:
+                        return result(CommandOutcome.REFUSED, reply, "negative confirmation")
+                return result(CommandOutcome.CONFIRMED, reply)
+        except TimeoutError:
+            if stage is CommandStage.SELECT and self._link is link:
+                # Release a selection the station may have made but not confirmed in time.
+                link.send(self._asdu(make(True), Cot.DEACTIVATION))
+            return result(CommandOutcome.TIMEOUT, detail=f"no reply within {timeout_s:g} s")
+        finally:
+            del self._waiters[key]
+
+
+_UPDATES: dict[type, Callable[..., PointUpdate]] = {
+    SinglePoint: SinglePointUpdate,
+    DoublePoint: DoublePointUpdate,
+    ScaledValue: ScaledValueUpdate,
+    FloatValue: FloatValueUpdate,
+}
+
+
+def _point_update(asdu: Asdu, obj: MonitoredObject, received_ns: int) -> PointUpdate:
+    return _UPDATES[type(obj)](
+        common_address=asdu.common_address,
+        ioa=obj.ioa,
+        cot=asdu.cot,
+        value=obj.value,
+        quality=obj.quality,
+        time_ns=obj.time.time_ns if obj.time is not None else None,
+        time_invalid=obj.time.invalid if obj.time is not None else False,
+        received_ns=received_ns,
+    )
