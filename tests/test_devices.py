@@ -28,7 +28,11 @@ def test_default_registry_covers_every_device(setup: tuple) -> None:  # type: ig
     model, placement, reg = setup
     assert validate_registry(reg, placement, model) == []
     ids = {d.device for d in (*reg.pmu, *reg.rtu, *reg.der, *reg.meter)}
-    assert ids == {d.id for d in placement.devices}
+    control_only = {r.device for r in reg.rtu if not r.points}
+    assert ids - control_only == {d.id for d in placement.devices}
+    # every switch is remotely controlled, by exactly one RTU
+    commanded = [c.switch for r in reg.rtu for c in r.commands]
+    assert sorted(commanded) == sorted(s.id for s in model.switches)
     assert [d.generator for d in reg.der] == ["wka_7"]
     rtu = next(r for r in reg.rtu if r.device == "rtu_trafo_0_1")
     assert {c.switch for c in rtu.commands} == set()  # bus_1 has no switch; bus_0 has the CBs

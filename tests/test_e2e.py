@@ -21,6 +21,7 @@ from gridpilot.core import subjects
 from gridpilot.core.bus import connect
 from gridpilot.core.schemas import EstimateStatus, Heartbeat, SimTruth, StateEstimate
 from gridpilot.platform import permissions
+from gridpilot.platform.catalog import SERVICES
 
 pytestmark = pytest.mark.slow
 
@@ -113,13 +114,7 @@ async def test_up_estimates_survive_a_killed_estimator_and_stop_cleanly(
             capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip
         rows = {r["service"]: r for r in json.loads(status.stdout)}
-        assert set(rows) == {
-            "simulator",
-            "state_estimation",
-            "monitoring",
-            "gateway_modbus",
-            "mqtt_gateway",
-        }
+        assert set(rows) == set(SERVICES)
         assert all(r["state"] == "running" and r["heartbeat_age_s"] < 3 for r in rows.values())
         assert rows["state_estimation"]["pid"] != pid
     finally:

@@ -52,6 +52,7 @@ class Service:
         self._tasks: list[asyncio.Task[Any]] = []
         self.nc: Client
         self._kv_services: KeyValue | None = None
+        self._heartbeat_errors: set[str] = set()
 
     # -- for subclasses -----------------------------------------------------------------------
     async def setup(self) -> None:
@@ -148,8 +149,11 @@ class Service:
             if self.nc.is_connected:
                 try:
                     await self.heartbeat()
-                except Exception as exc:
-                    self.log.debug("heartbeat failed", extra={"error": str(exc)})
+                except Exception as exc:  # a broker restart, or a bug: say so, once each
+                    self.counters["heartbeat_failures"] += 1
+                    if str(exc) not in self._heartbeat_errors:
+                        self._heartbeat_errors.add(str(exc))
+                        self.log.warning("heartbeat failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.config.heartbeat_s)
 

@@ -41,7 +41,9 @@ class RtuPoint(Quantity, frozen=True, kw_only=True):
 
 
 class RtuCommand(msgspec.Struct, frozen=True, kw_only=True):
-    ioa: int  # double command (C_DC_NA_1), select before operate
+    # double command (C_DC_NA_1), select before operate; the switch's position is reported as
+    # a double point (M_DP) at the same address
+    ioa: int
     switch: str  # switch mRID
 
 
@@ -188,6 +190,24 @@ def default_registry(
                     ],
                 )
             )
+    # Every switch is remotely controlled: switches at no RTU's station get a feeder RTU of
+    # their own, which only reports positions and takes commands.
+    commanded = {c.switch for r in rtus for c in r.commands}
+    for bus, sws in switches_at.items():
+        todo = [sw for sw in sws if sw not in commanded]
+        if todo:
+            rtus.append(
+                Rtu(
+                    device=f"frtu_{bus}",
+                    host=host,
+                    port=RTU_BASE_PORT + len(rtus),
+                    common_address=len(rtus) + 1,
+                    points=[],
+                    commands=[
+                        RtuCommand(ioa=IOA_COMMAND + i, switch=sw) for i, sw in enumerate(todo)
+                    ],
+                )
+            )
     return DeviceRegistry(grid=placement.grid, pmu=pmus, rtu=rtus, der=ders, meter=meters)
 
 
@@ -231,7 +251,15 @@ def validate_registry(
                 quantity(pmu.device, ch, f"channel {ch.channel!r}")
     for rtu in registry.rtu:
         _endpoint(endpoints, problems, rtu.device, rtu.host, rtu.port)
-        if device(rtu.device):
+        # a control-only RTU (switch positions and commands, no measurement) needs no placement
+        if rtu.points or rtu.device in devices:
+            ok = device(rtu.device)
+        else:
+            ok = rtu.device not in seen
+            seen.add(rtu.device)
+        if not rtu.points and not rtu.commands:
+            problems.append(f"device {rtu.device!r} has neither points nor commands")
+        if ok:
             ioas = [p.ioa for p in rtu.points] + [c.ioa for c in rtu.commands]
             if len(set(ioas)) != len(ioas):
                 problems.append(f"device {rtu.device!r}: an IOA is used twice")

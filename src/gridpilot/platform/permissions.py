@@ -28,6 +28,7 @@ VIEWER = "viewer"
 MQTT_DEVICE = "mqtt_device"
 MQTT_GATEWAY = "mqtt_gateway"
 GATEWAY_MODBUS = "gateway_modbus"
+GATEWAY_IEC104 = "gateway_iec104"
 
 _BUCKETS = {b.name for b in sj.BUCKETS}
 _OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
@@ -171,6 +172,11 @@ PERMISSIONS: dict[str, Permissions] = {
     # Polls DER inverters and carries setpoints to them; reports each command's outcome.
     GATEWAY_MODBUS: Permissions(
         publish=_dedup(*_service(GATEWAY_MODBUS), _under(sj.MEAS), sj.COMMAND_RESULT.wildcard()),
+        subscribe=(_under(sj.COMMAND), _INBOX),
+    ),
+    # Masters of the RTUs: measurements in, switching commands out, outcomes reported.
+    GATEWAY_IEC104: Permissions(
+        publish=_dedup(*_service(GATEWAY_IEC104), _under(sj.MEAS), sj.COMMAND_RESULT.wildcard()),
         subscribe=(_under(sj.COMMAND), _INBOX),
     ),
 }

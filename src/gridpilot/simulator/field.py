@@ -1,7 +1,7 @@
-"""The twin's devices that speak real field protocols: DER inverters as a Modbus TCP server,
-smart meters over MQTT. Measurements of these devices reach the bus only through their
-gateways; the simulator publishes the rest (PMUs, RTUs) itself until their protocols are
-wired in."""
+"""The twin's devices that speak real field protocols: RTUs as IEC 60870-5-104 servers, DER
+inverters as a Modbus TCP server, smart meters over MQTT. Measurements of these devices reach
+the bus only through their gateways; the simulator publishes the rest (PMUs) itself until
+their protocol is wired in."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from collections import defaultdict
 from typing import Any
 
 from gridpilot.core.schemas import Command, CommandKind
-from gridpilot.model.devices import DeviceRegistry
+from gridpilot.model.devices import DeviceRegistry, Rtu
 from gridpilot.model.placement import Placement
+from gridpilot.protocols.iec104 import DoublePointState, Quality
 from gridpilot.protocols.sunspec import InverterStatus
 from gridpilot.simulator.der_modbus import InverterSpec, VirtualDerServer
 from gridpilot.simulator.mqtt_meters import MqttMeterFleet, ScaledClock, VirtualMeter
+from gridpilot.simulator.rtu_server import PointType, Reading, RtuServer
 from gridpilot.simulator.twin import Twin
 
 log = logging.getLogger("gridpilot.simulator")
@@ -45,10 +47,14 @@ class FieldDevices:
         self.mqtt_url = mqtt_url
         self.mqtt_password = mqtt_password
         self.der_generators = {d.generator for d in registry.der}
-        self.protocol_devices = {d.device for d in registry.der}
+        self.rtu_switches = {c.switch for r in registry.rtu for c in r.commands}
+        self.protocol_devices = {d.device for d in registry.der} | {r.device for r in registry.rtu}
         if mqtt_url and mqtt_password:
             self.protocol_devices |= {m.device for m in registry.meter}
         self._servers: list[VirtualDerServer] = []
+        self._rtus: list[RtuServer] = []
+        self.topology_changed = False
+        self._cache: dict[str, tuple[float, dict[tuple[str, str, str], float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -75,6 +81,24 @@ class FieldDevices:
             log.info(
                 "DER inverters listening", extra={"modbus": f"{host}:{port}", "units": len(units)}
             )
+        for rtu in self.registry.rtu:
+            points = {p.ioa: PointType.FLOAT for p in rtu.points}
+            points |= {c.ioa: PointType.DOUBLE for c in rtu.commands}
+            period_s = self.devices[rtu.device].period_s if rtu.device in self.devices else 10.0
+            rtu_server = RtuServer(
+                common_address=rtu.common_address,
+                points=points,
+                read=functools.partial(self._rtu_read, rtu),
+                operate=functools.partial(self._rtu_operate, rtu),
+                host=rtu.host,
+                port=rtu.port,
+                clock_ns=lambda: round(self.sim_time_s() * 1e9),
+                cyclic_s=max(0.1, period_s / self.speed),
+            )
+            await rtu_server.start()
+            self._rtus.append(rtu_server)
+        if self._rtus:
+            log.info("RTUs listening", extra={"rtus": len(self._rtus)})
         meters = [m for m in self.registry.meter if m.device in self.protocol_devices]
         if meters:
             period_s = min(self.devices[m.device].period_s for m in meters)
@@ -107,6 +131,56 @@ class FieldDevices:
                 await task
         for server in self._servers:
             await server.stop()
+        for rtu_server in self._rtus:
+            await rtu_server.close()
+
+    def _rtu_values(self, rtu: Rtu) -> dict[tuple[str, str, str], float]:
+        """The RTU's noisy readings of the current power flow, once per simulation step."""
+        cached = self._cache.get(rtu.device)
+        if cached is not None and cached[0] == self.twin.t_s:
+            return cached[1]
+        values: dict[tuple[str, str, str], float] = {}
+        if rtu.device in self.devices:
+            for m in self.twin.measure(self.devices[rtu.device], self.grid, 0).measurements:
+                key = (m.mrid, m.measurand.value, m.terminal.value)
+                if m.v_pu is not None:
+                    values[(*key[:2], "v")] = m.v_pu
+                if m.p_mw is not None and m.q_mvar is not None:
+                    values[(*key[:2], "p")] = m.p_mw
+                    values[(*key[:2], "q")] = m.q_mvar
+        self._cache[rtu.device] = (self.twin.t_s, values)
+        return values
+
+    def _rtu_read(self, rtu: Rtu, ioa: int) -> Reading | DoublePointState:
+        for cmd in rtu.commands:
+            if cmd.ioa == ioa:
+                closed = self.twin.closed[cmd.switch]
+                return DoublePointState.ON if closed else DoublePointState.OFF
+        point = next(p for p in rtu.points if p.ioa == ioa)
+        if self.twin.silent(rtu.device, self.twin.t_s):
+            return Reading(0.0, Quality.INVALID)  # a comm outage: the RTU lost its inputs
+        value = self._rtu_values(rtu).get((point.mrid, point.measurand.value, point.quantity))
+        return Reading(0.0, Quality.INVALID) if value is None else Reading(float(value))
+
+    def _rtu_operate(self, rtu: Rtu, ioa: int, on: bool) -> bool:
+        switch = next(c.switch for c in rtu.commands if c.ioa == ioa)
+        self.twin.apply_command(
+            Command(
+                id=f"iec104-{rtu.device}-{ioa}",
+                grid=self.grid,
+                kind=CommandKind.SWITCH,
+                target=switch,
+                issued_by=f"iec104:{rtu.device}",
+                t_ns=0,
+                closed=on,
+            )
+        )
+        self.topology_changed = True
+        log.info(
+            "switch operated over IEC 104",
+            extra={"device": rtu.device, "switch": switch, "closed": on},
+        )
+        return True
 
     def _der_state(
         self, units: dict[int, str], unit: int

@@ -72,6 +72,8 @@ class SimulatorService(Service):
     async def on_command(self, cmd: Command, msg: Msg) -> None:
         if cmd.kind is CommandKind.DER_SETPOINT and cmd.target in self.field.der_generators:
             return  # the inverter gets it over Modbus from its gateway
+        if cmd.kind is CommandKind.SWITCH and cmd.target in self.field.rtu_switches:
+            return  # the RTU gets it over IEC 104 from its gateway
         try:
             if cmd.grid != self.grid:
                 raise GridPilotError(f"command for grid {cmd.grid!r} sent to {self.grid}")
@@ -176,6 +178,9 @@ class SimulatorService(Service):
                 subjects.MEAS.format(grid=self.grid, source=d.id),
                 self.twin.measure(d, self.grid, self.seq),
             )
+        if self.field.topology_changed:  # a switch operated by an RTU
+            self.field.topology_changed = False
+            self.topology_due = t
         if t >= self.topology_due:
             self.topology_due = t + TOPOLOGY_EVERY_S
             await self.publish(

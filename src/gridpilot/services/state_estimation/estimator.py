@@ -74,8 +74,6 @@ class Estimator:
         self.solver = Solver(
             self.net, self.sensors, f_hz=self.model.f_hz, cache_size=self._cache_size
         )
-        # Sensors found in error at the last snapshot: a sensor in error usually stays so.
-        self._suspects: list[tuple[str, int]] = []
 
     @property
     def closed(self) -> dict[str, bool]:
@@ -99,20 +97,15 @@ class Estimator:
                 n_pseudo,
             )
         bad: list[BadData] = []
-        removed: list[tuple[str, int]] = []
         try:
             sol = self.solver.solve(v_active, p_active, values)
             while len(bad) < self.max_bad_data and self._suspicious(sol, p_active):
-                found = self._recall(sol, values, v_active, p_active) or self._identify(
-                    sol, values, v_active, p_active
-                )
+                found = self._identify(sol, values, v_active, p_active)
                 if found is None:
                     break
                 kind, row, r_norm, sol = found
-                removed.append((kind, row))
                 v_active, p_active = self._without(kind, row, v_active, p_active)
                 bad.append(self._bad_data(kind, row, r_norm))
-            self._suspects = removed
         except NotObservableError as exc:
             message = (
                 f"not observable with {n_meas} measurements and {n_pseudo} "
@@ -209,22 +202,6 @@ class Estimator:
     def _stand_in(self, row: int) -> int:
         covers = self.sensors.covers
         return int(covers[row]) if row < len(covers) else -1
-
-    def _recall(
-        self, sol: Solution, values: Values, v_active: np.ndarray, p_active: np.ndarray
-    ) -> Removal | None:
-        """Take out a sensor found in error at the last snapshot, if that lowers the objective."""
-        for kind, row in self._suspects:
-            if not (v_active if kind == "v" else p_active)[row]:
-                continue
-            va, pa = self._without(kind, row, v_active, p_active)
-            try:
-                trial = self.solver.solve(va, pa, values)
-            except PowerGridError:
-                continue
-            if trial.objective < sol.objective:
-                return kind, row, math.sqrt(sol.objective - trial.objective), trial
-        return None
 
     def _identify(
         self, sol: Solution, values: Values, v_active: np.ndarray, p_active: np.ndarray
