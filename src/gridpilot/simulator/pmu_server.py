@@ -4,10 +4,12 @@
     async with server:  # listening on server.port
         ...
 
-Each connection has its own state (``FakePmu``): it answers HDR, CFG-1/2/3 and turn on/off.
+Each connection has its own state (``FakePmu``): it answers HDR, CFG-1/2/3 and turn on/off
+commands that carry the stream's IDCODE, and ignores others.
 One ticker samples the values once per frame period, for the connections that have
-transmission on. Frame times are multiples of 1/data_rate, stamped from ``clock``; the
-pacing follows the event loop, so a simulation clock only decides which slot is stamped.
+transmission on. Frame times are multiples of 1/data_rate of ``clock``, and a frame goes out
+when ``clock`` enters its slot: a simulation clock that runs fast skips slots (no bursts), one
+that stands still sends nothing.
 """
 
 from __future__ import annotations
@@ -170,17 +172,20 @@ class PmuServer:
 
     async def _stream(self) -> None:
         rate = self.config.data_rate
+        period_s = 1 / rate
         last = -1
         while True:
-            slot = self.clock() * rate // NS_PER_S
-            if last - rate <= slot <= last:
-                slot = last + 1  # not due yet; a clock set back by more than 1 s is followed
-            t_ns = self._slot_ns(slot)
-            delay_s = (t_ns - self.clock()) / NS_PER_S
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
-            self._tick(t_ns)
-            last = slot
+            now = self.clock()
+            slot = now * rate // NS_PER_S
+            # Due when the clock has entered a new slot; a clock set back by more than a second
+            # (a simulation restart) is followed, a smaller step back waits to pass ``last``.
+            if slot > last or slot < last - rate:
+                self._tick(self._slot_ns(slot))
+                last = slot
+                now = self.clock()
+            # At most one period per sleep: a paused or slow simulation clock is polled.
+            delay_s = (self._slot_ns(last + 1) - now) / NS_PER_S
+            await asyncio.sleep(min(max(delay_s, 0.0), period_s))
 
     def _slot_ns(self, slot: int) -> int:
         """The time stamped on frame ``slot``: FRACSEC is k/data_rate of a second, rounded."""
