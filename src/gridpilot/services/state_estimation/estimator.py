@@ -11,6 +11,7 @@ a status.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -38,7 +39,8 @@ _METHOD_NAMES = {
     CalculationMethod.iterative_linear: "iterative_linear",
     CalculationMethod.newton_raphson: "newton_raphson",
 }
-Removal = tuple[str, int, float, Solution]  # kind ("v"/"p"), sensor row, r_norm, re-estimate
+Removal = tuple[str, int, float, Solution]
+VERIFY = 3  # candidates re-estimated for real, best batch objectives first  # kind ("v"/"p"), sensor row, r_norm, re-estimate
 
 
 class Estimator:
@@ -59,6 +61,7 @@ class Estimator:
     ) -> None:
         self.model = model
         self.placement = placement
+        self.log = logging.getLogger("gridpilot.state_estimation")
         self.alpha = alpha
         self.r_max = r_max
         self.max_bad_data = max_bad_data
@@ -234,7 +237,11 @@ class Estimator:
             if kind == "p" and self._stand_in(row) >= 0
         }
         objectives = self.solver.trials(sol, values, cands, stand_in)
-        for k in np.argsort(objectives):
+        if self.log.isEnabledFor(logging.DEBUG):
+            ranked_out = sorted(zip(objectives.tolist(), cands, strict=True))[:5]
+            self.log.debug("removal trials", extra={"objective": sol.objective, "best": ranked_out})
+        best: Removal | None = None
+        for k in np.argsort(objectives)[:VERIFY]:
             if not np.isfinite(objectives[k]):
                 break  # taking it out loses observability or convergence: keep it
             kind, row = cands[k]
@@ -245,8 +252,21 @@ class Estimator:
                 continue
             # How far off it was: the square root of the objective's drop on removal, the
             # size in sigmas of its deleted residual (robust where leverage hides it).
-            return kind, row, math.sqrt(max(0.0, sol.objective - trial.objective)), trial
-        return None
+            removal = kind, row, math.sqrt(max(0.0, sol.objective - trial.objective)), trial
+            if best is None or trial.objective < best[3].objective:
+                best = removal
+            # The batch ranks; a real re-estimate confirms. Stop once they agree.
+            if trial.objective <= 1.1 * objectives[k] + 1.0:
+                break
+            self.log.info(
+                "removal trial not confirmed",
+                extra={
+                    "sensor": self._bad_data(kind, row, 0.0).sensor,
+                    "batch_objective": float(objectives[k]),
+                    "objective": trial.objective,
+                },
+            )
+        return best
 
     def _bad_data(self, kind: str, row: int, r_norm: float) -> BadData:
         s = self.sensors
