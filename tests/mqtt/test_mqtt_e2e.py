@@ -137,13 +137,13 @@ async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
     task = asyncio.create_task(fleet.run())
     try:
         got: dict[tuple[str, int], MeasurementSet] = {}
-        while len(got) < 4:  # two periods of the two mapped meters
+        while len(got) < 6:  # the reading at connect, then two periods, of two mapped meters
             mset = await gateway.next_set()
             got[(mset.source, mset.t_ns)] = mset
         hb = await gateway.heartbeat_where(
             lambda hb: (
                 hb.counters.get("meter_unknown_device", 0) >= 2
-                and hb.counters.get("meter_readings", 0) >= 4
+                and hb.counters.get("meter_readings", 0) >= 6
             )
         )
     finally:
@@ -152,9 +152,11 @@ async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
             await task
 
     period_ns = round(PERIOD_S * 1e9)
+    first = min(t for _, t in got)
     for (source, t_ns), mset in got.items():
         assert mset.grid == GRID and mset.kind is DeviceKind.METER
-        assert t_ns >= T0_NS and (t_ns - T0_NS) % period_ns == 0  # on period boundaries
+        # one reading when the head end connects, then on period boundaries
+        assert t_ns == first or (t_ns >= T0_NS and (t_ns - T0_NS) % period_ns == 0)
         p, q = reading(source, t_ns)
         (m,) = mset.measurements
         if source == "meter_own":
@@ -165,9 +167,9 @@ async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
             assert (m.mrid, m.terminal, m.source, m.t_ns) == ("load_2", "load", source, t_ns)
             assert m.p_mw == pytest.approx(p, abs=1e-12)
             assert m.q_mvar == pytest.approx(q, abs=1e-12)
-    assert len({t for _, t in got}) == 2
+    assert len({t for _, t in got}) == 3
     seqs = sorted(m.seq for m in got.values())
-    assert seqs == list(range(seqs[0], seqs[0] + 4))
+    assert seqs == list(range(seqs[0], seqs[0] + 6))
     assert hb.counters["meter_point_missing"] >= 2 and hb.info["meters"] == 2
     assert fleet.published >= 5
 

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from gridpilot.core.schemas import Command, CommandKind
+from gridpilot.core.schemas import Command, CommandKind, Terminal
 from gridpilot.model.devices import DeviceRegistry, Rtu
 from gridpilot.model.placement import Placement
 from gridpilot.protocols.iec104 import DoublePointState, Quality
@@ -217,5 +217,9 @@ class FieldDevices:
         )
 
     def _meter_reading(self, device: str, t_ns: int) -> tuple[float, float]:
+        """What the meter registers, import positive: a generator's production is export."""
         ms = self.twin.measure(self.devices[device], self.grid, 0).measurements
-        return sum(m.p_mw or 0.0 for m in ms), sum(m.q_mvar or 0.0 for m in ms)
+        sign = [-1.0 if m.terminal is Terminal.GEN else 1.0 for m in ms]
+        p = sum(s * (m.p_mw or 0.0) for s, m in zip(sign, ms, strict=True))
+        q = sum(s * (m.q_mvar or 0.0) for s, m in zip(sign, ms, strict=True))
+        return p, q

@@ -160,6 +160,8 @@ class MqttMeterFleet:
 
     async def _loop(self, client: aiomqtt.Client) -> None:
         period = self.period_ns
+        # A head-end system reads every meter once when it (re)connects, then on the period.
+        await self.publish_all(client, self.clock.now_ns() // 1_000_000_000 * 1_000_000_000)
         t_ns = -(-self.clock.now_ns() // period) * period  # the next boundary
         while True:
             await self.clock.sleep_until(t_ns)

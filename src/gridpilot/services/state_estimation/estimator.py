@@ -39,8 +39,8 @@ _METHOD_NAMES = {
     CalculationMethod.iterative_linear: "iterative_linear",
     CalculationMethod.newton_raphson: "newton_raphson",
 }
-Removal = tuple[str, int, float, Solution]
-VERIFY = 3  # candidates re-estimated for real, best batch objectives first  # kind ("v"/"p"), sensor row, r_norm, re-estimate
+Removal = tuple[str, int, float, Solution]  # kind ("v"/"p"), sensor row, r_norm, re-estimate
+VERIFY = 3  # candidates re-estimated for real, best batch objectives first
 
 
 class Estimator:
