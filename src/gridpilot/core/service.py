@@ -103,6 +103,23 @@ class Service:
         await self.nc.publish(subject, s.encode(obj))
         self.counters["msgs_out"] += 1
 
+    async def command_result(
+        self, cmd: s.Command, *, ok: bool, change: str = "", error: str = ""
+    ) -> None:
+        """Publish what became of a command this service carried out (or refused)."""
+        self.counters["commands_ok" if ok else "commands_failed"] += 1
+        result = s.CommandResult(
+            command_id=cmd.id,
+            grid=self.grid,
+            target=cmd.target,
+            ok=ok,
+            t_ns=time.time_ns(),
+            executed_by=self.name,
+            change=change if ok else "",
+            error=error,
+        )
+        await self.publish(subjects.COMMAND_RESULT.format(grid=self.grid), result)
+
     def _drop(self, subject: str, reason: str) -> None:
         self.counters["dropped_bad_payload"] += 1
         self.log.warning("dropped bad message", extra={"subject": subject, "reason": reason[:200]})

@@ -12,7 +12,6 @@ from gridpilot.core.errors import GridPilotError
 from gridpilot.core.schemas import (
     Command,
     CommandKind,
-    CommandResult,
     InjectionKind,
     InjectRequest,
     Reply,
@@ -79,29 +78,14 @@ class SimulatorService(Service):
                 raise GridPilotError(f"command for grid {cmd.grid!r} sent to {self.grid}")
             change = self.twin.apply_command(cmd)
         except GridPilotError as exc:
-            self.counters["commands_rejected"] += 1
             self.log.warning("command rejected", extra={"command": cmd.id, "error": str(exc)})
-            await self._result(cmd, ok=False, error=str(exc))
+            await self.command_result(cmd, ok=False, error=str(exc))
             return
-        self.counters["commands_applied"] += 1
         self.log.info(
             "command applied", extra={"command": cmd.id, "by": cmd.issued_by, "change": change}
         )
         self.topology_due = 0.0  # report the new switch states with the next tick
-        await self._result(cmd, ok=True, change=change)
-
-    async def _result(self, cmd: Command, *, ok: bool, change: str = "", error: str = "") -> None:
-        result = CommandResult(
-            command_id=cmd.id,
-            grid=self.grid,
-            target=cmd.target,
-            ok=ok,
-            t_ns=time.time_ns(),
-            executed_by=self.name,
-            change=change,
-            error=error,
-        )
-        await self.publish(subjects.COMMAND_RESULT.format(grid=self.grid), result)
+        await self.command_result(cmd, ok=True, change=change)
 
     async def on_inject(self, req: InjectRequest, msg: Msg) -> None:
         known = {d.id for d in self.placement.devices}

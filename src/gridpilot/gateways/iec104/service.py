@@ -5,7 +5,6 @@ and each command's outcome is published."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 from nats.aio.msg import Msg
@@ -14,7 +13,6 @@ from gridpilot.core import subjects
 from gridpilot.core.schemas import (
     Command,
     CommandKind,
-    CommandResult,
     DeviceKind,
     Measurand,
     Measurement,
@@ -148,24 +146,11 @@ class Iec104GatewayService(Service):
             ok = result.outcome is CommandOutcome.CONFIRMED
             error = "" if ok else f"{result.outcome} at {result.stage}: {result.detail}".strip()
             change = f"switch {cmd.target} {'closed' if cmd.closed else 'opened'} by {rtu.device}"
-        self.counters["commands_ok" if ok else "commands_failed"] += 1
         self.log.info(
             "switch command",
             extra={"command": cmd.id, "device": rtu.device, "ok": ok, "error": error},
         )
-        await self.publish(
-            subjects.COMMAND_RESULT.format(grid=self.grid),
-            CommandResult(
-                command_id=cmd.id,
-                grid=self.grid,
-                target=cmd.target,
-                ok=ok,
-                t_ns=time.time_ns(),
-                executed_by=self.name,
-                change=change if ok else "",
-                error=error,
-            ),
-        )
+        await self.command_result(cmd, ok=ok, change=change, error=error)
 
 
 def main(grid: str | None = None) -> int:

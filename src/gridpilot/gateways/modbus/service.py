@@ -5,7 +5,6 @@ with read-back verification, publishing each command's result."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 
 from nats.aio.msg import Msg
@@ -14,7 +13,6 @@ from gridpilot.core import subjects
 from gridpilot.core.schemas import (
     Command,
     CommandKind,
-    CommandResult,
     DeviceKind,
     Measurand,
     Measurement,
@@ -98,23 +96,10 @@ class ModbusGatewayService(Service):
             )
         except TimeoutError:
             ok, error, change = False, f"{der.device} did not answer within 10 s", ""
-        self.counters["commands_ok" if ok else "commands_failed"] += 1
         self.log.info(
             "setpoint", extra={"command": cmd.id, "device": der.device, "ok": ok, "error": error}
         )
-        await self.publish(
-            subjects.COMMAND_RESULT.format(grid=self.grid),
-            CommandResult(
-                command_id=cmd.id,
-                grid=self.grid,
-                target=cmd.target,
-                ok=ok,
-                t_ns=time.time_ns(),
-                executed_by=self.name,
-                change=change if ok else "",
-                error=error,
-            ),
-        )
+        await self.command_result(cmd, ok=ok, change=change, error=error)
 
 
 def main(grid: str | None = None) -> int:
