@@ -39,6 +39,7 @@ from gridpilot.core.schemas import (
     encode,
 )
 from gridpilot.core.service import Service
+from gridpilot.gateways.c37118.service import C37118GatewayService
 from gridpilot.gateways.iec104.service import Iec104GatewayService
 from gridpilot.gateways.modbus.service import ModbusGatewayService
 from gridpilot.gateways.mqtt.service import MqttGatewayService
@@ -63,7 +64,8 @@ async def platform(
     # the virtual DER inverters on a free port, not the platform's default
     ders = [msgspec.structs.replace(d, port=free_port()) for d in pkg.devices.der]
     rtus = [msgspec.structs.replace(r, port=free_port()) for r in pkg.devices.rtu]
-    devices = msgspec.structs.replace(pkg.devices, der=ders, rtu=rtus)
+    pmus = [msgspec.structs.replace(p, port=free_port()) for p in pkg.devices.pmu]
+    devices = msgspec.structs.replace(pkg.devices, der=ders, rtu=rtus, pmu=pmus)
     pkg = msgspec.structs.replace(pkg, devices=devices)
     await distribution.publish(admin_nc, pkg)
     running: list[tuple[Service, asyncio.Task[None]]] = []
@@ -90,6 +92,14 @@ async def platform(
     for _svc, task in running:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+
+
+def field_gateways(platform: Callable[..., Service]) -> Service:
+    """Every gateway, as `gridpilot up` starts them; returns the IEC 104 one."""
+    platform(C37118GatewayService)
+    platform(ModbusGatewayService)
+    platform(MqttGatewayService)
+    return platform(Iec104GatewayService)
 
 
 def free_port() -> int:
@@ -135,9 +145,7 @@ async def test_simulator_state_estimation_accuracy_and_injected_gross_error(
     states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
     truths = await collect(admin_nc, subjects.TRUTH.format(grid=GRID), SimTruth)
     platform(SimulatorService)
-    platform(Iec104GatewayService)  # the whole field path, as `gridpilot up` runs it
-    platform(ModbusGatewayService)
-    platform(MqttGatewayService)
+    field_gateways(platform)  # the whole field path, as `gridpilot up` runs it
     platform(StateEstimationService)
     await states.wait_for(lambda s: len(s) >= 20, within_s=20)
     truth_at = {t.t_ns: t.buses for t in truths.items}
@@ -319,7 +327,7 @@ async def test_switch_command_changes_topology_and_estimates_follow(
     platform: Callable[[type[Service]], Service], admin_nc: Client
 ) -> None:
     platform(SimulatorService)
-    gw = platform(Iec104GatewayService)
+    gw = field_gateways(platform)
     se = platform(StateEstimationService)
     states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
     gw_beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=gw.name), Heartbeat)
@@ -383,6 +391,7 @@ async def test_comm_outage_is_reported_and_estimates_go_on(
 ) -> None:
     states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
     platform(SimulatorService)
+    field_gateways(platform)
     platform(StateEstimationService)
     await states.wait_for(lambda s: len(s) >= 3, within_s=20)
     req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source="pmu_bus_6", duration_s=60)

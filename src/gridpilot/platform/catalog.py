@@ -10,6 +10,7 @@ SERVICES: dict[str, str] = {
     "simulator": "gridpilot.simulator.service",
     "state_estimation": "gridpilot.services.state_estimation.service",
     "monitoring": "gridpilot.services.monitoring.service",
+    "gateway_c37118": "gridpilot.gateways.c37118.service",
     "gateway_iec104": "gridpilot.gateways.iec104.service",
     "gateway_modbus": "gridpilot.gateways.modbus.service",
     "mqtt_gateway": "gridpilot.gateways.mqtt.service",

@@ -29,6 +29,7 @@ MQTT_DEVICE = "mqtt_device"
 MQTT_GATEWAY = "mqtt_gateway"
 GATEWAY_MODBUS = "gateway_modbus"
 GATEWAY_IEC104 = "gateway_iec104"
+GATEWAY_C37118 = "gateway_c37118"
 
 _BUCKETS = {b.name for b in sj.BUCKETS}
 _OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
@@ -173,6 +174,11 @@ PERMISSIONS: dict[str, Permissions] = {
     GATEWAY_MODBUS: Permissions(
         publish=_dedup(*_service(GATEWAY_MODBUS), _under(sj.MEAS), sj.COMMAND_RESULT.wildcard()),
         subscribe=(_under(sj.COMMAND), _INBOX),
+    ),
+    # The PDC of the PMUs: measurements in, nothing out.
+    GATEWAY_C37118: Permissions(
+        publish=_dedup(*_service(GATEWAY_C37118), _under(sj.MEAS)),
+        subscribe=(_INBOX,),
     ),
     # Masters of the RTUs: measurements in, switching commands out, outcomes reported.
     GATEWAY_IEC104: Permissions(

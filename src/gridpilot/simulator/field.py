@@ -6,19 +6,23 @@ their protocol is wired in."""
 from __future__ import annotations
 
 import asyncio
+import cmath
 import contextlib
 import functools
 import logging
+import math
 from collections import defaultdict
 from typing import Any
 
 from gridpilot.core.schemas import Command, CommandKind, Terminal
-from gridpilot.model.devices import DeviceRegistry, Rtu
+from gridpilot.model.devices import DeviceRegistry, Pmu, Rtu
 from gridpilot.model.placement import Placement
+from gridpilot.protocols.c37118 import PhasorChannel, PhasorKind, PmuConfig, PmuData
 from gridpilot.protocols.iec104 import DoublePointState, Quality
 from gridpilot.protocols.sunspec import InverterStatus
 from gridpilot.simulator.der_modbus import InverterSpec, VirtualDerServer
 from gridpilot.simulator.mqtt_meters import MqttMeterFleet, ScaledClock, VirtualMeter
+from gridpilot.simulator.pmu_server import PmuServer
 from gridpilot.simulator.rtu_server import PointType, Reading, RtuServer
 from gridpilot.simulator.twin import Twin
 
@@ -49,10 +53,12 @@ class FieldDevices:
         self.der_generators = {d.generator for d in registry.der}
         self.rtu_switches = {c.switch for r in registry.rtu for c in r.commands}
         self.protocol_devices = {d.device for d in registry.der} | {r.device for r in registry.rtu}
+        self.protocol_devices |= {p.device for p in registry.pmu}
         if mqtt_url and mqtt_password:
             self.protocol_devices |= {m.device for m in registry.meter}
         self._servers: list[VirtualDerServer] = []
         self._rtus: list[RtuServer] = []
+        self._pmus: list[PmuServer] = []
         self.topology_changed = False
         self._cache: dict[str, tuple[float, dict[tuple[str, str, str], float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,13 +98,38 @@ class FieldDevices:
                 operate=functools.partial(self._rtu_operate, rtu),
                 host=rtu.host,
                 port=rtu.port,
-                clock_ns=lambda: round(self.sim_time_s() * 1e9),
+                clock_ns=lambda: self.twin.t_ns,
                 cyclic_s=max(0.1, period_s / self.speed),
             )
             await rtu_server.start()
             self._rtus.append(rtu_server)
         if self._rtus:
             log.info("RTUs listening", extra={"rtus": len(self._rtus)})
+        for pmu in self.registry.pmu:
+            station = PmuConfig(
+                station=pmu.device[:16],
+                idcode=pmu.idcode,
+                phasors=tuple(
+                    PhasorChannel(
+                        name=c.channel,
+                        kind=PhasorKind.VOLTAGE if c.quantity == "v" else PhasorKind.CURRENT,
+                    )
+                    for c in pmu.channels
+                ),
+                nominal_freq_hz=round(model.f_hz),
+            )
+            pmu_server = PmuServer(
+                stations=[station],
+                idcode=pmu.idcode,
+                sample=functools.partial(self._pmu_sample, pmu),
+                data_rate=pmu.data_rate,
+                host=pmu.host,
+                port=pmu.port,
+                # frames carry the time of the power flow they show: the truth's time
+                clock=lambda: self.twin.t_ns,
+            )
+            await pmu_server.start()
+            self._pmus.append(pmu_server)
         meters = [m for m in self.registry.meter if m.device in self.protocol_devices]
         if meters:
             period_s = min(self.devices[m.device].period_s for m in meters)
@@ -133,6 +164,34 @@ class FieldDevices:
             await server.stop()
         for rtu_server in self._rtus:
             await rtu_server.close()
+        for pmu_server in self._pmus:
+            await pmu_server.stop()
+
+    def _pmu_sample(self, pmu: Pmu, t_ns: int) -> list[PmuData]:
+        """The PMU's phasors in volts and amperes (phase to neutral), from its noisy readings
+        of the current power flow: I = conj(S / 3V) at each branch end."""
+        if self.twin.silent(pmu.device, self.twin.t_s):
+            raise ConnectionAbortedError(f"{pmu.device}: communication outage (injected)")
+        dev = self.devices[pmu.device]
+        ms = self.twin.measure(dev, self.grid, 0).measurements
+        volt = next(m for m in ms if m.v_pu is not None)
+        kv = next(b.vn_kv for b in self.twin.model.buses if b.id == volt.mrid)
+        v = cmath.rect(
+            (volt.v_pu or 0.0) * kv * 1e3 / math.sqrt(3), math.radians(volt.va_deg or 0.0)
+        )
+        flows = {
+            (m.mrid, m.terminal): complex(m.p_mw or 0.0, m.q_mvar or 0.0) * 1e6
+            for m in ms
+            if m.p_mw is not None
+        }
+        phasors = []
+        for c in pmu.channels:
+            if c.quantity == "v":
+                phasors.append(v)
+            else:
+                s = flows.get((c.mrid, c.terminal), complex("nan"))
+                phasors.append((s / (3 * v)).conjugate())
+        return [PmuData(freq_hz=self.twin.model.f_hz, phasors=tuple(phasors))]
 
     def _rtu_values(self, rtu: Rtu) -> dict[tuple[str, str, str], float]:
         """The RTU's noisy readings of the current power flow, once per simulation step."""

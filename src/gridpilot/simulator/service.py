@@ -35,9 +35,13 @@ class SimulatorService(Service):
         self.placement = placement
         self.twin = Twin(model, placement, seed=int(time.time()))
         self.tick_s = min(d.period_s for d in placement.devices)
-        self.t_s = time.time()
+        # simulated time in whole ns, on the tick grid, so that PMU frame times (multiples of
+        # 1/data rate) and the truth's times are the same numbers
+        tick_ns = round(self.tick_s * 1e9)
+        self.t_ns = time.time_ns() // tick_ns * tick_ns
+        self.t_s = self.t_ns / 1e9
         self.schedule = Schedule(placement, self.t_s)
-        self.twin.step(self.t_s)
+        self.twin.step(self.t_s, t_ns=self.t_ns)
         self.field = FieldDevices(
             twin=self.twin,
             grid=self.grid,
@@ -128,23 +132,27 @@ class SimulatorService(Service):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_wall = loop.time()
-        dt = self.tick_s * self.config.speed
+        dt_ns = round(self.tick_s * self.config.speed * 1e9)
         while True:
             self.tick()
             await self._publish_due()
-            self.t_s += dt
+            self._advance(dt_ns)
             next_wall += self.tick_s
             delay = next_wall - loop.time()
             if delay < 0:
                 self.counters["ticks_late"] += 1
                 missed = int(-delay // self.tick_s)
                 next_wall += missed * self.tick_s
-                self.t_s += missed * dt
+                self._advance(missed * dt_ns)
                 delay = 0.0
             await asyncio.sleep(delay)
 
+    def _advance(self, dt_ns: int) -> None:
+        self.t_ns += dt_ns
+        self.t_s = self.t_ns / 1e9
+
     def tick(self) -> None:
-        self.twin.step(self.t_s)
+        self.twin.step(self.t_s, t_ns=self.t_ns)
         self.counters["ticks"] += 1
         self.info["sim_time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.t_s))
 

@@ -125,7 +125,7 @@ class Twin:
             len(self._gen_deviation)
         )
 
-    def step(self, t_s: float) -> dict[ComponentType, np.ndarray]:
+    def step(self, t_s: float, *, t_ns: int | None = None) -> dict[ComponentType, np.ndarray]:
         """Power flow at simulated time ``t_s``; returns power-grid-model's output."""
         self._advance_deviation(t_s)
         lp, lq, gp, gq = self._rated
@@ -147,6 +147,9 @@ class Twin:
             calculation_method=CalculationMethod.newton_raphson, error_tolerance=1e-9
         )
         self.t_s = t_s
+        # the exact instant for time stamps: a float of seconds since 1970 resolves only
+        # about 0.2 µs, and frames, reports and the truth must carry the same nanoseconds
+        self.t_ns = round(t_s * 1e9) if t_ns is None else t_ns
         return self.out
 
     def out_bus_v_pu(self, bus: str) -> float:
@@ -157,7 +160,7 @@ class Twin:
         out = self.out
         return SimTruth(
             grid=grid,
-            t_ns=round(self.t_s * 1e9),
+            t_ns=self.t_ns,
             buses=self.net.bus_states(out[C.node]),
             branches=self.net.branch_states(out[C.line], out[C.transformer]),
         )
@@ -175,7 +178,7 @@ class Twin:
     def measure(self, device: Device, grid: str, seq: int) -> MeasurementSet:
         """What ``device`` reports of the last power flow, with its noise and any injection."""
         out = self.out
-        t_ns = round(self.t_s * 1e9)
+        t_ns = self.t_ns
         ms: list[Measurement] = []
         for pt in device.points:
             if pt.measurand is Measurand.VOLTAGE:
