@@ -386,22 +386,40 @@ async def test_simulator_speed_scales_simulated_time(
     np.testing.assert_allclose(steps, 6.0, rtol=1e-6)  # 0.1 s ticks, 60 simulated s per s
 
 
-async def test_comm_outage_is_reported_and_estimates_go_on(
+async def test_disconnected_pmu_and_rtu_are_marked_missing_and_reconnected(
     platform: Callable[..., Service], admin_nc: Client
 ) -> None:
     states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
     platform(SimulatorService)
-    field_gateways(platform)
+    gw = field_gateways(platform)
     platform(StateEstimationService)
+    gw_beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=gw.name), Heartbeat)
     await states.wait_for(lambda s: len(s) >= 3, within_s=20)
-    req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source="pmu_bus_6", duration_s=60)
-    reply = await inject(admin_nc, req)
-    assert reply.ok, reply.error
+
+    def down(b: list[Heartbeat]) -> int:  # RTUs whose link is not started
+        return int(b[-1].info.get("rtus", 0)) - int(b[-1].info.get("rtus_started", 0))
+
+    await gw_beats.wait_for(lambda b: bool(b) and down(b) == 0)
+    full = states.items[-1].n_measurements
+    for source in ("pmu_bus_6", "rtu_trafo_0_1"):  # their servers go away for 3 s
+        req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source=source, duration_s=3)
+        reply = await inject(admin_nc, req)
+        assert reply.ok, reply.error
     n = len(states.items)
+    # the PMU is listed missing, the RTU's link is down and its values age out
+    await gw_beats.wait_for(lambda b: down(b) == 1)
     await states.wait_for(lambda s: sum("pmu_bus_6" in e.missing_sources for e in s[n:]) >= 5)
-    later = [e for e in states.items[n:] if "pmu_bus_6" in e.missing_sources]
-    assert all(e.status is EstimateStatus.CONVERGED for e in later)
-    assert not any("pmu_bus_6/" in name for e in later for name in e.residual_sensor)
+    await states.wait_for(lambda s: s[-1].n_measurements < full - 3, within_s=10)
+    gone = [e for e in states.items[n:] if "pmu_bus_6" in e.missing_sources]
+    assert all(e.status is EstimateStatus.CONVERGED for e in gone)
+    assert not any("pmu_bus_6/" in name for e in gone for name in e.residual_sensor)
+    # both come back by themselves: the gateways reconnect with back-off
+    await gw_beats.wait_for(lambda b: down(b) == 0, within_s=15)
+    m = len(states.items)
+    await states.wait_for(
+        lambda s: len(s) >= m + 10 and "pmu_bus_6" not in s[-1].missing_sources, within_s=15
+    )
+    await states.wait_for(lambda s: s[-1].n_measurements == full, within_s=10)
 
 
 async def test_field_protocols_meters_over_mqtt_and_der_over_modbus(

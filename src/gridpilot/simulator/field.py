@@ -59,6 +59,7 @@ class FieldDevices:
         self._servers: list[VirtualDerServer] = []
         self._rtus: list[RtuServer] = []
         self._pmus: list[PmuServer] = []
+        self._server_of: dict[str, PmuServer | RtuServer] = {}
         self.topology_changed = False
         self._cache: dict[str, tuple[float, dict[tuple[str, str, str], float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,6 +104,7 @@ class FieldDevices:
             )
             await rtu_server.start()
             self._rtus.append(rtu_server)
+            self._server_of[rtu.device] = rtu_server
         if self._rtus:
             log.info("RTUs listening", extra={"rtus": len(self._rtus)})
         for pmu in self.registry.pmu:
@@ -130,6 +132,7 @@ class FieldDevices:
             )
             await pmu_server.start()
             self._pmus.append(pmu_server)
+            self._server_of[pmu.device] = pmu_server
         meters = [m for m in self.registry.meter if m.device in self.protocol_devices]
         if meters:
             period_s = min(self.devices[m.device].period_s for m in meters)
@@ -146,6 +149,24 @@ class FieldDevices:
                 period_s=period_s,
             )
             self._tasks.append(asyncio.ensure_future(self._run_fleet(fleet)))
+
+    async def disconnect(self, device: str, duration_s: float) -> bool:
+        """A communication outage of a PMU or RTU: its server goes away for ``duration_s``
+        simulated seconds, then comes back on the same port. False: not such a device."""
+        server = self._server_of.get(device)
+        if server is None:
+            return False
+        await (server.stop() if isinstance(server, PmuServer) else server.close())
+        log.info("device disconnected", extra={"device": device, "duration_s": duration_s})
+        self._tasks.append(asyncio.ensure_future(self._reconnect(device, server, duration_s)))
+        return True
+
+    async def _reconnect(
+        self, device: str, server: PmuServer | RtuServer, duration_s: float
+    ) -> None:
+        await asyncio.sleep(duration_s / self.speed)
+        await server.start()
+        log.info("device back", extra={"device": device})
 
     async def _run_fleet(self, fleet: MqttMeterFleet) -> None:
         while True:  # the broker may restart: reconnect, as a head-end system would

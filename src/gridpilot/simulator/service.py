@@ -100,7 +100,9 @@ class SimulatorService(Service):
             await self.reply(msg, Reply(ok=False, error=f"unknown device {req.source!r}"))
             return
         elif req.kind is InjectionKind.COMM_OUTAGE:
-            self.twin.outages[req.source] = self.t_s + req.duration_s
+            # a device with its own server loses its connection; the others fall silent
+            if not await self.field.disconnect(req.source, req.duration_s):
+                self.twin.outages[req.source] = self.t_s + req.duration_s
         else:
             points = {p.mrid for p in self.placement.device(req.source).points}
             if req.mrid not in points:
