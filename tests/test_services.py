@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -102,10 +104,20 @@ def field_gateways(platform: Callable[..., Service]) -> Service:
     return platform(Iec104GatewayService)
 
 
+_PORTS = itertools.count(20000 + os.getpid() % 5000 * 2)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the ephemeral range: a port the kernel hands out for outgoing
+    connections (the gateways make many) could be taken again before a server binds it."""
+    while True:
+        port = next(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Collector:
@@ -400,9 +412,11 @@ async def test_disconnected_pmu_and_rtu_are_marked_missing_and_reconnected(
         return int(b[-1].info.get("rtus", 0)) - int(b[-1].info.get("rtus_started", 0))
 
     await gw_beats.wait_for(lambda b: bool(b) and down(b) == 0)
-    full = states.items[-1].n_measurements
-    for source in ("pmu_bus_6", "rtu_trafo_0_1"):  # their servers go away for 3 s
-        req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source=source, duration_s=3)
+    k = len(states.items)
+    await states.wait_for(lambda s: len(s) >= k + 25)  # every RTU's first cyclic report is in
+    full = max(e.n_measurements for e in states.items[-10:])
+    for source in ("pmu_bus_6", "rtu_trafo_0_1"):  # their servers go away for 6 s
+        req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source=source, duration_s=6)
         reply = await inject(admin_nc, req)
         assert reply.ok, reply.error
     n = len(states.items)
