@@ -29,6 +29,7 @@ from gridpilot.gateways.c37118.events import (
     PdcEvent,
     PdcStats,
 )
+from gridpilot.gateways.feed import EventFeed
 from gridpilot.protocols.c37118 import (
     AnyFrame,
     BadSyncError,
@@ -95,21 +96,18 @@ class PdcClient:
             raise ValueError("timeouts must be positive")
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
-        if max_pending_events < 1:
-            raise ValueError("max_pending_events must be at least 1")
         self.host, self.port, self.idcode = host, port, idcode
         self.cfg_type = cfg_type
         self.request_header = request_header
         self._timeouts = timeouts
         self._reconnect = (reconnect_min_s, reconnect_max_s)
-        self._max_pending = max_pending_events
         self._clock = clock
         self._opener = opener
         self.stats = PdcStats()
         self.state = ConnectionState.DISCONNECTED
         self.config: ConfigFrame | None = None  # the latest configuration of the stream
         self.header: HeaderFrame | None = None  # the latest header frame, if the PMU sent one
-        self._events: asyncio.Queue[PdcEvent | None] = asyncio.Queue()  # None: closed
+        self._events: EventFeed[PdcEvent] = EventFeed(max_pending=max_pending_events)
         self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -135,17 +133,10 @@ class PdcClient:
             await self._task
         self._task = None
         self._set_state(ConnectionState.CLOSED)
-        self._events.put_nowait(None)
+        self._events.close()
 
-    def __aiter__(self) -> PdcClient:
-        return self
-
-    async def __anext__(self) -> PdcEvent:
-        event = await self._events.get()
-        if event is None:
-            self._events.put_nowait(None)  # later iterations end too
-            raise StopAsyncIteration
-        return event
+    def __aiter__(self) -> EventFeed[PdcEvent]:
+        return self._events
 
     async def _run(self) -> None:
         delay = self._reconnect[0]
@@ -300,10 +291,8 @@ class PdcClient:
         return encode(CommandFrame(idcode=self.idcode, soc=soc, fracsec=fracsec, command=command))
 
     def _emit(self, event: PdcEvent) -> None:
-        if self._events.qsize() >= self._max_pending:
-            self._events.get_nowait()
+        if self._events.put(event):
             self.stats.dropped_events += 1
-        self._events.put_nowait(event)
 
     def _set_state(
         self, state: ConnectionState, *, reason: str | None = None, retry_in_s: float | None = None

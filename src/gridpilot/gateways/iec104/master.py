@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gridpilot.gateways.feed import EventFeed
 from gridpilot.gateways.iec104.events import (
     CommandOutcome,
     CommandResult,
@@ -123,8 +124,7 @@ class Iec104Master:
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         self.stats = MasterStats()
         self.state = ConnectionState.DISCONNECTED
-        self._events: asyncio.Queue[MasterEvent | None] = asyncio.Queue()  # None: closed
-        self._max_pending = max_pending_events
+        self._events: EventFeed[MasterEvent] = EventFeed(max_pending=max_pending_events)
         self._link: StreamLink | None = None
         self._waiters: dict[tuple[TypeId, int], asyncio.Queue[Asdu | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -145,17 +145,10 @@ class Iec104Master:
                 await self._task
             self._task = None
             self._set_state(ConnectionState.CLOSED)
-            self._events.put_nowait(None)
+            self._events.close()
 
-    def __aiter__(self) -> Iec104Master:
-        return self
-
-    async def __anext__(self) -> MasterEvent:
-        event = await self._events.get()
-        if event is None:
-            self._events.put_nowait(None)  # later iterations end too
-            raise StopAsyncIteration
-        return event
+    def __aiter__(self) -> EventFeed[MasterEvent]:
+        return self._events
 
     async def _run(self) -> None:
         delay = self._reconnect[0]
@@ -237,10 +230,8 @@ class Iec104Master:
             self.stats.foreign_asdus += 1
 
     def _emit(self, event: MasterEvent) -> None:
-        if self._events.qsize() >= self._max_pending:
-            self._events.get_nowait()
+        if self._events.put(event):
             self.stats.dropped_events += 1
-        self._events.put_nowait(event)
 
     def _set_state(
         self, state: ConnectionState, *, reason: str | None = None, retry_in_s: float | None = None
