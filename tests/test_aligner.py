@@ -75,6 +75,7 @@ def test_silent_pmu_is_no_longer_waited_for() -> None:
     al.add(_set("pmu_a", 1.0))
     al.add(_set("pmu_b", 1.0))
     clock.now += ALIVE_S + 0.5
+    al.add(_set("rtu", 4.5, DeviceKind.RTU))
     [snap] = al.add(_set("pmu_a", 5.0))  # pmu_b silent for longer than ALIVE_S: not awaited
     assert snap.missing_sources == ["pmu_b"]
 
@@ -86,6 +87,22 @@ def test_stale_slow_data_is_left_out() -> None:
     al.add(_set("pmu_a", 10.0))
     [snap] = al.add(_set("pmu_b", 10.0))
     assert "rtu" not in {m.source for m in snap.measurements}  # 9 s old, period 1 s
+    assert snap.missing_sources == ["rtu"]
+
+
+def test_slow_device_that_never_reported_is_missing_after_its_first_period() -> None:
+    clock = Clock()
+    al = Aligner(_placement(), clock=clock)
+    al.add(_set("pmu_a", 10.0))
+    [first] = al.add(_set("pmu_b", 10.0))
+    assert first.missing_sources == []  # just started: the RTU has a period to report
+    al.add(_set("pmu_a", 11.5))
+    [later] = al.add(_set("pmu_b", 11.5))
+    assert later.missing_sources == ["rtu"]
+    al.add(_set("rtu", 11.6, DeviceKind.RTU))
+    al.add(_set("pmu_a", 11.7))
+    [back] = al.add(_set("pmu_b", 11.7))
+    assert back.missing_sources == []
 
 
 def test_unknown_source_is_counted_not_used() -> None:

@@ -5,6 +5,7 @@ scale factors than our encoder picks), and a TCP server that never answers."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,13 +17,15 @@ from gridpilot.gateways.modbus import DerPoller, DerReading, DerUnavailable, Fai
 from gridpilot.protocols.sunspec import InverterStatus
 from tests.modbus.conftest import FAST, events_until
 
+MEASURED_MS = 1_795_000_000_123  # unit 1's clock; unit 2 has none (Tms 0)
 
-def inverter_registers() -> list[SimData]:
+
+def inverter_registers(t_ms: int) -> list[SimData]:
     """A 250 kW inverter per the table in gridpilot.protocols.sunspec.points, written out."""
     i16, u16, regs = DataType.INT16, DataType.UINT16, DataType.REGISTERS
     return [
         SimData(address=40000, values=[0x5375, 0x6E53], datatype=regs),  # "SunS"
-        SimData(address=40002, values=[64900, 21], datatype=u16),  # ID, L
+        SimData(address=40002, values=[64900, 25], datatype=u16),  # ID, L
         SimData(address=40004, values=[12345, -321], datatype=i16),  # W, VAr
         SimData(address=40006, values=20400, datatype=u16),  # PhV: 204.00 V
         SimData(address=40007, values=49.98, datatype=DataType.FLOAT32),  # Hz
@@ -36,7 +39,8 @@ def inverter_registers() -> list[SimData]:
         SimData(address=40021, values=-500, datatype=i16),  # VArPct -5.00 %
         SimData(address=40022, values=0, datatype=u16),  # VArPct_Ena
         SimData(address=40023, values=[-2, -2], datatype=i16),  # setpoint SFs: 0.01 %
-        SimData(address=40025, values=[0xFFFF, 0], datatype=regs),  # end of the chain
+        SimData(address=40025, values=t_ms, datatype=DataType.UINT64),  # Tms
+        SimData(address=40029, values=[0xFFFF, 0], datatype=regs),  # end of the chain
     ]
 
 
@@ -57,8 +61,8 @@ async def clamp_at_half(
 @pytest.fixture
 async def peer_port() -> AsyncIterator[int]:
     devices = [
-        SimDevice(id=1, simdata=inverter_registers()),
-        SimDevice(id=2, simdata=inverter_registers(), action=clamp_at_half),
+        SimDevice(id=1, simdata=inverter_registers(MEASURED_MS)),
+        SimDevice(id=2, simdata=inverter_registers(0), action=clamp_at_half),
     ]
     server = ModbusTcpServer(devices, address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
@@ -70,8 +74,10 @@ async def test_poller_reads_a_hand_laid_map(peer_port: int) -> None:
     async with DerPoller(host="127.0.0.1", port=peer_port, units=[1, 2], **FAST) as poller:
         events = await events_until(poller, lambda ev: len(ev) >= 2)
     assert {e.unit for e in events} == {1, 2}
-    reading = events[0]
-    assert isinstance(reading, DerReading)
+    reading, other = sorted(events, key=lambda e: e.unit)
+    assert isinstance(reading, DerReading) and isinstance(other, DerReading)
+    assert reading.t_ns == MEASURED_MS * 1_000_000  # stamped with the inverter's clock
+    assert abs(other.t_ns - time.time_ns()) < 5e9  # no clock: stamped at the poll
     state = reading.state
     assert state.p_mw == pytest.approx(0.12345)
     assert state.q_mvar == pytest.approx(-0.00321)

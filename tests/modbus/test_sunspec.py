@@ -42,6 +42,7 @@ BASE = DerState(
     p_limit_enabled=True,
     q_set_pct=-12.3,
     q_set_enabled=True,
+    t_ms=1_795_000_000_123,
 )
 
 
@@ -93,6 +94,7 @@ def test_words_agree_with_pymodbus_conversions() -> None:
     assert convert(words("SunS"), DT.STRING) == "SunS"
     assert convert(words("Hz"), DT.FLOAT32) == pytest.approx(49.97, abs=1e-5)
     assert convert(words("WH"), DT.UINT32) * 10 ** sf["WH_SF"] == 123_456_780
+    assert convert(words("Tms"), DT.UINT64) == 1_795_000_000_123
     assert convert(words("W"), DT.INT16) * 10 ** sf["W_SF"] == pytest.approx(1.234e6)
     assert convert(words("VAr"), DT.INT16) * 10 ** sf["VAr_SF"] == pytest.approx(-2.0e5)
     assert convert(words("VArPct"), DT.INT16) == -123
@@ -119,6 +121,7 @@ def states(draw: st.DrawFn) -> DerState:
         p_limit_enabled=draw(st.booleans()),
         q_set_pct=draw(st.floats(min_value=-100.0, max_value=100.0)),
         q_set_enabled=draw(st.booleans()),
+        t_ms=draw(st.integers(min_value=0, max_value=2**53)),
     )
 
 
@@ -141,6 +144,7 @@ def test_round_trip_within_one_step(state: DerState) -> None:
     assert back.f_hz == pytest.approx(state.f_hz, rel=1e-6)
     wh_step = 10 ** sf["WH_SF"]  # the accumulator rolls over at 2**32 steps
     assert back.energy_wh == round(state.energy_wh / wh_step) % 2**32 * wh_step
+    assert back.t_ms == state.t_ms
     assert (back.status, back.p_limit_enabled, back.q_set_enabled) == (
         state.status,
         state.p_limit_enabled,
@@ -168,7 +172,7 @@ def test_decode_refuses_other_devices_and_unimplemented_points() -> None:
         sunspec.decode([*regs[:4], 0x8000, *regs[5:]])
     with pytest.raises(SunSpecError, match="unknown operating state 42"):
         sunspec.decode([*regs[:11], 42, *regs[12:]])
-    with pytest.raises(SunSpecError, match="expected 27 registers"):
+    with pytest.raises(SunSpecError, match="expected 31 registers"):
         sunspec.decode(regs[:-1])
 
 

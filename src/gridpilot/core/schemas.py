@@ -171,7 +171,7 @@ class StateEstimate(msgspec.Struct, frozen=True, kw_only=True):
     branches: BranchStates | None = None
     residual_sensor: list[str] = []
     residual_norm: list[float] = []
-    missing_sources: list[str] = []  # reference devices (PMUs) that did not report this instant
+    missing_sources: list[str] = []  # devices whose data is missing (silent or aged out)
     late_dropped: int = 0  # reports that came after their snapshot closed, since the last one
 
 

@@ -90,6 +90,7 @@ class _Inverter:
             p_limit_enabled=c.p_limit_enabled,
             q_set_pct=c.q_set_pct,
             q_set_enabled=c.q_set_enabled,
+            t_ms=self.owner.clock_ns() // 1_000_000,
         )
         self.image = sunspec.encode(state)
 
@@ -180,6 +181,7 @@ class VirtualDerServer:
         port: int = 502,
         refresh_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if not units:
             raise ConfigError("a DER Modbus server needs at least one unit")
@@ -194,6 +196,7 @@ class VirtualDerServer:
         self._port = port
         self.refresh_s = refresh_s
         self._clock = clock
+        self.clock_ns = clock_ns  # the inverter's own clock (UTC), written to Tms
         self._inverters = {u: _Inverter(u, spec, self) for u, spec in units.items()}
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None

@@ -80,6 +80,7 @@ class FieldDevices:
                 units=specs,
                 state=functools.partial(self._der_state, units),
                 on_setpoint=functools.partial(self._der_setpoint, units),
+                clock_ns=lambda: self.twin.t_ns,  # the values are the twin's at its instant
                 host=host,
                 port=port,
             )

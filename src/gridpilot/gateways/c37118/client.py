@@ -30,6 +30,7 @@ from gridpilot.gateways.c37118.events import (
     PdcStats,
 )
 from gridpilot.gateways.feed import EventFeed
+from gridpilot.gateways.reconnect import Backoff, keep_connected
 from gridpilot.protocols.c37118 import (
     AnyFrame,
     BadSyncError,
@@ -94,13 +95,13 @@ class PdcClient:
         timeouts = (connect_timeout_s, answer_timeout_s, header_timeout_s, data_timeout_s)
         if min(timeouts) <= 0:
             raise ValueError("timeouts must be positive")
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
         self.host, self.port, self.idcode = host, port, idcode
         self.cfg_type = cfg_type
         self.request_header = request_header
         self._timeouts = timeouts
-        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._backoff = Backoff(
+            reconnect_min_s, reconnect_max_s, names=("reconnect_min_s", "reconnect_max_s")
+        )
         self._clock = clock
         self._opener = opener
         self.stats = PdcStats()
@@ -139,35 +140,31 @@ class PdcClient:
         return self._events
 
     async def _run(self) -> None:
-        delay = self._reconnect[0]
-        while True:
-            self._set_state(ConnectionState.CONNECTING)
-            try:
-                reason = await self._connection()
-            except (OSError, TimeoutError) as error:
-                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            except Exception as error:  # a bug must not end the reconnect loop for good
-                log.exception("PDC client for %s:%s failed", self.host, self.port)
-                reason = f"internal error: {error!r}"
-            if self.state is ConnectionState.STREAMING:
-                delay = self._reconnect[0]  # it worked: start the back-off afresh
-            else:
-                self.stats.connect_failures += 1
-            if self.state in (ConnectionState.CONNECTED, ConnectionState.STREAMING):
-                self.stats.disconnects += 1
-            self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=delay)
-            log.warning(
-                "C37.118 link to %s:%s down: %s; retry in %.1f s",
-                self.host,
-                self.port,
-                reason,
-                delay,
-                extra={"pmu": f"{self.host}:{self.port}", "idcode": self.idcode},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect[1])
+        await keep_connected(
+            self._connection,
+            backoff=self._backoff,
+            worked=lambda: self.state is ConnectionState.STREAMING,
+            on_down=self._down,
+            name=f"PDC client for {self.host}:{self.port}",
+        )
+
+    def _down(self, reason: str, retry_in_s: float) -> None:
+        if self.state is not ConnectionState.STREAMING:
+            self.stats.connect_failures += 1
+        if self.state in (ConnectionState.CONNECTED, ConnectionState.STREAMING):
+            self.stats.disconnects += 1
+        self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=retry_in_s)
+        log.warning(
+            "C37.118 link to %s:%s down: %s; retry in %.1f s",
+            self.host,
+            self.port,
+            reason,
+            retry_in_s,
+            extra={"pmu": f"{self.host}:{self.port}", "idcode": self.idcode},
+        )
 
     async def _connection(self) -> str:
+        self._set_state(ConnectionState.CONNECTING)
         connect_s, answer_s, header_s, data_s = self._timeouts
         async with asyncio.timeout(connect_s):
             reader, writer = await self._opener(self.host, self.port)

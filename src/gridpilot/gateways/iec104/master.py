@@ -33,6 +33,7 @@ from gridpilot.gateways.iec104.events import (
     SinglePointUpdate,
 )
 from gridpilot.gateways.iec104.link import StreamLink
+from gridpilot.gateways.reconnect import Backoff, keep_connected
 from gridpilot.protocols.iec104 import (
     Asdu,
     AsduReceived,
@@ -111,8 +112,6 @@ class Iec104Master:
             raise ValueError(f"common_address must be in 1..65534, got {common_address}")
         if not 0 <= originator <= 0xFF:
             raise ValueError(f"originator is one octet, got {originator}")
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
         # Built once here so that bad k/w/t values fail in the constructor, not on connect.
         Session(role=Role.CONTROLLING, k=k, w=w, t1=t1, t2=t2, t3=t3)
         self.host, self.port = host, port
@@ -121,7 +120,9 @@ class Iec104Master:
         self.interrogate_on_connect = interrogate_on_connect
         self._k, self._w, self._t1, self._t2, self._t3 = k, w, t1, t2, t3
         self._t0 = t0
-        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._backoff = Backoff(
+            reconnect_min_s, reconnect_max_s, names=("reconnect_min_s", "reconnect_max_s")
+        )
         self.stats = MasterStats()
         self.state = ConnectionState.DISCONNECTED
         self._events: EventFeed[MasterEvent] = EventFeed(max_pending=max_pending_events)
@@ -151,25 +152,28 @@ class Iec104Master:
         return self._events
 
     async def _run(self) -> None:
-        delay = self._reconnect[0]
-        while True:
-            self._set_state(ConnectionState.CONNECTING)
-            try:
-                reason = await self._connection()
-            except (OSError, TimeoutError) as error:
-                reason = f"connect failed: {error or type(error).__name__}"
-            except Exception as error:  # a bug must not end the reconnect loop for good
-                log.exception("IEC 104 master to %s:%s failed", self.host, self.port)
-                reason = f"internal error: {error!r}"
-            if self.state is ConnectionState.STARTED:
-                delay = self._reconnect[0]
-            self._drop_waiters()
-            self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=delay)
-            log.warning("IEC 104 link to %s:%s down: %s", self.host, self.port, reason)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect[1])
+        await keep_connected(
+            self._connection,
+            backoff=self._backoff,
+            worked=lambda: self.state is ConnectionState.STARTED,
+            on_down=self._down,
+            name=f"IEC 104 master to {self.host}:{self.port}",
+        )
+
+    def _down(self, reason: str, retry_in_s: float) -> None:
+        self._drop_waiters()
+        self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=retry_in_s)
+        log.warning(
+            "IEC 104 link to %s:%s down: %s; retry in %.1f s",
+            self.host,
+            self.port,
+            reason,
+            retry_in_s,
+            extra={"rtu": f"{self.host}:{self.port}", "common_address": self.common_address},
+        )
 
     async def _connection(self) -> str:
+        self._set_state(ConnectionState.CONNECTING)
         async with asyncio.timeout(self._t0):
             reader, writer = await asyncio.open_connection(self.host, self.port)
         loop = asyncio.get_running_loop()

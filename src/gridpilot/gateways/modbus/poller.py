@@ -26,6 +26,7 @@ from gridpilot.gateways.modbus.events import (
     UnitHealth,
 )
 from gridpilot.gateways.modbus.link import ModbusLink
+from gridpilot.gateways.reconnect import Backoff
 from gridpilot.protocols import sunspec
 from gridpilot.protocols.sunspec import (
     BASE_ADDRESS,
@@ -80,16 +81,16 @@ class DerPoller:
         for name, value in (("period_s", period_s), ("timeout_s", timeout_s)):
             if not value > 0:
                 raise ConfigError(f"{name} must be > 0, not {value}")
-        if not 0 < backoff_min_s <= backoff_max_s:
-            raise ConfigError(
-                f"need 0 < backoff_min_s <= backoff_max_s, not {backoff_min_s}, {backoff_max_s}"
+        try:
+            self._backoff_of = Backoff(
+                backoff_min_s, backoff_max_s, names=("backoff_min_s", "backoff_max_s")
             )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.host = host
         self.port = port
         self.period_s = period_s
         self.timeout_s = timeout_s
-        self.backoff_min_s = backoff_min_s
-        self.backoff_max_s = backoff_max_s
         self._clock = clock
         self._units = {u: _Unit(u) for u in self.units}
         self._link: ModbusLink | None = None
@@ -172,7 +173,9 @@ class DerPoller:
                         yield event
                     continue
                 self._succeeded(u)
-                yield DerReading(unit=u.unit, t_ns=self._clock(), state=state)
+                # the inverter's time of measurement where it has a clock, else the poll's
+                t_ns = state.t_ms * 1_000_000 if state.t_ms else self._clock()
+                yield DerReading(unit=u.unit, t_ns=t_ns, state=state)
             if polled and timeouts == polled and link.connected:
                 # nothing answered: more likely a dead link than every unit at once
                 self.counters["link_resets"] += 1
@@ -221,7 +224,7 @@ class DerPoller:
         return events
 
     def _backoff(self, failures: int) -> float:
-        return min(self.backoff_min_s * 2.0 ** max(failures - 1, 0), self.backoff_max_s)
+        return self._backoff_of.after_failures(failures)
 
     async def _connect(self) -> None:
         link = self._require_link()

@@ -49,6 +49,7 @@ class DerState:
     p_limit_enabled: bool = False
     q_set_pct: float = 0.0  # of rated_w
     q_set_enabled: bool = False
+    t_ms: int = 0  # when the values were measured, ms since 1970 UTC; 0: the device has no clock
 
     @property
     def p_mw(self) -> float:
@@ -94,6 +95,7 @@ _RAW_RANGE = {
     PointType.SUNSSF: (-10, 10),
     PointType.UINT32: (0, 0xFFFFFFFF),
     PointType.ACC32: (0, 0xFFFFFFFF),
+    PointType.UINT64: (0, 0xFFFFFFFFFFFFFFFE),
 }
 
 
@@ -124,9 +126,7 @@ def encode_value(point: Point, value: float, sf: int = 0) -> list[int]:
             f"({low}..{high})",
             point=point.name,
         )
-    if point.size == 2:
-        return [raw >> 16, raw & 0xFFFF]
-    return [raw & 0xFFFF]
+    return [(raw >> (16 * i)) & 0xFFFF for i in reversed(range(point.size))]
 
 
 def decode_value(point: Point, registers: Sequence[int], sf: int = 0) -> float:
@@ -136,8 +136,10 @@ def decode_value(point: Point, registers: Sequence[int], sf: int = 0) -> float:
         if math.isnan(value):
             raise SunSpecError("not implemented by the device (NaN)", point=point.name)
         return value
-    if point.size == 2:
-        raw = (registers[0] << 16) | registers[1]
+    if point.size > 1:
+        raw = 0
+        for word in registers[: point.size]:
+            raw = (raw << 16) | word
     elif point.type in (PointType.INT16, PointType.SUNSSF):
         raw = registers[0] - 0x10000 if registers[0] & 0x8000 else registers[0]
     else:
@@ -249,6 +251,7 @@ def decode(registers: Sequence[int]) -> DerState:
         p_limit_enabled=bool(v["p_limit_enabled"]),
         q_set_pct=v["q_set_pct"],
         q_set_enabled=bool(v["q_set_enabled"]),
+        t_ms=int(v["t_ms"]),
     )
 
 

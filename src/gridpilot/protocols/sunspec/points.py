@@ -4,15 +4,17 @@ It is not a certified SunSpec model: it takes the points a DMS needs from SunSpe
 (inverter measurements), 120 (nameplate) and 123 (immediate controls) and lays them out in one
 vendor-range model (ID 64900), so one read fetches everything. Types and scale factors follow
 SunSpec: a value is ``raw * 10**sf`` with ``sf`` read from its ``*_SF`` register; ``acc32``
-rolls over at 2**32; all registers are holding registers (read with function 3, written with
-6 or 16), big-endian, 32-bit values high word first. Addresses are 0-based protocol addresses.
+rolls over at 2**32; ``Tms`` lets the gateway stamp the values with the inverter's time rather
+than the time of the poll. All registers are holding registers (read with function 3, written
+with 6 or 16), big-endian, multi-register values high word first. Addresses are 0-based
+protocol addresses.
 
 ====  ==============  =======  =============  =====  ==  ===========================================
 addr  point           type     scale factor   unit   rw  meaning
 ====  ==============  =======  =============  =====  ==  ===========================================
 40000 SunS            uint32   -              -      r   marker 0x53756E53 ("SunS"), 2 registers
 40002 ID              uint16   -              -      r   model id 64900
-40003 L               uint16   -              regs   r   model length after L: 21
+40003 L               uint16   -              regs   r   model length after L: 25
 40004 W               int16    W_SF           W      r   active power, + = production
 40005 VAr             int16    VAr_SF         var    r   reactive power, + = injected into the grid
 40006 PhV             uint16   V_SF           V      r   voltage at the point of connection
@@ -32,8 +34,10 @@ addr  point           type     scale factor   unit   rw  meaning
 40022 VArPct_Ena      uint16   -              -      rw  1: the setpoint applies, 0: it does not
 40023 WMaxLimPct_SF   sunssf   -              -      r   scale factor of WMaxLimPct (-1)
 40024 VArPct_SF       sunssf   -              -      r   scale factor of VArPct (-1)
-40025 EndID           uint16   -              -      r   end of the SunSpec chain: 0xFFFF
-40026 EndL            uint16   -              -      r   0
+40025 Tms             uint64   -              ms     r   time of the values, ms since 1970 UTC,
+                                                          4 registers; 0: no clock
+40029 EndID           uint16   -              -      r   end of the SunSpec chain: 0xFFFF
+40030 EndL            uint16   -              -      r   0
 ====  ==============  =======  =============  =====  ==  ===========================================
 
 SunSpec "not implemented" values (int16 0x8000, uint16 0xFFFF, sunssf 0x8000, float32 NaN) are
@@ -50,6 +54,7 @@ class PointType(StrEnum):
     INT16 = "int16"
     UINT16 = "uint16"
     UINT32 = "uint32"
+    UINT64 = "uint64"
     ACC32 = "acc32"
     FLOAT32 = "float32"
     SUNSSF = "sunssf"  # a scale factor: int16 in -10..10
@@ -57,6 +62,8 @@ class PointType(StrEnum):
     @property
     def size(self) -> int:
         """Registers a value of this type takes."""
+        if self is PointType.UINT64:
+            return 4
         return 2 if self in _TWO_REGISTERS else 1
 
 
@@ -102,7 +109,7 @@ class Point:
 
 BASE_ADDRESS = 40000
 MODEL_ID = 64900
-MODEL_LENGTH = 21  # registers after L
+MODEL_LENGTH = 25  # registers after L
 SUNS_MARKER = 0x53756E53  # "SunS"
 SETPOINT_SF = -1  # WMaxLimPct and VArPct in 0.1 % steps
 
@@ -166,11 +173,12 @@ POINTS: tuple[Point, ...] = (
     ),
     Point(name="WMaxLimPct_SF", offset=23, type=_T.SUNSSF),
     Point(name="VArPct_SF", offset=24, type=_T.SUNSSF),
-    Point(name="EndID", offset=25, type=_T.UINT16, const=0xFFFF),
-    Point(name="EndL", offset=26, type=_T.UINT16, const=0),
+    Point(name="Tms", offset=25, type=_T.UINT64, field="t_ms", unit="ms"),
+    Point(name="EndID", offset=29, type=_T.UINT16, const=0xFFFF),
+    Point(name="EndL", offset=30, type=_T.UINT16, const=0),
 )
 
-BLOCK_SIZE = 27  # registers from BASE_ADDRESS: the whole map, read in one request
+BLOCK_SIZE = 31  # registers from BASE_ADDRESS: the whole map, read in one request
 BY_NAME: dict[str, Point] = {p.name: p for p in POINTS}
 # the writable points are contiguous, so one write of 4 registers sets a whole setpoint
 CONTROLS: tuple[Point, ...] = tuple(p for p in POINTS if p.writable)

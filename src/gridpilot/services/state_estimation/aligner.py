@@ -3,8 +3,9 @@
 Reference devices (PMUs; RTUs when a placement has no PMU) set the snapshot instants: a snapshot
 for instant t is emitted as soon as every reference device that is alive has reported t, or
 when ``wait_s`` has passed since the first report of t. Slower devices contribute their latest
-report while it is fresh enough. A reference report for an instant already emitted is late:
-counted and dropped.
+report while it is fresh enough; a slow device whose report has aged out (or that has not
+reported within its first period) is listed missing, like a silent reference device. A
+reference report for an instant already emitted is late: counted and dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gridpilot.core.schemas import DeviceKind, MeasurementSet, MeasurementSnapsh
 from gridpilot.model.placement import Placement
 
 ALIVE_S = 2.0  # a reference device silent this long (wall time) is not waited for
-FRESH_PERIODS = 3.0  # a slow device's report is used while younger than this many periods
+FRESH_PERIODS = 2.0  # a slow device's report is used while younger than this many periods
 
 
 class Aligner:
@@ -42,6 +43,7 @@ class Aligner:
         self.first_seen: dict[int, float] = {}
         self.last_seen: dict[str, float] = {}
         self.last_emitted_ns = -1
+        self.first_emitted_ns: int | None = None
         self.late_dropped = 0
         self.unknown_sources = 0
         self._last_emit_wall = self.started = clock()
@@ -96,17 +98,26 @@ class Aligner:
     def _snapshot(self, t_ns: int, frames: dict[str, MeasurementSet]) -> MeasurementSnapshot:
         self.last_emitted_ns = t_ns
         self._last_emit_wall = self.clock()
+        if self.first_emitted_ns is None:
+            self.first_emitted_ns = t_ns
         measurements = [m for f in frames.values() for m in f.measurements]
-        for src, mset in self.latest.items():
-            age = t_ns - mset.t_ns
-            if -self.period_ns[src] <= age <= FRESH_PERIODS * self.period_ns[src]:
+        missing = set(self.reference - set(frames)) if frames else set(self.reference)
+        for src, period_ns in self.period_ns.items():
+            if src in self.reference:
+                continue
+            mset = self.latest.get(src)
+            if mset is None:
+                if t_ns - self.first_emitted_ns > period_ns:
+                    missing.add(src)  # should have reported by now
+            elif -period_ns <= t_ns - mset.t_ns <= FRESH_PERIODS * period_ns:
                 measurements.extend(mset.measurements)
-        missing = sorted(self.reference - set(frames)) if frames else sorted(self.reference)
+            else:
+                missing.add(src)
         late, self.late_dropped = self.late_dropped, 0
         return MeasurementSnapshot(
             grid=self.grid,
             t_ns=t_ns,
             measurements=measurements,
-            missing_sources=missing,
+            missing_sources=sorted(missing),
             late_dropped=late,
         )
