@@ -139,6 +139,7 @@ async def test_ensure_jetstream_is_idempotent_and_repairs_drift(admin_nc: Client
         cfg = (await jsm.stream_info(spec.name)).config
         assert cfg.storage == api.StorageType.FILE
         assert cfg.max_age == pytest.approx(spec.max_age_s)
+        assert cfg.max_bytes == spec.max_bytes
         assert sorted(cfg.subjects or []) == sorted(spec.subjects)
     for bucket in sj.BUCKETS:
         assert (await jsm.stream_info(f"KV_{bucket.name}")).config.allow_direct

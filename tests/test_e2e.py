@@ -19,7 +19,17 @@ import pytest
 
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect
-from gridpilot.core.schemas import EstimateStatus, Heartbeat, SimTruth, StateEstimate
+from gridpilot.core.schemas import (
+    EstimateStatus,
+    Heartbeat,
+    HistoryQuery,
+    HistoryReply,
+    SeriesRef,
+    SimTruth,
+    StateEstimate,
+    decode,
+    encode,
+)
 from gridpilot.platform import permissions
 from gridpilot.platform.catalog import SERVICES
 
@@ -117,6 +127,17 @@ async def test_up_estimates_survive_a_killed_estimator_and_stop_cleanly(
         assert set(rows) == set(SERVICES)
         assert all(r["state"] == "running" and r["heartbeat_age_s"] < 3 for r in rows.values())
         assert rows["state_estimation"]["pid"] != pid
+
+        # the historian (SQLite in the data dir) holds the estimates: ask for the latest
+        v6 = SeriesRef(kind="est", mrid="bus_6", quantity="v_pu")
+        query = HistoryQuery(series=[v6], latest=True)
+        msg = await nc.request(
+            subjects.HISTORY_QUERY.format(grid="cigre_mv"), encode(query), timeout=10
+        )
+        reply = decode(msg.data, HistoryReply)
+        assert reply.ok, reply.error
+        assert time.time_ns() - reply.data[0].t_ns[0] < 5e9
+        assert (data_dir / "historian.sqlite").stat().st_size > 0
     finally:
         await nc.close()
 

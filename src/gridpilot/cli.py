@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     up.add_argument("--nats-url", default=None, help="use this NATS server instead of embedding")
     up.add_argument("--no-live", action="store_true", help="print summary lines, not a table")
+    up.add_argument(
+        "--db",
+        default="",
+        help="historian database: postgresql://user:pass@host/db (default: SQLite in the data dir)",
+    )
 
     run = sub.add_parser("run", help="run one service in this process")
     run.add_argument("service")
@@ -51,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     inj.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
     inj.add_argument("--grid", default=DEFAULT_GRID)
     inj.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    from gridpilot import history_cli
+
+    history_cli.add_parser(sub)
 
     docs = sub.add_parser("docs", help="generate the subject and payload reference")
     docs.add_argument("--out", type=Path, default=Path("docs"))
@@ -84,6 +93,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             speed=args.speed,
             nats_url=args.nats_url,
             live=not args.no_live,
+            db_url=args.db,
         )
         asyncio.run(sup.run())
         return 0
@@ -113,6 +123,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_status(args))
     if args.command == "inject":
         return asyncio.run(_inject(args))
+    if args.command == "history":
+        from gridpilot import history_cli
+
+        return history_cli.run(args)
     if args.command == "docs":
         from gridpilot.docs import write_docs
 

@@ -221,8 +221,17 @@ def markdown() -> str:
     out += _table(columns, (_subject_row(spec) for spec in CATALOGUE))
     out += ["Placeholders:", ""] + [f"- `{{{p}}}`: {d}" for p, d in PARAMETERS.items()]
     out += ["", "## Streams", ""]
-    rows = [(f"`{s.name}`", _codes(s.subjects), _age(s.max_age_s), s.description) for s in STREAMS]
-    out += _table(("Stream", "Subjects", "Max age", "Description"), rows)
+    rows = [
+        (
+            f"`{s.name}`",
+            _codes(s.subjects),
+            _age(s.max_age_s),
+            f"{s.max_bytes / 2**30:g} GiB",
+            s.description,
+        )
+        for s in STREAMS
+    ]
+    out += _table(("Stream", "Subjects", "Max age", "Max size", "Description"), rows)
     out += ["## KV buckets", ""]
     buckets = [(f"`{b.name}`", str(b.history), b.description) for b in BUCKETS]
     out += _table(("Bucket", "History", "Description"), buckets)

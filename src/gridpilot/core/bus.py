@@ -217,7 +217,14 @@ async def publish_checked(
         raise denied
 
 
-_COMPARED = ("subjects", "max_age", "description", "max_msgs_per_subject", "allow_direct")
+_COMPARED = (
+    "subjects",
+    "max_age",
+    "max_bytes",
+    "description",
+    "max_msgs_per_subject",
+    "allow_direct",
+)
 
 
 def _same(name: str, have: object, want: object) -> bool:
@@ -276,6 +283,7 @@ async def ensure_jetstream(nc: Client) -> list[str]:
             subjects=list(spec.subjects),
             storage=api.StorageType.FILE,
             max_age=spec.max_age_s,
+            max_bytes=spec.max_bytes,
             duplicate_window=min(120.0, spec.max_age_s),
         )
         change = await _reconcile(nc, wanted, create=True)

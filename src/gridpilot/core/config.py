@@ -25,6 +25,9 @@ class ServiceConfig:
     # password of the mqtt_device identity its virtual meters connect with.
     mqtt_url: str = ""
     mqtt_password: str | None = None
+    # The historian's database: a SQLite path or a postgresql:// URL; "" for the default,
+    # <data_dir>/historian.sqlite.
+    db_url: str = ""
 
     @classmethod
     def from_env(cls, *, grid: str | None = None) -> ServiceConfig:
@@ -45,4 +48,5 @@ class ServiceConfig:
             speed=speed,
             mqtt_url=env.get("GRIDPILOT_MQTT_URL", ""),
             mqtt_password=env.get("GRIDPILOT_MQTT_PASSWORD") or None,
+            db_url=env.get("GRIDPILOT_DB", ""),
         )

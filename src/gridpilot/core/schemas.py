@@ -293,6 +293,83 @@ class InjectRequest(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float = 60.0  # in simulated seconds
 
 
+class SeriesRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Names a stored time series. ``kind`` "meas": what field device ``source`` reported
+    (quantity "<terminal>.<field>": "bus.v_pu", "from.p_mw", "load.q_mvar"); "est": the state
+    estimate (source "se"; quantity a BusStates or BranchStates field: "v_pu", "loading_pct").
+    An empty ``source`` matches every device that measures the quantity."""
+
+    kind: str
+    mrid: str
+    quantity: str
+    source: str = ""
+
+
+class SeriesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str = ""  # "", "meas" or "est"
+    mrid: str = ""  # "" for every piece of equipment
+
+
+class SeriesReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    error: str = ""
+    series: list[SeriesRef] = []
+
+
+class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Time series over [t_from_ns, t_to_ns): raw samples (bucket_s 0, at most ``limit`` per
+    series), or min/avg/max per ``bucket_s`` bucket aligned to the Unix epoch; with ``latest``
+    only the newest value of each series (the range is then ignored)."""
+
+    series: list[SeriesRef]
+    t_from_ns: int = 0
+    t_to_ns: int = 0
+    bucket_s: int = 0
+    limit: int = 10_000
+    latest: bool = False
+
+
+class SeriesData(msgspec.Struct, frozen=True, kw_only=True):
+    """One series' answer, columnar. Raw: ``value``; aggregated: ``min``, ``avg``, ``max`` and
+    ``count``; each entry i belongs to ``t_ns[i]`` (a bucket's start)."""
+
+    series: SeriesRef
+    t_ns: list[int] = []
+    value: list[float] = []
+    min: list[float] = []
+    avg: list[float] = []
+    max: list[float] = []
+    count: list[int] = []
+    truncated: bool = False  # raw samples stopped at the limit; ask again from after the last
+
+
+class HistoryReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    error: str = ""
+    data: list[SeriesData] = []
+
+
+class EventsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str = ""  # "", "alarm", "command", "command_result" or "topology"
+    t_from_ns: int = 0
+    t_to_ns: int = 0
+    limit: int = 1000
+
+
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    key: str
+    t_ns: int
+    payload: str  # the original message, JSON
+
+
+class EventsReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    error: str = ""
+    events: list[StoredEvent] = []
+    truncated: bool = False
+
+
 class ServiceState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"

@@ -74,7 +74,7 @@ STATE = SubjectSpec(
     name="state",
     template="gp.{grid}.state",
     payload=s.StateEstimate,
-    pattern=Pattern.PUBSUB,
+    pattern=Pattern.STREAM,
     publishers=("state_estimation",),
     subscribers=("monitoring", "web", "historian"),
     description="Every state estimate; the latest per grid is also in KV bucket gp_state.",
@@ -136,6 +136,38 @@ SIM_INJECT = SubjectSpec(
     subscribers=("simulator",),
     description="Inject a gross measurement error or a communication outage into the twin.",
 )
+HISTORY_SERIES = SubjectSpec(
+    name="history_series",
+    template="gp.{grid}.request.history.series",
+    payload=s.SeriesRequest,
+    reply=s.SeriesReply,
+    pattern=Pattern.REQUEST,
+    publishers=("web", "operator"),
+    subscribers=("historian",),
+    description="Which time series the historian holds for a grid (optionally of one kind "
+    "or one piece of equipment).",
+)
+HISTORY_QUERY = SubjectSpec(
+    name="history_query",
+    template="gp.{grid}.request.history.query",
+    payload=s.HistoryQuery,
+    reply=s.HistoryReply,
+    pattern=Pattern.REQUEST,
+    publishers=("web", "operator", "forecasting"),
+    subscribers=("historian",),
+    description="Raw values (bucket_s 0) or min/avg/max per bucket of time series over a "
+    "time range, or (latest true) the newest value of each.",
+)
+HISTORY_EVENTS = SubjectSpec(
+    name="history_events",
+    template="gp.{grid}.request.history.events",
+    payload=s.EventsQuery,
+    reply=s.EventsReply,
+    pattern=Pattern.REQUEST,
+    publishers=("web", "operator"),
+    subscribers=("historian",),
+    description="Stored alarm changes, commands, command results and topology reports.",
+)
 HEARTBEAT = SubjectSpec(
     name="heartbeat",
     template="gp.svc.{service}.heartbeat",
@@ -157,8 +189,14 @@ CATALOGUE: tuple[SubjectSpec, ...] = (
     TOPOLOGY,
     ALARM_ACK,
     SIM_INJECT,
+    HISTORY_SERIES,
+    HISTORY_QUERY,
+    HISTORY_EVENTS,
     HEARTBEAT,
 )
+
+
+GIB = 1 << 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +204,7 @@ class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     max_age_s: float
+    max_bytes: int  # the oldest messages go first when a stream reaches it
     description: str
 
 
@@ -174,18 +213,28 @@ STREAMS: tuple[StreamSpec, ...] = (
         name="GP_MEAS",
         subjects=("gp.*.meas.>",),
         max_age_s=6 * 3600,
+        max_bytes=4 * GIB,
         description="raw field measurements, kept six hours for the historian to catch up",
+    ),
+    StreamSpec(
+        name="GP_STATE",
+        subjects=("gp.*.state",),
+        max_age_s=3600,
+        max_bytes=2 * GIB,
+        description="state estimates, kept an hour for the historian to catch up",
     ),
     StreamSpec(
         name="GP_ALARM",
         subjects=("gp.*.alarm",),
         max_age_s=30 * 86400,
+        max_bytes=GIB,
         description="alarm life cycle events",
     ),
     StreamSpec(
         name="GP_CMD",
         subjects=("gp.*.command.>", "gp.*.event.>", "gp.*.topology"),
         max_age_s=365 * 86400,
+        max_bytes=GIB,
         description="commands, their results and topology events: the switching audit trail",
     ),
 )

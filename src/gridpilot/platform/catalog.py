@@ -14,6 +14,7 @@ SERVICES: dict[str, str] = {
     "gateway_iec104": "gridpilot.gateways.iec104.service",
     "gateway_modbus": "gridpilot.gateways.modbus.service",
     "mqtt_gateway": "gridpilot.gateways.mqtt.service",
+    "historian": "gridpilot.services.historian.service",
 }
 
 

@@ -30,6 +30,7 @@ MQTT_GATEWAY = "mqtt_gateway"
 GATEWAY_MODBUS = "gateway_modbus"
 GATEWAY_IEC104 = "gateway_iec104"
 GATEWAY_C37118 = "gateway_c37118"
+HISTORIAN = "historian"
 
 _BUCKETS = {b.name for b in sj.BUCKETS}
 _OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
@@ -93,6 +94,19 @@ def object_get(bucket: str) -> tuple[str, ...]:
     )
 
 
+def durable_consumer(stream: str) -> tuple[str, ...]:
+    """``js.pull_subscribe(durable=..., stream=...)``: look the consumer up or create it (with
+    one filter subject), fetch batches and acknowledge them. Any consumer name of the stream."""
+    return (
+        f"{_API}.CONSUMER.INFO.{stream}.*",
+        f"{_API}.CONSUMER.CREATE.{stream}.*",
+        f"{_API}.CONSUMER.CREATE.{stream}.*.>",
+        f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.*",
+        f"{_API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.*.>",
+    )
+
+
 def _service(name: str) -> tuple[str, ...]:
     """What every service does: heartbeat on the bus and in gp_services, read the grid model."""
     return (sj.HEARTBEAT.format(service=name), *kv_put(SERVICES_KV, name), *object_get(MODELS))
@@ -101,6 +115,10 @@ def _service(name: str) -> tuple[str, ...]:
 def _under(spec: sj.SubjectSpec) -> str:
     """The spec's subject for every grid with its last token open: gp.*.meas.> for MEAS."""
     return spec.wildcard().rsplit(".", 1)[0] + ".>"
+
+
+# every history request: gp.*.request.history.>
+HISTORY_REQUESTS = sj.HISTORY_QUERY.wildcard().rsplit(".", 1)[0] + ".>"
 
 
 def _dedup(*subjects: str) -> tuple[str, ...]:
@@ -144,6 +162,7 @@ PERMISSIONS: dict[str, Permissions] = {
         publish=_dedup(
             *(s for b in (SERVICES_KV, STATE_KV, ALARMS_KV) for s in (*kv_get(b), *kv_watch(b))),
             *object_get(MODELS),
+            HISTORY_REQUESTS,
         ),
         subscribe=(
             sj.STATE.wildcard(),
@@ -179,6 +198,15 @@ PERMISSIONS: dict[str, Permissions] = {
     GATEWAY_C37118: Permissions(
         publish=_dedup(*_service(GATEWAY_C37118), _under(sj.MEAS)),
         subscribe=(_INBOX,),
+    ),
+    # Stores what the streams carry and answers history queries; it publishes nothing else.
+    HISTORIAN: Permissions(
+        publish=_dedup(
+            *_service(HISTORIAN),
+            *(s for spec in sj.STREAMS for s in durable_consumer(spec.name)),
+        ),
+        subscribe=(HISTORY_REQUESTS, _INBOX),
+        allow_responses=True,
     ),
     # Masters of the RTUs: measurements in, switching commands out, outcomes reported.
     GATEWAY_IEC104: Permissions(

@@ -75,6 +75,7 @@ class Supervisor:
         nats_url: str | None = None,
         services: list[str] | None = None,
         live: bool = True,
+        db_url: str = "",
     ) -> None:
         self.grid_name = grid
         self.data_dir = data_dir.resolve()
@@ -82,6 +83,7 @@ class Supervisor:
         self.external_url = nats_url
         self.services = services or list(SERVICES)
         self.live = live
+        self.db_url = db_url
         self.broker: EmbeddedNats | None = None
         self.children: dict[str, Child] = {}
         self._stop = asyncio.Event()
@@ -149,6 +151,8 @@ class Supervisor:
             env = dict(base)
             if self.broker is not None:
                 env.update(permissions.service_env(self.data_dir, name))
+            if name == "historian" and self.db_url:
+                env["GRIDPILOT_DB"] = self.db_url
             if name == "simulator" and self.endpoints.get("mqtt"):
                 env["GRIDPILOT_MQTT_URL"] = self.endpoints["mqtt"]
                 if self.broker is not None:
