@@ -66,9 +66,9 @@ def test_busy_preferred_port_is_replaced() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        port = broker._pick_port("127.0.0.1", busy, [])
+        port = broker.pick_port("127.0.0.1", busy, [])
     assert port not in (busy, 0)
-    assert broker._pick_port("127.0.0.1", port, [port]) != port
+    assert broker.pick_port("127.0.0.1", port, [port]) != port
 
 
 def test_missing_binary_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

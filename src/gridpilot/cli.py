@@ -61,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
 
     history_cli.add_parser(sub)
 
+    user = sub.add_parser("user", help="operator accounts of the web HMI and API")
+    usub = user.add_subparsers(dest="user_command", required=True)
+    add = usub.add_parser("add", help="create a user (prints a generated password)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    ls = usub.add_parser("list", help="every user and role")
+    rm = usub.add_parser("remove", help="delete a user (its sessions end at once)")
+    rm.add_argument("name")
+    for command in (add, ls, rm):
+        command.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
     docs = sub.add_parser("docs", help="generate the subject and payload reference")
     docs.add_argument("--out", type=Path, default=Path("docs"))
     return p
@@ -123,6 +137,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_status(args))
     if args.command == "inject":
         return asyncio.run(_inject(args))
+    if args.command == "user":
+        return _user(args)
     if args.command == "history":
         from gridpilot import history_cli
 
@@ -134,6 +150,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(path)
         return 0
     raise AssertionError(args.command)
+
+
+def _user(args: argparse.Namespace) -> int:
+    from gridpilot.services.web.users import Role, UserStore
+
+    users = UserStore(args.data_dir)
+    if args.user_command == "add":
+        given = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+        password = users.add(args.name, Role(args.role), given, must_change=given is None)
+        if given is None:
+            print(f"user {args.name} ({args.role}): one-time password {password}")
+            print("(to be changed at the first login)")
+        else:
+            print(f"user {args.name} ({args.role}) added")
+        return 0
+    if args.user_command == "remove":
+        users.remove(args.name)
+        print(f"user {args.name} removed")
+        return 0
+    for u in users.list():
+        note = "  (one-time password not changed yet)" if u.must_change else ""
+        print(f"{u.name:20s} {u.role}{note}")
+    return 0
 
 
 async def _client(data_dir: Path, nats_url: str | None, identity: str = "viewer") -> Client:

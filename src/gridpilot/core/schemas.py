@@ -350,7 +350,7 @@ class HistoryReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EventsQuery(msgspec.Struct, frozen=True, kw_only=True):
-    kind: str = ""  # "", "alarm", "command", "command_result" or "topology"
+    kind: str = ""  # "", "alarm", "command", "command_result", "topology" or "audit"
     t_from_ns: int = 0
     t_to_ns: int = 0
     limit: int = 1000
@@ -368,6 +368,20 @@ class EventsReply(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     events: list[StoredEvent] = []
     truncated: bool = False
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Who did what through the operator interface, and what came of it."""
+
+    grid: str
+    t_ns: int
+    user: str
+    role: str
+    action: str  # "switch", "der_setpoint", "alarm_ack", "inject", "login", "user_add" ...
+    target: str = ""  # the equipment, alarm id, device or user acted on
+    detail: dict[str, Any] = {}
+    ok: bool = True
+    error: str = ""
 
 
 class ServiceState(StrEnum):

@@ -136,6 +136,16 @@ SIM_INJECT = SubjectSpec(
     subscribers=("simulator",),
     description="Inject a gross measurement error or a communication outage into the twin.",
 )
+AUDIT = SubjectSpec(
+    name="audit",
+    template="gp.{grid}.audit",
+    payload=s.AuditRecord,
+    pattern=Pattern.STREAM,
+    publishers=("web",),
+    subscribers=("historian", "auditors"),
+    description="Every command, acknowledgement, injection, login and user change made "
+    "through the operator interface, with user and time.",
+)
 HISTORY_SERIES = SubjectSpec(
     name="history_series",
     template="gp.{grid}.request.history.series",
@@ -166,7 +176,8 @@ HISTORY_EVENTS = SubjectSpec(
     pattern=Pattern.REQUEST,
     publishers=("web", "operator"),
     subscribers=("historian",),
-    description="Stored alarm changes, commands, command results and topology reports.",
+    description="Stored alarm changes, commands, command results, topology reports and "
+    "the audit trail.",
 )
 HEARTBEAT = SubjectSpec(
     name="heartbeat",
@@ -189,6 +200,7 @@ CATALOGUE: tuple[SubjectSpec, ...] = (
     TOPOLOGY,
     ALARM_ACK,
     SIM_INJECT,
+    AUDIT,
     HISTORY_SERIES,
     HISTORY_QUERY,
     HISTORY_EVENTS,
@@ -229,6 +241,13 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_age_s=30 * 86400,
         max_bytes=GIB,
         description="alarm life cycle events",
+    ),
+    StreamSpec(
+        name="GP_AUDIT",
+        subjects=("gp.*.audit",),
+        max_age_s=5 * 365 * 86400,
+        max_bytes=GIB,
+        description="the operator audit trail: who commanded, acknowledged or injected what",
     ),
     StreamSpec(
         name="GP_CMD",

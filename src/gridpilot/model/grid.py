@@ -15,6 +15,9 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
     vn_kv: float
     v_min_pu: float = 0.95
     v_max_pu: float = 1.05
+    # where it is (longitude and latitude, or the source's own plane), when the source says
+    x: float | None = None
+    y: float | None = None
 
 
 class Line(msgspec.Struct, frozen=True, kw_only=True):

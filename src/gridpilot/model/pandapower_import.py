@@ -6,6 +6,7 @@ simulator can drive the grid over time.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -61,6 +62,7 @@ def from_pandapower(net: Any, *, name: str, description: str = "") -> g.GridMode
             vn_kv=float(row["vn_kv"]),
             v_min_pu=_num(row.get("min_vm_pu"), 0.95) or 0.95,
             v_max_pu=_num(row.get("max_vm_pu"), 1.05) or 1.05,
+            **_geo(row.get("geo")),
         )
         for bid, (_, row) in zip(bus_ids, net.bus.iterrows(), strict=True)
     ]
@@ -232,3 +234,17 @@ def from_pandapower(net: Any, *, name: str, description: str = "") -> g.GridMode
         profile_step_s=900.0,
         profiles=kept,
     )
+
+
+def _geo(value: object) -> dict[str, float]:
+    """x and y of a pandapower bus's GeoJSON point; nothing when it has none or another shape."""
+    if not isinstance(value, str) or not value:
+        return {}
+    try:
+        point = json.loads(value)
+        x, y = point["coordinates"][:2]
+        if point.get("type") != "Point":
+            return {}
+        return {"x": float(x), "y": float(y)}
+    except (ValueError, KeyError, TypeError):
+        return {}

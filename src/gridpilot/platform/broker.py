@@ -27,6 +27,7 @@ log = logging.getLogger("gridpilot.broker")
 CLIENT_PORT = 14222
 MONITOR_PORT = 18222
 MQTT_PORT = 11883
+HTTP_PORT = 18080  # the web service's (the supervisor picks a free one when it is taken)
 ENDPOINTS_FILE = "endpoints.json"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -58,7 +59,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _pick_port(host: str, preferred: int, taken: list[int]) -> int:
+def pick_port(host: str, preferred: int, taken: list[int]) -> int:
     """``preferred`` when it is free, else any free port (0 asks for any at once)."""
     if preferred and preferred not in taken and _port_free(host, preferred):
         return preferred
@@ -177,7 +178,7 @@ class EmbeddedNats:
         for attempt in range(1, _START_ATTEMPTS + 1):
             taken: list[int] = []
             for preferred in self._preferred:
-                taken.append(_pick_port(self.host, preferred, taken))
+                taken.append(pick_port(self.host, preferred, taken))
             client, monitor, mqtt = taken
             self._ports = (client, monitor, mqtt)
             text = render_config(

@@ -15,6 +15,7 @@ SERVICES: dict[str, str] = {
     "gateway_modbus": "gridpilot.gateways.modbus.service",
     "mqtt_gateway": "gridpilot.gateways.mqtt.service",
     "historian": "gridpilot.services.historian.service",
+    "web": "gridpilot.services.web.service",
 }
 
 

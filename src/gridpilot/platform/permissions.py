@@ -31,6 +31,7 @@ GATEWAY_MODBUS = "gateway_modbus"
 GATEWAY_IEC104 = "gateway_iec104"
 GATEWAY_C37118 = "gateway_c37118"
 HISTORIAN = "historian"
+WEB = "web"
 
 _BUCKETS = {b.name for b in sj.BUCKETS}
 _OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
@@ -198,6 +199,28 @@ PERMISSIONS: dict[str, Permissions] = {
     GATEWAY_C37118: Permissions(
         publish=_dedup(*_service(GATEWAY_C37118), _under(sj.MEAS)),
         subscribe=(_INBOX,),
+    ),
+    # The operator HMI and API: reads everything an operator sees, sends what operators do
+    # (commands, acknowledgements, history queries, training injections), writes the audit.
+    WEB: Permissions(
+        publish=_dedup(
+            *_service(WEB),
+            _under(sj.COMMAND),
+            sj.AUDIT.wildcard(),
+            _under(sj.ALARM_ACK),
+            HISTORY_REQUESTS,
+            _under(sj.SIM_INJECT),
+            *(s for b in (STATE_KV, ALARMS_KV) for s in kv_get(b)),
+        ),
+        subscribe=(
+            sj.STATE.wildcard(),
+            sj.TOPOLOGY.wildcard(),
+            sj.ALARM.wildcard(),
+            sj.COMMAND_RESULT.wildcard(),
+            sj.HEARTBEAT.wildcard(),
+            _under(sj.MEAS),
+            _INBOX,
+        ),
     ),
     # Stores what the streams carry and answers history queries; it publishes nothing else.
     HISTORIAN: Permissions(

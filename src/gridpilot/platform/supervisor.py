@@ -25,8 +25,9 @@ from gridpilot.core.bus import connect, ensure_jetstream
 from gridpilot.core.schemas import Heartbeat
 from gridpilot.model import distribution
 from gridpilot.platform import permissions
-from gridpilot.platform.broker import EmbeddedNats, write_endpoints
+from gridpilot.platform.broker import HTTP_PORT, EmbeddedNats, pick_port, write_endpoints
 from gridpilot.platform.catalog import SERVICES
+from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
 
@@ -120,6 +121,17 @@ class Supervisor:
                 permissions.service_password(self.data_dir, permissions.ADMIN),
             )
             endpoints = self.broker.endpoints
+        self.http_port = 0
+        if "web" in self.services:
+            self.http_port = pick_port("127.0.0.1", HTTP_PORT, [])
+            endpoints = {**endpoints, "http": f"http://127.0.0.1:{self.http_port}"}
+            first = UserStore(self.data_dir).ensure_first_admin()
+            if first is not None:
+                self._say(
+                    f"first start: log in at {endpoints['http']} as 'admin' with the one-time "
+                    f"password {first} (you will be asked to change it); add users with "
+                    "`gridpilot user add NAME --role viewer|operator|admin`"
+                )
         write_endpoints(self.data_dir, endpoints)
         self.endpoints = endpoints
         nc = await connect(url, user=user, password=password, name="supervisor")
@@ -151,6 +163,8 @@ class Supervisor:
             env = dict(base)
             if self.broker is not None:
                 env.update(permissions.service_env(self.data_dir, name))
+            if name == "web":
+                env["GRIDPILOT_HTTP_PORT"] = str(self.http_port)
             if name == "historian" and self.db_url:
                 env["GRIDPILOT_DB"] = self.db_url
             if name == "simulator" and self.endpoints.get("mqtt"):

@@ -69,3 +69,8 @@ def command_result_event(result: s.CommandResult, raw: bytes) -> EventRow:
 
 def topology_event(topo: s.SwitchState, raw: bytes) -> EventRow:
     return EventRow(topo.grid, EventKind.TOPOLOGY, str(topo.t_ns), topo.t_ns, raw.decode())
+
+
+def audit_event(record: s.AuditRecord, raw: bytes) -> EventRow:
+    key = f"{record.t_ns}@{record.user}@{record.action}@{record.target}"
+    return EventRow(record.grid, EventKind.AUDIT, key, record.t_ns, raw.decode())

@@ -102,6 +102,7 @@ class HistorianService(Service):
         self._consume("GP_STATE", "state", subjects.STATE.format(grid=g), self._state_rows)
         self._consume("GP_ALARM", "alarm", subjects.ALARM.format(grid=g), self._alarm_rows)
         self._consume("GP_CMD", "cmd", f"gp.{g}.>", self._cmd_rows)
+        self._consume("GP_AUDIT", "audit", subjects.AUDIT.format(grid=g), self._audit_rows)
         self.spawn(self._retention_loop(), name="retention")
         await self.subscribe(
             subjects.HISTORY_SERIES.format(grid=g), s.SeriesRequest, self.on_series
@@ -230,6 +231,9 @@ class HistorianService(Service):
 
     def _alarm_rows(self, msg: Msg) -> tuple[list[Sample], list[EventRow]]:
         return [], [rows.alarm_event(s.decode(msg.data, s.Alarm), msg.data)]
+
+    def _audit_rows(self, msg: Msg) -> tuple[list[Sample], list[EventRow]]:
+        return [], [rows.audit_event(s.decode(msg.data, s.AuditRecord), msg.data)]
 
     def _cmd_rows(self, msg: Msg) -> tuple[list[Sample], list[EventRow]]:
         token = msg.subject.split(".")[2]

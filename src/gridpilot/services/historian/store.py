@@ -42,6 +42,7 @@ class EventKind(StrEnum):
     COMMAND = "command"
     COMMAND_RESULT = "command_result"
     TOPOLOGY = "topology"
+    AUDIT = "audit"  # who did what through the operator interface
 
 
 class SeriesKey(NamedTuple):

@@ -1,0 +1,648 @@
+"""The REST API, the live WebSocket and the HMI's static files (Litestar, OpenAPI 3.1).
+
+Every route reads or writes through the ``Bridge`` (the bus). Authentication: a session token
+from ``POST /api/auth/login``, sent back as the ``gp_session`` cookie (browsers) or as
+``Authorization: Bearer <token>`` (scripts). Roles: viewer reads, operator also acknowledges,
+switches and trains, admin also manages users. Errors are JSON ``{"status_code", "detail"}``:
+401 not logged in, 403 wrong role (or a one-time password not yet changed), 404 unknown
+grid/equipment, 422 a malformed request (with what was wrong), 503 a service did not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, WebSocket, delete, get, post, websocket
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+    WebSocketDisconnect,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+
+from gridpilot.core import schemas as s
+from gridpilot.core import subjects
+from gridpilot.core.errors import ConfigError
+from gridpilot.services.web.bridge import (
+    LIVE_ESTIMATES_PER_S,
+    Bridge,
+    NotFound,
+    Unavailable,
+    compact_estimate,
+)
+from gridpilot.services.web.layout import layout
+from gridpilot.services.web.users import AuthError, Role, Session, Tokens, User, UserStore
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+COOKIE = "gp_session"
+
+
+# -- request and response bodies --------------------------------------------------------------
+class Login(msgspec.Struct, frozen=True, kw_only=True):
+    user: str
+    password: str
+
+
+class LoginReply(msgspec.Struct, frozen=True, kw_only=True):
+    user: str
+    role: str
+    token: str
+    expires_ns: int
+    must_change_password: bool
+
+
+class Me(msgspec.Struct, frozen=True, kw_only=True):
+    user: str
+    role: str
+    expires_ns: int
+    must_change_password: bool
+
+
+class PasswordChange(msgspec.Struct, frozen=True, kw_only=True):
+    old_password: str
+    new_password: str
+
+
+class NewUser(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    role: Role
+    password: str | None = None  # None: a random one is made and returned once
+
+
+class UserView(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    role: str
+    must_change_password: bool
+    password: str | None = None  # only in the answer to its creation, when generated
+
+
+class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
+    target: str  # switch mRID
+    closed: bool
+
+
+class SetpointRequest(msgspec.Struct, frozen=True, kw_only=True):
+    target: str  # generator mRID
+    p_mw: float | None = None  # active power limit; None: none
+    q_mvar: float | None = None
+
+
+class BusView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    vn_kv: float
+    v_min_pu: float
+    v_max_pu: float
+    x: float
+    y: float
+
+
+class BranchView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    kind: str  # "line" or "transformer"
+    from_bus: str
+    to_bus: str
+    switches: list[str]  # switches at its ends
+
+
+class SwitchView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    bus: str
+    element: str
+    element_kind: str
+    closed: bool
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    grid: str
+    layout: str  # "geographic" or "computed"
+    buses: list[BusView]
+    branches: list[BranchView]
+    switches: list[SwitchView]
+    loads: dict[str, str]  # load id -> bus
+    generators: dict[str, str]  # generator id -> bus
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    bus_connected: bool
+
+
+# -- authentication ---------------------------------------------------------------------------
+def _session(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
+    tokens: Tokens = connection.app.state.tokens
+    header = connection.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else connection.cookies.get(COOKIE)
+    if not token:
+        raise NotAuthorizedException("not logged in: POST /api/auth/login first")
+    try:
+        return tokens.check(token)
+    except AuthError as exc:
+        raise NotAuthorizedException(str(exc)) from None
+
+
+def _role(needed: Role, *, fresh_password: bool = True) -> Any:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        session = _session(connection)
+        if fresh_password and session.must_change:
+            raise PermissionDeniedException(
+                "change your one-time password first: POST /api/auth/password"
+            )
+        if not session.role.allows(needed):
+            raise PermissionDeniedException(
+                f"{session.user} is {session.role}; this needs the {needed} role"
+            )
+        connection.state.gp_session = session
+
+    return guard
+
+
+VIEWER = [_role(Role.VIEWER)]
+OPERATOR = [_role(Role.OPERATOR)]
+ADMIN = [_role(Role.ADMIN)]
+LOGGED_IN = [_role(Role.VIEWER, fresh_password=False)]
+
+
+def who(request: Request[Any, Any, Any]) -> Session:
+    session: Session = request.state.gp_session  # set by the route's guard
+    return session
+
+
+def bridge(request: Request[Any, Any, Any] | WebSocket[Any, Any, Any]) -> Bridge:
+    b: Bridge = request.app.state.bridge
+    return b
+
+
+async def _audit(
+    request: Request[Any, Any, Any],
+    grid: str,
+    action: str,
+    target: str,
+    *,
+    ok: bool = True,
+    error: str = "",
+    **detail: Any,
+) -> None:
+    session = who(request)
+    await bridge(request).audit(
+        s.AuditRecord(
+            grid=grid,
+            t_ns=time.time_ns(),
+            user=session.user,
+            role=session.role,
+            action=action,
+            target=target,
+            detail=detail,
+            ok=ok,
+            error=error,
+        )
+    )
+
+
+# -- routes -----------------------------------------------------------------------------------
+@get("/api/health", tags=["platform"])
+async def health(request: Request[Any, Any, Any]) -> Health:
+    """Liveness and readiness for probes: no login needed."""
+    return Health(ok=True, bus_connected=bridge(request).nc.is_connected)
+
+
+def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginReply]:
+    """A new session for ``user``: the token in the answer and as an HttpOnly cookie."""
+    token, session = request.app.state.tokens.issue(user)
+    reply = LoginReply(
+        user=user.name,
+        role=user.role,
+        token=token,
+        expires_ns=session.expires_ns,
+        must_change_password=user.must_change,
+    )
+    cookie = Cookie(
+        key=COOKIE,
+        value=token,
+        httponly=True,
+        samesite="strict",
+        max_age=(session.expires_ns - time.time_ns()) // 10**9,
+        path="/",
+    )
+    return Response(reply, cookies=[cookie])
+
+
+@post("/api/auth/login", tags=["auth"])
+async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginReply]:
+    users: UserStore = request.app.state.users
+    user = await asyncio.to_thread(users.verify, data.user, data.password)
+    if user is None:
+        raise NotAuthorizedException("wrong user name or password")
+    return _signed_in(request, user)
+
+
+@post("/api/auth/logout", tags=["auth"], status_code=204)
+async def logout() -> Response[None]:
+    return Response(None, status_code=204, cookies=[Cookie(key=COOKIE, value="", max_age=0)])
+
+
+@get("/api/auth/me", tags=["auth"], guards=LOGGED_IN)
+async def me(request: Request[Any, Any, Any]) -> Me:
+    session = who(request)
+    return Me(
+        user=session.user,
+        role=session.role,
+        expires_ns=session.expires_ns,
+        must_change_password=session.must_change,
+    )
+
+
+@post("/api/auth/password", tags=["auth"], guards=LOGGED_IN, status_code=200)
+async def change_password(
+    request: Request[Any, Any, Any], data: PasswordChange
+) -> Response[LoginReply]:
+    """Change one's own password; the answer carries a new session (old tokens stop working)."""
+    users: UserStore = request.app.state.users
+    session = who(request)
+    if await asyncio.to_thread(users.verify, session.user, data.old_password) is None:
+        raise PermissionDeniedException("the old password is wrong")
+    try:
+        user = await asyncio.to_thread(users.set_password, session.user, data.new_password)
+    except ConfigError as exc:
+        raise ValidationException(str(exc)) from None
+    return _signed_in(request, user)
+
+
+@get("/api/users", tags=["users"], guards=ADMIN)
+async def list_users(request: Request[Any, Any, Any]) -> list[UserView]:
+    users: UserStore = request.app.state.users
+    return [
+        UserView(name=u.name, role=u.role, must_change_password=u.must_change) for u in users.list()
+    ]
+
+
+@post("/api/users", tags=["users"], guards=ADMIN, status_code=201)
+async def add_user(request: Request[Any, Any, Any], data: NewUser) -> UserView:
+    users: UserStore = request.app.state.users
+    try:
+        password = await asyncio.to_thread(
+            users.add, data.name, data.role, data.password, must_change=data.password is None
+        )
+    except ConfigError as exc:
+        raise ValidationException(str(exc)) from None
+    await _audit(request, request.app.state.grid, "user_add", data.name, role=data.role)
+    generated = password if data.password is None else None
+    return UserView(
+        name=data.name, role=data.role, must_change_password=generated is not None,
+        password=generated,
+    )  # fmt: skip
+
+
+@delete("/api/users/{name:str}", tags=["users"], guards=ADMIN, status_code=204)
+async def remove_user(request: Request[Any, Any, Any], name: str) -> None:
+    users: UserStore = request.app.state.users
+    if users.get(name) is None:
+        raise NotFoundException(f"no user {name!r}")
+    try:
+        await asyncio.to_thread(users.remove, name)
+    except ConfigError as exc:
+        raise ValidationException(str(exc)) from None
+    await _audit(request, request.app.state.grid, "user_remove", name)
+
+
+@get("/api/services", tags=["platform"], guards=VIEWER)
+async def services(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    """Every service's latest heartbeat: state, age, counters."""
+    return bridge(request).services()
+
+
+@get("/api/grids", tags=["grid"], guards=VIEWER)
+async def grids(request: Request[Any, Any, Any]) -> list[str]:
+    return await bridge(request).grids()
+
+
+@get("/api/grids/{grid:str}/topology", tags=["grid"], guards=VIEWER)
+async def topology(request: Request[Any, Any, Any], grid: str) -> Topology:
+    """Buses with diagram positions, branches, switches with their present state."""
+    pkg = await bridge(request).package(grid)
+    model = pkg.model
+    xy, kind = layout(model)
+    closed = bridge(request).switch_states(pkg)
+    at_branch: dict[str, list[str]] = {}
+    for sw in model.switches:
+        if sw.element_kind != "bus":
+            at_branch.setdefault(sw.element, []).append(sw.id)
+    branches = [
+        BranchView(
+            id=ln.id, name=ln.name, kind="line", from_bus=ln.from_bus, to_bus=ln.to_bus,
+            switches=at_branch.get(ln.id, []),
+        )
+        for ln in model.lines
+    ] + [
+        BranchView(
+            id=t.id, name=t.name, kind="transformer", from_bus=t.hv_bus, to_bus=t.lv_bus,
+            switches=at_branch.get(t.id, []),
+        )
+        for t in model.transformers
+    ]  # fmt: skip
+    return Topology(
+        grid=model.name,
+        layout=kind,
+        buses=[
+            BusView(
+                id=b.id,
+                name=b.name,
+                vn_kv=b.vn_kv,
+                v_min_pu=b.v_min_pu,
+                v_max_pu=b.v_max_pu,
+                x=xy[b.id][0],
+                y=xy[b.id][1],
+            )
+            for b in model.buses
+        ],
+        branches=branches,
+        switches=[
+            SwitchView(
+                id=sw.id,
+                name=sw.name,
+                bus=sw.bus,
+                element=sw.element,
+                element_kind=sw.element_kind,
+                closed=closed.get(sw.id, sw.closed),
+            )
+            for sw in model.switches
+        ],
+        loads={ld.id: ld.bus for ld in model.loads},
+        generators={g.id: g.bus for g in model.generators},
+    )
+
+
+@get("/api/grids/{grid:str}/estimate", tags=["grid"], guards=VIEWER)
+async def estimate(request: Request[Any, Any, Any], grid: str) -> s.StateEstimate:
+    est = await bridge(request).estimate(grid)
+    if est is None:
+        raise NotFoundException(f"no state estimate for {grid} yet: is state_estimation running?")
+    return est
+
+
+@get("/api/grids/{grid:str}/measurements", tags=["grid"], guards=VIEWER)
+async def measurements(request: Request[Any, Any, Any], grid: str) -> list[s.MeasurementSet]:
+    """The latest report of every field device of the grid."""
+    await bridge(request).package(grid)
+    latest = bridge(request).devices.get(grid, {})
+    return [latest[k] for k in sorted(latest)]
+
+
+@get("/api/grids/{grid:str}/alarms", tags=["alarms"], guards=VIEWER)
+async def alarms(request: Request[Any, Any, Any], grid: str) -> list[s.Alarm]:
+    """The active alarms (raised, or cleared but not yet acknowledged)."""
+    return await bridge(request).alarms(grid)
+
+
+@post("/api/grids/{grid:str}/alarms/{alarm_id:str}/ack", tags=["alarms"], guards=OPERATOR)
+async def acknowledge(request: Request[Any, Any, Any], grid: str, alarm_id: str) -> s.Reply:
+    await bridge(request).package(grid)
+    user = who(request).user
+    ack = s.AckRequest(alarm_id=alarm_id, user=user)
+    reply = await bridge(request).request(subjects.ALARM_ACK, grid, ack, s.Reply)
+    await _audit(request, grid, "alarm_ack", alarm_id, ok=reply.ok, error=reply.error)
+    if not reply.ok:
+        raise NotFoundException(reply.error)
+    return reply
+
+
+@get("/api/grids/{grid:str}/history", tags=["history"], guards=VIEWER)
+async def history(
+    request: Request[Any, Any, Any],
+    grid: str,
+    mrid: str,
+    quantity: str = "v_pu",
+    kind: str = "est",
+    source: str = "",
+    t_from_ns: int | None = None,
+    t_to_ns: int | None = None,
+    bucket_s: int = 0,
+    limit: int = 10_000,
+) -> s.HistoryReply:
+    """One series from the historian: raw values (bucket_s 0) or min/avg/max per bucket.
+    The range defaults to the last hour."""
+    await bridge(request).package(grid)
+    now = time.time_ns()
+    query = s.HistoryQuery(
+        series=[s.SeriesRef(kind=kind, mrid=mrid, quantity=quantity, source=source)],
+        t_from_ns=now - 3600 * 10**9 if t_from_ns is None else t_from_ns,
+        t_to_ns=now if t_to_ns is None else t_to_ns,
+        bucket_s=bucket_s,
+        limit=limit,
+    )
+    reply = await bridge(request).request(subjects.HISTORY_QUERY, grid, query, s.HistoryReply)
+    if not reply.ok:
+        raise ValidationException(reply.error)
+    return reply
+
+
+async def _command(request: Request[Any, Any, Any], cmd: s.Command) -> s.CommandResult:
+    result = await bridge(request).command(cmd)
+    await _audit(
+        request,
+        cmd.grid,
+        cmd.kind,
+        cmd.target,
+        ok=result.ok,
+        error=result.error,
+        command_id=cmd.id,
+        closed=cmd.closed,
+        p_mw=cmd.p_mw,
+        q_mvar=cmd.q_mvar,
+        executed_by=result.executed_by,
+    )
+    return result
+
+
+@post("/api/grids/{grid:str}/commands/switch", tags=["commands"], guards=OPERATOR, status_code=200)
+async def switch(
+    request: Request[Any, Any, Any], grid: str, data: SwitchRequest
+) -> s.CommandResult:
+    """Open or close a switch; answers with the executor's result (after select-before-operate
+    at the RTU), which the diagram also receives live."""
+    pkg = await bridge(request).package(grid)
+    if data.target not in {sw.id for sw in pkg.model.switches}:
+        raise NotFoundException(f"no switch {data.target!r} in {grid}")
+    cmd = s.Command(
+        id=bridge(request).new_command_id(),
+        grid=grid,
+        kind=s.CommandKind.SWITCH,
+        target=data.target,
+        issued_by=who(request).user,
+        t_ns=time.time_ns(),
+        closed=data.closed,
+    )
+    return await _command(request, cmd)
+
+
+@post(
+    "/api/grids/{grid:str}/commands/setpoint", tags=["commands"], guards=OPERATOR, status_code=200
+)
+async def setpoint(
+    request: Request[Any, Any, Any], grid: str, data: SetpointRequest
+) -> s.CommandResult:
+    """Set a DER's active power limit and reactive power."""
+    pkg = await bridge(request).package(grid)
+    if data.target not in {g.id for g in pkg.model.generators}:
+        raise NotFoundException(f"no generator {data.target!r} in {grid}")
+    cmd = s.Command(
+        id=bridge(request).new_command_id(),
+        grid=grid,
+        kind=s.CommandKind.DER_SETPOINT,
+        target=data.target,
+        issued_by=who(request).user,
+        t_ns=time.time_ns(),
+        p_mw=data.p_mw,
+        q_mvar=data.q_mvar,
+    )
+    return await _command(request, cmd)
+
+
+@post("/api/grids/{grid:str}/training/inject", tags=["training"], guards=OPERATOR, status_code=200)
+async def inject(request: Request[Any, Any, Any], grid: str, data: s.InjectRequest) -> s.Reply:
+    """Disturb the digital twin for operator training: a gross measurement error, a
+    communication outage, or clear them all."""
+    await bridge(request).package(grid)
+    reply = await bridge(request).request(subjects.SIM_INJECT, grid, data, s.Reply)
+    await _audit(
+        request, grid, "inject", data.source, ok=reply.ok, error=reply.error, kind=data.kind,
+        mrid=data.mrid, error_value=data.error, duration_s=data.duration_s,
+    )  # fmt: skip
+    if not reply.ok:
+        raise ValidationException(reply.error)
+    return reply
+
+
+@websocket("/api/grids/{grid:str}/live")
+async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
+    """Live updates as JSON messages: {"type": "estimate"|"alarm"|"topology"|"command_result"|
+    "services", ...}. Estimates come at most twice a second (the latest wins). Refused with
+    close code 4401 without a valid session, 4404 for an unknown grid."""
+    try:
+        _session(socket)
+        await bridge(socket).package(grid)
+    except (NotAuthorizedException, NotFound) as exc:
+        code = 4401 if isinstance(exc, NotAuthorizedException) else 4404
+        await socket.close(code=code, reason=str(exc)[:120])
+        return
+    await socket.accept()
+    b = bridge(socket)
+    client = b.connect(grid)
+    est = b.estimates.get(grid)
+    if est is not None:
+        client.estimate = compact_estimate(est)
+    next_estimate = next_services = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            while not client.queue.empty():
+                await socket.send_json(client.queue.get_nowait())
+            if client.estimate is not None and now >= next_estimate:
+                await socket.send_json(client.estimate)
+                client.estimate = None
+                next_estimate = now + 1.0 / LIVE_ESTIMATES_PER_S
+            if now >= next_services:
+                await socket.send_json({"type": "services", "services": b.services()})
+                next_services = now + 2.0
+            client.wake.clear()
+            timeout = max(0.05, min(next_estimate, next_services) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.wake.wait(), timeout)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        b.disconnect(client)
+
+
+# -- errors -----------------------------------------------------------------------------------
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    detail: dict[str, Any] = {"status_code": 422, "detail": exc.detail}
+    if exc.extra:
+        detail["extra"] = exc.extra
+    return Response(detail, status_code=422)
+
+
+def _not_found(_: Request[Any, Any, Any], exc: NotFound) -> Response[dict[str, Any]]:
+    return Response({"status_code": 404, "detail": str(exc)}, status_code=404)
+
+
+def _unavailable(_: Request[Any, Any, Any], exc: Unavailable) -> Response[dict[str, Any]]:
+    return Response({"status_code": 503, "detail": str(exc)}, status_code=503)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    # a body that is not JSON at all is as malformed as one with wrong fields: 422 for both
+    status = 422 if exc.status_code == 400 else exc.status_code
+    return Response({"status_code": status, "detail": exc.detail}, status_code=status)
+
+
+def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return Response(
+        {"status_code": 500, "detail": f"internal error ({type(exc).__name__}); see the web log"},
+        status_code=500,
+    )
+
+
+def _log_exception(exc: Exception, scope: Any) -> None:
+    if not isinstance(exc, HTTPException | NotFound | Unavailable | WebSocketDisconnect):
+        log.error("request failed: %r", exc, exc_info=exc, extra={"path": scope.get("path")})
+
+
+def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -> Litestar:
+    routes: list[Any] = [
+        health, login, logout, me, change_password, list_users, add_user, remove_user,
+        services, grids, topology, estimate, measurements, alarms, acknowledge, history,
+        switch, setpoint, inject, live,
+    ]  # fmt: skip
+    if STATIC.is_dir():
+        routes.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True))
+    app = Litestar(
+        route_handlers=routes,
+        openapi_config=OpenAPIConfig(
+            title="GridPilot API",
+            version="0.1.0",
+            description=__doc__,
+            path="/api/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer"),
+                    "cookie": SecurityScheme(
+                        type="apiKey", name=COOKIE, security_scheme_in="cookie"
+                    ),
+                }
+            ),
+            security=[{"bearer": []}, {"cookie": []}],
+        ),
+        exception_handlers={
+            ValidationException: _validation,
+            NotFound: _not_found,
+            Unavailable: _unavailable,
+            HTTPException: _http,
+            Exception: _internal,
+        },
+        request_max_body_size=1_000_000,
+        logging_config=None,  # the service's JSON log lines, not Litestar's own format
+        after_exception=[_log_exception],
+    )
+    app.state.bridge = bridge
+    app.state.users = users
+    app.state.tokens = tokens
+    app.state.grid = grid
+    return app

@@ -1,0 +1,268 @@
+"""The web service's only window on the platform: the bus.
+
+It keeps what the operator screens show (models, the latest estimate, switch states, alarms,
+service heartbeats, the latest report of each device) from subscriptions and KV, fans live
+updates out to browser connections, and sends commands, acknowledgements, history queries and
+training injections on the operator's behalf. It holds no grid logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from gridpilot.core import schemas as s
+from gridpilot.core import subjects
+from gridpilot.core.errors import GridPilotError
+from gridpilot.model import distribution
+from gridpilot.model.distribution import GridPackage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=msgspec.Struct)
+
+COMMAND_TIMEOUT_S = 15.0
+REQUEST_TIMEOUT_S = 10.0
+LIVE_ESTIMATES_PER_S = 2.0  # to each browser: the latest estimate, at most this often
+
+
+class Unavailable(GridPilotError):
+    """The platform did not answer (a service down, the broker unreachable): HTTP 503."""
+
+
+class NotFound(GridPilotError):
+    """An unknown grid, switch, alarm...: HTTP 404."""
+
+
+@dataclass(eq=False)  # each connection is its own client (hashable by identity)
+class LiveClient:
+    """One browser connection of one grid: a small queue, and the newest estimate waiting."""
+
+    grid: str
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(256))
+    estimate: dict[str, Any] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+
+    def send(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1  # a stalled browser loses events, never the platform
+        self.wake.set()
+
+
+def compact_estimate(est: s.StateEstimate) -> dict[str, Any]:
+    """What the diagram needs of an estimate (the full one is at GET .../estimate)."""
+    out: dict[str, Any] = {
+        "type": "estimate",
+        "t_ns": est.t_ns,
+        "status": est.status,
+        "message": est.message,
+        "n_measurements": est.n_measurements,
+        "missing_sources": est.missing_sources,
+        "bad_data": [b.sensor for b in est.bad_data],
+    }
+    if est.buses is not None:
+        out["bus_id"] = est.buses.id
+        out["v_pu"] = [round(v, 5) for v in est.buses.v_pu]
+    if est.branches is not None:
+        out["branch_id"] = est.branches.id
+        out["loading_pct"] = [round(v, 2) for v in est.branches.loading_pct]
+        out["p_from_mw"] = [round(v, 4) for v in est.branches.p_from_mw]
+    return out
+
+
+class Bridge:
+    def __init__(self, nc: Client, *, service: str = "web") -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.service = service
+        self.packages: dict[str, GridPackage] = {}
+        self.estimates: dict[str, s.StateEstimate] = {}
+        self.switches: dict[str, dict[str, bool]] = {}
+        self.heartbeats: dict[str, s.Heartbeat] = {}
+        self.devices: dict[str, dict[str, s.MeasurementSet]] = {}
+        self.clients: set[LiveClient] = set()
+        self._results: dict[str, asyncio.Future[s.CommandResult]] = {}
+        self.counters: dict[str, int] = {"dropped_bad_payload": 0}
+
+    async def start(self) -> None:
+        subs: list[tuple[str, Callable[[Msg], Awaitable[None]]]] = [
+            (subjects.STATE.wildcard(), self._on_state),
+            (subjects.TOPOLOGY.wildcard(), self._on_topology),
+            (subjects.ALARM.wildcard(), self._on_alarm),
+            (subjects.COMMAND_RESULT.wildcard(), self._on_result),
+            (subjects.HEARTBEAT.wildcard(), self._on_heartbeat),
+            (subjects.MEAS.wildcard(), self._on_meas),
+        ]
+        for subject, cb in subs:
+            await self.nc.subscribe(subject, cb=self._guarded(cb))
+
+    def _guarded(self, cb: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+        async def run(msg: Msg) -> None:
+            try:
+                await cb(msg)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.counters["dropped_bad_payload"] += 1
+                log.warning(
+                    "dropped bad message", extra={"subject": msg.subject, "reason": str(exc)[:200]}
+                )
+
+        return run
+
+    # -- what the screens read --------------------------------------------------------------
+    async def grids(self) -> list[str]:
+        try:
+            store = await self.js.object_store(distribution.BUCKET)
+            names = [o.name for o in await store.list()]
+        except Exception as exc:
+            raise Unavailable(f"cannot list the grids: {exc}") from None
+        return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
+
+    async def package(self, grid: str) -> GridPackage:
+        if grid not in self.packages:
+            if grid not in await self.grids():
+                raise NotFound(f"unknown grid {grid!r}")
+            self.packages[grid] = await distribution.fetch(self.nc, grid)
+        return self.packages[grid]
+
+    def switch_states(self, pkg: GridPackage) -> dict[str, bool]:
+        states = {sw.id: sw.closed for sw in pkg.model.switches}
+        states.update(self.switches.get(pkg.model.name, {}))
+        return states
+
+    async def estimate(self, grid: str) -> s.StateEstimate | None:
+        await self.package(grid)
+        if grid in self.estimates:
+            return self.estimates[grid]
+        with contextlib.suppress(Exception):  # no estimate yet
+            kv = await self.js.key_value("gp_state")
+            entry = await kv.get(grid)
+            est = s.decode(entry.value or b"", s.StateEstimate)
+            self.estimates[grid] = est
+            return est
+        return None
+
+    async def alarms(self, grid: str) -> list[s.Alarm]:
+        await self.package(grid)
+        try:
+            kv = await self.js.key_value("gp_alarms")
+            entry = await kv.get(grid)
+        except Exception:
+            return []  # no alarm table yet: no alarm
+        return msgspec.json.decode(entry.value or b"[]", type=list[s.Alarm])
+
+    # -- what the operator does -------------------------------------------------------------
+    async def command(self, cmd: s.Command) -> s.CommandResult:
+        """Store the command in GP_CMD (the executor picks it up) and wait for its result."""
+        future: asyncio.Future[s.CommandResult] = asyncio.get_running_loop().create_future()
+        self._results[cmd.id] = future
+        try:
+            await self.js.publish(
+                subjects.COMMAND.format(grid=cmd.grid, target=cmd.target), s.encode(cmd)
+            )
+            return await asyncio.wait_for(future, COMMAND_TIMEOUT_S)
+        except TimeoutError:
+            raise Unavailable(
+                f"no result for command {cmd.id} within {COMMAND_TIMEOUT_S:.0f} s: "
+                "is the gateway or simulator of this grid running?"
+            ) from None
+        finally:
+            self._results.pop(cmd.id, None)
+
+    async def request(
+        self, spec: subjects.SubjectSpec, grid: str, req: msgspec.Struct, reply: type[T]
+    ) -> T:
+        subject = spec.format(grid=grid)
+        try:
+            msg = await self.nc.request(subject, s.encode(req), timeout=REQUEST_TIMEOUT_S)
+        except Exception as exc:  # no responders, timeout, broker gone
+            who = " or ".join(spec.subscribers)
+            raise Unavailable(
+                f"no answer on {subject}: is {who} running for grid {grid}? ({exc!r})"
+            ) from None
+        return s.decode(msg.data, reply)
+
+    async def audit(self, record: s.AuditRecord) -> None:
+        try:
+            await self.js.publish(subjects.AUDIT.format(grid=record.grid), s.encode(record))
+        except Exception as exc:  # an action must not be lost silently from the trail
+            raise Unavailable(f"cannot write the audit trail: {exc!r}") from None
+
+    def new_command_id(self) -> str:
+        return f"web-{uuid.uuid4().hex[:12]}"
+
+    # -- live -------------------------------------------------------------------------------
+    def connect(self, grid: str) -> LiveClient:
+        client = LiveClient(grid=grid)
+        self.clients.add(client)
+        return client
+
+    def disconnect(self, client: LiveClient) -> None:
+        self.clients.discard(client)
+
+    def _fan_out(self, grid: str, event: dict[str, Any]) -> None:
+        for c in self.clients:
+            if c.grid == grid:
+                c.send(event)
+
+    async def _on_state(self, msg: Msg) -> None:
+        est = s.decode(msg.data, s.StateEstimate)
+        self.estimates[est.grid] = est
+        compact = compact_estimate(est)
+        for c in self.clients:
+            if c.grid == est.grid:
+                c.estimate = compact  # latest wins; the sender paces it
+                c.wake.set()
+
+    async def _on_topology(self, msg: Msg) -> None:
+        topo = s.decode(msg.data, s.SwitchState)
+        self.switches[topo.grid] = dict(topo.closed)
+        self._fan_out(topo.grid, {"type": "topology", "t_ns": topo.t_ns, "closed": topo.closed})
+
+    async def _on_alarm(self, msg: Msg) -> None:
+        alarm = s.decode(msg.data, s.Alarm)
+        self._fan_out(alarm.grid, {"type": "alarm", "alarm": msgspec.to_builtins(alarm)})
+
+    async def _on_result(self, msg: Msg) -> None:
+        result = s.decode(msg.data, s.CommandResult)
+        future = self._results.get(result.command_id)
+        if future is not None and not future.done():
+            future.set_result(result)
+        self._fan_out(
+            result.grid, {"type": "command_result", "result": msgspec.to_builtins(result)}
+        )
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        hb = s.decode(msg.data, s.Heartbeat)
+        self.heartbeats[hb.service] = hb
+
+    async def _on_meas(self, msg: Msg) -> None:
+        mset = s.decode(msg.data, s.MeasurementSet)
+        self.devices.setdefault(mset.grid, {})[mset.source] = mset
+
+    def services(self) -> list[dict[str, Any]]:
+        now = time.time_ns()
+        return [
+            {
+                "service": hb.service,
+                "grid": hb.grid,
+                "state": hb.state,
+                "heartbeat_age_s": round((now - hb.t_ns) / 1e9, 1),
+                "uptime_s": hb.uptime_s,
+                "pid": hb.pid,
+                "info": hb.info,
+                "counters": hb.counters,
+            }
+            for hb in sorted(self.heartbeats.values(), key=lambda h: h.service)
+        ]

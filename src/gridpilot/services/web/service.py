@@ -1,0 +1,92 @@
+"""The web service: the operator HMI and the REST/WebSocket API, served by uvicorn inside the
+service's own event loop, talking to the platform only through the bus."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from gridpilot.core.errors import ConfigError
+from gridpilot.core.service import Service
+from gridpilot.platform.broker import HTTP_PORT
+from gridpilot.services.web.api import create_app
+from gridpilot.services.web.bridge import Bridge
+from gridpilot.services.web.users import Tokens, UserStore
+
+
+def http_address() -> tuple[str, int]:
+    host = os.environ.get("GRIDPILOT_HTTP_HOST", "127.0.0.1")
+    text = os.environ.get("GRIDPILOT_HTTP_PORT", str(HTTP_PORT))
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"GRIDPILOT_HTTP_PORT must be a port number, not {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"GRIDPILOT_HTTP_PORT must be 0..65535, not {port}")
+    return host, port
+
+
+class WebService(Service):
+    name = "web"
+
+    async def setup(self) -> None:
+        users = UserStore(self.config.data_dir)
+        first = users.ensure_first_admin()
+        if first is not None:
+            # shown once, on the terminal of whoever started the service; never logged
+            print(
+                f"GridPilot: first start: user 'admin', one-time password {first} "
+                "(to be changed at the first login)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.bridge = Bridge(self.nc)
+        await self.bridge.start()
+        app = create_app(
+            bridge=self.bridge, users=users, tokens=Tokens(self.config.data_dir, users),
+            grid=self.grid,
+        )  # fmt: skip
+        host, port = http_address()
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+            ws_max_size=1 << 20,
+        )  # fmt: skip
+        self.server = _Server(config)
+        self.spawn(self._serve(), name="http")
+        self.info["http"] = f"http://{host}:{port}"
+        self.log.info("serving", extra={"http": f"http://{host}:{port}"})
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+            if not self.server.started:
+                host, port = http_address()
+                raise ConfigError(f"cannot serve HTTP on {host}:{port} (in use?)")
+        finally:
+            if self.server.started:  # stopped by the service: close sockets and connections
+                self.server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await self.server.shutdown()
+
+    async def heartbeat(self) -> None:
+        bridge = getattr(self, "bridge", None)
+        if bridge is not None:
+            self.info["live_clients"] = len(bridge.clients)
+            self.counters["dropped_bad_payload"] = bridge.counters["dropped_bad_payload"]
+        await super().heartbeat()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service handles SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def main(grid: str | None = None) -> int:
+    return WebService.main(grid=grid)

@@ -1,0 +1,268 @@
+"""Operators' accounts and sessions: roles, scrypt password hashes, signed expiring tokens.
+
+Users live in ``<data-dir>/users.json`` (mode 0600), written by ``gridpilot user add`` and by
+the web service; the file can be mounted read-only into a container. Passwords are hashed
+with scrypt (RFC 7914, in Python's standard library; N=2**15, r=8, p=1: about 30 ms and 32 MiB
+per check). The first admin is created at the first start with a random one-time password
+that must be changed at the first login; there is no default password.
+
+A session token is ``<base64 JSON claims>.<base64 HMAC-SHA256>`` signed with a random key in
+``<data-dir>/web_secret``; it expires after ``SESSION_S`` and is refused once its user is
+removed, renamed to another role or changes password (the claims carry the role and a
+password generation).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from gridpilot.core.errors import ConfigError
+
+USERS_FILE = "users.json"
+SECRET_FILE = "web_secret"
+SESSION_S = 8 * 3600  # one control-room shift
+MIN_PASSWORD = 10
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"  # reads everything
+    OPERATOR = "operator"  # also acknowledges alarms, switches, trains with the simulator
+    ADMIN = "admin"  # also manages users
+
+    def allows(self, needed: Role) -> bool:
+        order = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
+        return order.index(self) >= order.index(needed)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role
+    salt: str  # hex
+    hash: str  # hex
+    generation: int = 0  # bumped at every password change: older tokens stop working
+    must_change: bool = False  # a one-time password: only a password change is allowed
+    created_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user: str
+    role: Role
+    generation: int
+    expires_ns: int
+    must_change: bool
+
+
+class AuthError(Exception):
+    """Not logged in, or the token is no longer valid (HTTP 401)."""
+
+
+def _hash(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, maxmem=64 * 2**20, dklen=32, **_SCRYPT)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > 64 or not set(name) <= _NAME_OK:
+        raise ConfigError(
+            f"user name {name!r}: use 1-64 lower-case letters, digits, '_', '.' or '-'"
+        )
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise ConfigError(f"a password needs at least {MIN_PASSWORD} characters")
+    return password
+
+
+class UserStore:
+    """The users file, re-read when another process (``gridpilot user add``) changed it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / USERS_FILE
+        self._lock = threading.Lock()
+        self._users: dict[str, User] = {}
+        self._mtime_ns = -1
+
+    def _load(self) -> dict[str, User]:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._users, self._mtime_ns = {}, -1
+            return self._users
+        if mtime != self._mtime_ns:
+            try:
+                raw = json.loads(self.path.read_text())
+                users = {n: User(**{**u, "role": Role(u["role"])}) for n, u in raw.items()}
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(
+                    f"cannot read {self.path}: {exc}; fix it or remove it to start afresh"
+                ) from None
+            self._users, self._mtime_ns = users, mtime
+        return self._users
+
+    def _save(self, users: dict[str, User]) -> None:
+        data = {n: {**asdict(u), "role": u.role.value} for n, u in sorted(users.items())}
+        _write_private(self.path, json.dumps(data, indent=2) + "\n")
+        self._users, self._mtime_ns = users, self.path.stat().st_mtime_ns
+
+    def get(self, name: str) -> User | None:
+        with self._lock:
+            return self._load().get(name)
+
+    def list(self) -> list[User]:
+        with self._lock:
+            return sorted(self._load().values(), key=lambda u: u.name)
+
+    def add(
+        self, name: str, role: Role, password: str | None = None, *, must_change: bool = False
+    ) -> str:
+        """Create a user; returns the password (a random one when none is given)."""
+        check_name(name)
+        if password is None:
+            password = secrets.token_urlsafe(12)
+        check_password(password)
+        salt = secrets.token_bytes(16)
+        user = User(
+            name=name,
+            role=role,
+            salt=salt.hex(),
+            hash=_hash(password, salt).hex(),
+            must_change=must_change,
+            created_ns=time.time_ns(),
+        )
+        with self._lock:
+            users = dict(self._load())
+            if name in users:
+                raise ConfigError(f"user {name!r} exists; remove it first or pick another name")
+            users[name] = user
+            self._save(users)
+        return password
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            users = dict(self._load())
+            if name not in users:
+                raise ConfigError(f"no user {name!r}")
+            if (
+                users[name].role is Role.ADMIN
+                and sum(u.role is Role.ADMIN for u in users.values()) == 1
+            ):
+                raise ConfigError(f"{name!r} is the last admin; add another admin first")
+            del users[name]
+            self._save(users)
+
+    def set_password(self, name: str, password: str) -> User:
+        check_password(password)
+        with self._lock:
+            users = dict(self._load())
+            old = users.get(name)
+            if old is None:
+                raise ConfigError(f"no user {name!r}")
+            salt = secrets.token_bytes(16)
+            new = User(
+                name=name,
+                role=old.role,
+                salt=salt.hex(),
+                hash=_hash(password, salt).hex(),
+                generation=old.generation + 1,
+                must_change=False,
+                created_ns=old.created_ns,
+            )
+            users[name] = new
+            self._save(users)
+        return new
+
+    def verify(self, name: str, password: str) -> User | None:
+        """The user when the password is right; None otherwise (also for unknown names, after
+        the same amount of work, so the answer time does not tell which names exist)."""
+        user = self.get(name)
+        salt = bytes.fromhex(user.salt) if user else b"\0" * 16
+        digest = _hash(password, salt)
+        if user is None or not hmac.compare_digest(digest.hex(), user.hash):
+            return None
+        return user
+
+    def ensure_first_admin(self) -> str | None:
+        """Create user ``admin`` with a one-time password when there is no user at all;
+        returns that password (to be shown once), or None when users exist."""
+        with self._lock:
+            if self._load():
+                return None
+        return self.add("admin", Role.ADMIN, must_change=True)
+
+
+class Tokens:
+    """Signs and checks session tokens with the key in ``<data-dir>/web_secret``."""
+
+    def __init__(self, data_dir: Path, users: UserStore) -> None:
+        path = Path(data_dir) / SECRET_FILE
+        if not path.exists():
+            _write_private(path, secrets.token_hex(32) + "\n")
+        self._key = bytes.fromhex(path.read_text().strip())
+        self.users = users
+
+    def issue(self, user: User, *, now_ns: int | None = None) -> tuple[str, Session]:
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        session = Session(
+            user=user.name,
+            role=user.role,
+            generation=user.generation,
+            expires_ns=now_ns + SESSION_S * 10**9,
+            must_change=user.must_change,
+        )
+        claims = json.dumps(
+            {"u": session.user, "g": session.generation, "e": session.expires_ns},
+            separators=(",", ":"),
+        ).encode()
+        body = base64.urlsafe_b64encode(claims).rstrip(b"=")
+        sig = base64.urlsafe_b64encode(hmac.digest(self._key, body, "sha256")).rstrip(b"=")
+        return (body + b"." + sig).decode(), session
+
+    def check(self, token: str, *, now_ns: int | None = None) -> Session:
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        try:
+            body, sig = token.encode().split(b".")
+            want = base64.urlsafe_b64encode(hmac.digest(self._key, body, "sha256")).rstrip(b"=")
+            if not hmac.compare_digest(sig, want):
+                raise AuthError("bad session token: log in again")
+            claims = json.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))
+            name, generation, expires = str(claims["u"]), int(claims["g"]), int(claims["e"])
+        except AuthError:
+            raise
+        except (ValueError, KeyError, TypeError):
+            raise AuthError("malformed session token: log in again") from None
+        if expires < now_ns:
+            raise AuthError("session expired: log in again")
+        user = self.users.get(name)
+        if user is None or user.generation != generation:
+            raise AuthError("session no longer valid (user removed or password changed)")
+        return Session(
+            user=user.name,
+            role=user.role,
+            generation=generation,
+            expires_ns=expires,
+            must_change=user.must_change,
+        )
