@@ -156,33 +156,51 @@ class HistorianService(Service):
         )
         self._pull_subs.append(sub)
         self.log.info("consuming", extra={"stream": stream, "consumer": durable})
-        while True:
-            try:
-                msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            except (nats.js.errors.Error, nats.errors.Error) as exc:
-                # the broker restarting or the consumer briefly gone: try again shortly
-                self.counters["fetch_errors"] += 1
-                self.log.warning("fetch failed", extra={"consumer": durable, "error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            if not msgs:
-                continue
-            samples: list[Sample] = []
-            events: list[EventRow] = []
-            for msg in msgs:
+        # One batch is written while the next is fetched and mapped; batches are committed and
+        # acknowledged in order, so an AckAll never covers a batch that is not stored yet.
+        writing: tuple[asyncio.Task[None], list[Msg]] | None = None
+        try:
+            while True:
                 try:
-                    more_samples, more_events = to_rows(msg)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-                    self._drop(msg.subject, str(exc))
+                    msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    msgs = []
+                except (nats.js.errors.Error, nats.errors.Error) as exc:
+                    # the broker restarting or the consumer briefly gone: try again shortly
+                    self.counters["fetch_errors"] += 1
+                    self.log.warning("fetch failed", extra={"consumer": durable, "error": str(exc)})
+                    await asyncio.sleep(1.0)
                     continue
-                samples.extend(more_samples)
-                events.extend(more_events)
-            await self._store(samples, events)
-            await msgs[-1].ack()  # AckAll: the whole batch, now that it is committed
-            self.counters["msgs_stored"] += len(msgs)
-            self.counters["msgs_in"] += len(msgs)
+                samples, events = self._rows(msgs, to_rows) if msgs else ([], [])
+                if writing is not None:
+                    await self._acknowledge(*writing)
+                    writing = None
+                if msgs:
+                    writing = (asyncio.create_task(self._store(samples, events)), msgs)
+        finally:
+            if writing is not None:
+                writing[0].cancel()  # not acknowledged: delivered again, skipped if stored
+
+    def _rows(
+        self, msgs: list[Msg], to_rows: Callable[[Msg], tuple[list[Sample], list[EventRow]]]
+    ) -> tuple[list[Sample], list[EventRow]]:
+        samples: list[Sample] = []
+        events: list[EventRow] = []
+        for msg in msgs:
+            try:
+                more_samples, more_events = to_rows(msg)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+                self._drop(msg.subject, str(exc))
+                continue
+            samples.extend(more_samples)
+            events.extend(more_events)
+        return samples, events
+
+    async def _acknowledge(self, write: asyncio.Task[None], msgs: list[Msg]) -> None:
+        await write
+        await msgs[-1].ack()  # AckAll: the whole batch, now that it is committed
+        self.counters["msgs_stored"] += len(msgs)
+        self.counters["msgs_in"] += len(msgs)
 
     async def _store(self, samples: list[Sample], events: list[EventRow]) -> None:
         if not samples and not events:
