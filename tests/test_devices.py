@@ -68,3 +68,22 @@ def test_duplicate_ioa_and_port(tmp_path: Path, setup: tuple) -> None:  # type: 
     with pytest.raises(ConfigError, match="IOA is used twice") as info:
         load_registry(path, placement, model)
     assert "14712 is already" in str(info.value)
+
+
+@pytest.mark.slow
+def test_the_largest_grid_gets_a_valid_registry() -> None:
+    """mvlv_rural (5,479 buses, 10,968 switches): channel names stay unique within 16
+    characters; its 294 medium-voltage switches are remotely controlled, low-voltage ones only
+    where an RTU measures anyway."""
+    model = grid("mvlv_rural")
+    placement = default_placement(model)
+    registry = default_registry(placement, model)
+    assert validate_registry(registry, placement, model) == []
+    for pmu in registry.pmu:
+        names = [c.channel for c in pmu.channels]
+        assert len(set(names)) == len(names) and max(map(len, names)) <= 16
+    kv = {b.id: b.vn_kv for b in model.buses}
+    remote = {c.switch for r in registry.rtu for c in r.commands}
+    mv = {s.id for s in model.switches if kv[s.bus] >= 1.0}
+    assert remote >= mv and len(mv) == 294 and len(remote) < 1000
+    assert len(registry.rtu) < 200  # not one TCP server per low-voltage switch

@@ -435,6 +435,24 @@ async def test_disconnected_pmu_and_rtu_are_marked_missing_and_reconnected(
     await states.wait_for(lambda s: s[-1].n_measurements == full, within_s=10)
 
 
+async def test_clearing_injections_ends_a_long_comm_outage(
+    platform: Callable[..., Service], admin_nc: Client
+) -> None:
+    platform(SimulatorService)
+    gw = platform(Iec104GatewayService)
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=gw.name), Heartbeat)
+
+    def down(b: list[Heartbeat]) -> int:
+        return int(b[-1].info.get("rtus", 0)) - int(b[-1].info.get("rtus_started", 0))
+
+    await beats.wait_for(lambda b: bool(b) and down(b) == 0, within_s=20)
+    req = InjectRequest(kind=InjectionKind.COMM_OUTAGE, source="rtu_trafo_0_1", duration_s=3600)
+    assert (await inject(admin_nc, req)).ok
+    await beats.wait_for(lambda b: down(b) == 1)
+    assert (await inject(admin_nc, InjectRequest(kind=InjectionKind.CLEAR))).ok
+    await beats.wait_for(lambda b: down(b) == 0, within_s=10)  # back long before the hour
+
+
 async def test_field_protocols_meters_over_mqtt_and_der_over_modbus(
     platform: Callable[..., Service], admin_nc: Client
 ) -> None:

@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one service in this process")
     run.add_argument("service")
-    run.add_argument("--grid", default=None)
+    run.add_argument(
+        "--grid",
+        default=None,
+        help="the grid (default: GRIDPILOT_GRID); state_estimation also takes 'all': share "
+        "every grid on the bus with the other instances started so",
+    )
 
     st = sub.add_parser("status", help="every service with its state and heartbeat age")
     st.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -208,6 +213,9 @@ async def _status(args: argparse.Namespace) -> int:
             rows.append(
                 {
                     "service": hb.service,
+                    # the instances of a service sharing its grids beat under service.<instance>
+                    "name": key,
+                    "instance": hb.instance,
                     "grid": hb.grid,
                     "state": hb.state.value,
                     "pid": hb.pid,
@@ -225,11 +233,12 @@ async def _status(args: argparse.Namespace) -> int:
     if not rows:
         print("no service has reported yet")
         return 1
-    print(f"{'service':18s} {'grid':10s} {'state':9s} {'pid':>7s} {'heartbeat':>10s}  info")
+    width = max(18, *(len(r["name"]) for r in rows))
+    print(f"{'service':{width}s} {'grid':10s} {'state':9s} {'pid':>7s} {'heartbeat':>10s}  info")
     for r in rows:
         info = ", ".join(f"{k}={v}" for k, v in r["info"].items())
         print(
-            f"{r['service']:18s} {r['grid']:10s} {r['state']:9s} {r['pid']:>7d} "
+            f"{r['name']:{width}s} {r['grid']:10s} {r['state']:9s} {r['pid']:>7d} "
             f"{r['heartbeat_age_s']:>9.1f}s  {info}"
         )
     return 0

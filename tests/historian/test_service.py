@@ -300,7 +300,10 @@ async def test_sigkill_during_ingest_loses_nothing_and_duplicates_nothing(
                 proc = run_historian(nats_server, credentials[HISTORIAN], grid, tmp_path, db_url)
         store = open_store(db_url)
         try:
-            await until(lambda: store.count_samples(grid) >= n, within_s=60)
+            try:
+                await until(lambda: store.count_samples(grid) >= n, within_s=60)
+            except TimeoutError:
+                raise AssertionError(f"{store.count_samples(grid)} of {n} stored") from None
             await asyncio.sleep(1.0)  # anything redelivered late would show up as extra rows
             assert store.count_samples(grid) == n
             key = next(k for k in store.series(grid) if k.quantity == "bus.v_pu")

@@ -268,14 +268,33 @@ async def _reconcile(nc: Client, wanted: api.StreamConfig, create: bool) -> str 
     return f"updated {name} ({', '.join(changed)})"
 
 
+def cluster_peers(nc: Client) -> int:
+    """How many servers the connected one knows in its cluster (1 when it runs alone).
+
+    A clustered server lists every member's client URL in its INFO (``connect_urls``).
+    """
+    info = getattr(nc, "_server_info", None) or {}
+    if not info.get("cluster"):
+        return 1
+    return max(1, len(set(info.get("connect_urls") or ())))
+
+
+def replicas(nc: Client) -> int:
+    """The replication factor for new streams and buckets: three copies where the cluster
+    has the servers, else one per server (a single server allows only one)."""
+    return min(3, cluster_peers(nc))
+
+
 async def ensure_jetstream(nc: Client) -> list[str]:
     """Create every stream, KV bucket and object store of the catalogue; idempotent.
 
     Existing ones whose settings drifted from the catalogue are updated. Returns what changed
-    (empty when everything was already in place).
+    (empty when everything was already in place). New ones get :func:`replicas` copies; the
+    replication of existing ones is left as it is.
     """
     js = nc.jetstream()
     changes: list[str] = []
+    num_replicas = replicas(nc)
     for spec in subjects.STREAMS:
         wanted = api.StreamConfig(
             name=spec.name,
@@ -285,6 +304,7 @@ async def ensure_jetstream(nc: Client) -> list[str]:
             max_age=spec.max_age_s,
             max_bytes=spec.max_bytes,
             duplicate_window=min(120.0, spec.max_age_s),
+            num_replicas=num_replicas,
         )
         change = await _reconcile(nc, wanted, create=True)
         if change:
@@ -298,8 +318,10 @@ async def ensure_jetstream(nc: Client) -> list[str]:
                     bucket=bucket.name,
                     description=bucket.description,
                     history=bucket.history,
+                    ttl=bucket.ttl_s,
                     storage=api.StorageType.FILE,
                     direct=True,  # readers' permissions allow DIRECT.GET only
+                    replicas=num_replicas,
                 )
             )
             changes.append(f"created KV {bucket.name}")
@@ -309,6 +331,7 @@ async def ensure_jetstream(nc: Client) -> list[str]:
             subjects=[f"$KV.{bucket.name}.>"],
             description=bucket.description,
             max_msgs_per_subject=bucket.history,
+            max_age=bucket.ttl_s,
             allow_direct=True,
         )
         change = await _reconcile(nc, kv_wanted, create=False)
@@ -320,7 +343,11 @@ async def ensure_jetstream(nc: Client) -> list[str]:
         except nats.js.errors.BucketNotFoundError:
             await js.create_object_store(
                 store.name,
-                api.ObjectStoreConfig(description=store.description, storage=api.StorageType.FILE),
+                api.ObjectStoreConfig(
+                    description=store.description,
+                    storage=api.StorageType.FILE,
+                    replicas=num_replicas,
+                ),
             )
             changes.append(f"created object store {store.name}")
     for change in changes:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from gridpilot.core import schemas as s
@@ -72,7 +73,7 @@ class Service:
         handler: Callable[[T, Msg], Awaitable[None]],
         *,
         queue: str = "",
-    ) -> None:
+    ) -> Subscription:
         """Subscribe with decoding; a message that does not fit ``payload`` is counted, dropped."""
         decoder = msgspec.json.Decoder(payload)
 
@@ -94,7 +95,7 @@ class Service:
                 self.counters["handler_errors"] += 1
                 self.log.exception("handler failed", extra={"subject": msg.subject})
 
-        await self.nc.subscribe(subject, cb=on_msg, queue=queue)
+        return await self.nc.subscribe(subject, cb=on_msg, queue=queue)
 
     async def reply(self, msg: Msg, obj: msgspec.Struct) -> None:
         await msg.respond(s.encode(obj))
@@ -138,6 +139,11 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def heartbeat_key(self) -> str:
+        """The service's key in KV gp_services; instances that share work need one each."""
+        return self.name
+
     async def heartbeat(self) -> None:
         if self._kv_services is None:
             with contextlib.suppress(Exception):
@@ -157,7 +163,7 @@ class Service:
         await self.nc.publish(subjects.HEARTBEAT.format(service=self.name), data)
         if self._kv_services is not None:
             try:
-                await self._kv_services.put(self.name, data)
+                await self._kv_services.put(self.heartbeat_key, data)
             except Exception as exc:  # the broker may be restarting; the next beat retries
                 self.log.debug("heartbeat KV put failed", extra={"error": str(exc)})
 

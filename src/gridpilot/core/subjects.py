@@ -264,12 +264,26 @@ class BucketSpec:
     name: str
     description: str
     history: int = 1
+    ttl_s: float | None = None  # a key not rewritten within this many seconds disappears
 
+
+LEASES_TTL_S = 3.0
 
 BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec(name="gp_state", description="latest state estimate per grid (key: grid)"),
-    BucketSpec(name="gp_services", description="latest heartbeat per service (key: service)"),
+    BucketSpec(
+        name="gp_services",
+        description="latest heartbeat per service (key: service, or service.<instance> for "
+        "the instances of a service that shares its grids)",
+    ),
     BucketSpec(name="gp_alarms", description="active alarm table per grid (key: grid)"),
+    BucketSpec(
+        name="gp_leases",
+        description="which instance of a shared service owns what (key: se.<grid>) and which "
+        "instances are alive (key: member.<service>.<instance>); a key not renewed "
+        f"within {LEASES_TTL_S:g} s expires",
+        ttl_s=LEASES_TTL_S,
+    ),
 )
 
 OBJECT_STORES: tuple[BucketSpec, ...] = (

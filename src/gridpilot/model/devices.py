@@ -92,6 +92,20 @@ class DeviceRegistry(msgspec.Struct, frozen=True, kw_only=True):
     meter: list[Meter] = []
 
 
+REMOTE_CONTROL_MIN_KV = 1.0
+CHANNEL_NAME_LEN = 16  # CHNAM of IEEE C37.118.2 configuration frames
+
+
+def _channel_name(prefix: str, index: int, mrid: str) -> str:
+    """A C37.118 channel name (at most 16 characters) unique within its PMU: ``V_bus_6``, or
+    with the channel's index when the mRID is too long to fit whole (``I3_e_mv1_line_13``)."""
+    name = f"{prefix}_{mrid}"
+    if len(name) <= CHANNEL_NAME_LEN:
+        return name
+    head = f"{prefix}{index}_"
+    return head + mrid[-(CHANNEL_NAME_LEN - len(head)) :]
+
+
 def default_registry(
     placement: Placement, model: GridModel, *, host: str = "127.0.0.1"
 ) -> DeviceRegistry:
@@ -107,12 +121,12 @@ def default_registry(
         switches_at.setdefault(sw.bus, []).append(sw.id)
     for dev in placement.devices:
         if dev.kind is DeviceKind.PMU:
-            channels = []
+            channels: list[PmuChannel] = []
             for pt in dev.points:
                 if pt.measurand is Measurand.VOLTAGE:
                     channels.append(
                         PmuChannel(
-                            channel=f"V_{pt.mrid}"[:16],
+                            channel=_channel_name("V", len(channels), pt.mrid),
                             mrid=pt.mrid,
                             measurand=pt.measurand,
                             terminal=pt.terminal,
@@ -122,7 +136,7 @@ def default_registry(
                 else:
                     channels.append(
                         PmuChannel(
-                            channel=f"I_{pt.mrid}"[:16],
+                            channel=_channel_name("I", len(channels), pt.mrid),
                             mrid=pt.mrid,
                             measurand=pt.measurand,
                             terminal=pt.terminal,
@@ -190,10 +204,15 @@ def default_registry(
                     ],
                 )
             )
-    # Every switch is remotely controlled: switches at no RTU's station get a feeder RTU of
-    # their own, which only reports positions and takes commands.
+    # Every switch at a bus of 1 kV or more is remotely controlled: those at no RTU's station
+    # get a feeder RTU of their own (a ring main unit's), which only reports positions and
+    # takes commands. Low-voltage switches are operated on site (the twin carries out their
+    # commands itself): a rural grid has thousands, and no DSO automates them.
     commanded = {c.switch for r in rtus for c in r.commands}
+    vn_kv = {b.id: b.vn_kv for b in model.buses}
     for bus, sws in switches_at.items():
+        if vn_kv.get(bus, 0.0) < REMOTE_CONTROL_MIN_KV:
+            continue
         todo = [sw for sw in sws if sw not in commanded]
         if todo:
             rtus.append(

@@ -39,7 +39,8 @@ MODELS = "gp_models"
 STATE_KV = "gp_state"
 SERVICES_KV = "gp_services"
 ALARMS_KV = "gp_alarms"
-if not {STATE_KV, SERVICES_KV, ALARMS_KV} <= _BUCKETS or MODELS not in _OBJECT_STORES:
+LEASES_KV = "gp_leases"
+if not {STATE_KV, SERVICES_KV, ALARMS_KV, LEASES_KV} <= _BUCKETS or MODELS not in _OBJECT_STORES:
     raise ImportError("permissions.py names a bucket that core/subjects.py does not define")
 
 
@@ -80,6 +81,11 @@ def kv_watch(bucket: str) -> tuple[str, ...]:
     )
 
 
+def stream_last(stream: str) -> tuple[str, ...]:
+    """``js.get_last_msg(stream, subject)``: the last message of a subject (any subject)."""
+    return (f"{_API}.STREAM.MSG.GET.{stream}",)
+
+
 def object_get(bucket: str) -> tuple[str, ...]:
     """``js.object_store(bucket)`` then ``.get(name)``.
 
@@ -118,6 +124,9 @@ def _under(spec: sj.SubjectSpec) -> str:
     return spec.wildcard().rsplit(".", 1)[0] + ".>"
 
 
+# the stream that keeps the switch states reported (gp.*.topology)
+_CMD_STREAM = next(s.name for s in sj.STREAMS if sj.TOPOLOGY.wildcard() in s.subjects)
+
 # every history request: gp.*.request.history.>
 HISTORY_REQUESTS = sj.HISTORY_QUERY.wildcard().rsplit(".", 1)[0] + ".>"
 
@@ -144,8 +153,21 @@ PERMISSIONS: dict[str, Permissions] = {
         ),
         allow_responses=True,
     ),
+    # With --grid all its instances share the grids: leases (create, update, delete, get: all
+    # KV writes go to $KV.<bucket>.<key>) and membership keys in gp_leases, watched; one
+    # heartbeat key per instance; the grid list from gp_models (object_get covers listing).
     STATE_ESTIMATION: Permissions(
-        publish=_dedup(*_service(STATE_ESTIMATION), sj.STATE.wildcard(), *kv_put(STATE_KV, "*")),
+        publish=_dedup(
+            *_service(STATE_ESTIMATION),
+            sj.STATE.wildcard(),
+            *kv_put(STATE_KV, "*"),
+            *stream_last(_CMD_STREAM),
+            *kv_put(SERVICES_KV, f"{STATE_ESTIMATION}.*"),
+            *kv_put(LEASES_KV, "se.*"),
+            *kv_put(LEASES_KV, f"member.{STATE_ESTIMATION}.*"),
+            *kv_get(LEASES_KV, "se.*"),
+            *kv_watch(LEASES_KV),
+        ),
         subscribe=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), _INBOX),
     ),
     MONITORING: Permissions(
@@ -162,6 +184,7 @@ PERMISSIONS: dict[str, Permissions] = {
     VIEWER: Permissions(
         publish=_dedup(
             *(s for b in (SERVICES_KV, STATE_KV, ALARMS_KV) for s in (*kv_get(b), *kv_watch(b))),
+            *kv_get(SERVICES_KV, ">"),  # service.<instance> of the services sharing their grids
             *object_get(MODELS),
             HISTORY_REQUESTS,
         ),

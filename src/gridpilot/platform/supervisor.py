@@ -183,7 +183,9 @@ class Supervisor:
         except msgspec.MsgspecError:
             return
         child = self.children.get(hb.service)
-        if child is not None:
+        # only its own child's: instances started elsewhere (state_estimation --grid all) share
+        # the service name
+        if child is not None and child.proc is not None and child.proc.pid == hb.pid:
             child.heartbeat = hb
             child.heartbeat_at = time.monotonic()
 

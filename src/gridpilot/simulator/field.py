@@ -63,6 +63,7 @@ class FieldDevices:
         self.topology_changed = False
         self._cache: dict[str, tuple[float, dict[tuple[str, str, str], float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._outages: dict[str, asyncio.Future[None]] = {}  # device -> its reconnect
 
     async def start(self) -> None:
         model = self.twin.model
@@ -157,15 +158,27 @@ class FieldDevices:
         server = self._server_of.get(device)
         if server is None:
             return False
-        await (server.stop() if isinstance(server, PmuServer) else server.close())
+        if device in self._outages:  # a longer or shorter outage replaces the running one
+            self._outages.pop(device).cancel()
+        else:
+            await (server.stop() if isinstance(server, PmuServer) else server.close())
         log.info("device disconnected", extra={"device": device, "duration_s": duration_s})
-        self._tasks.append(asyncio.ensure_future(self._reconnect(device, server, duration_s)))
+        self._outages[device] = asyncio.ensure_future(self._reconnect(device, server, duration_s))
         return True
+
+    async def reconnect_all(self) -> None:
+        """End every communication outage now (the training page's 'clear')."""
+        for device, task in list(self._outages.items()):
+            task.cancel()
+            self._outages.pop(device, None)
+            await self._server_of[device].start()
+            log.info("device back (outage cleared)", extra={"device": device})
 
     async def _reconnect(
         self, device: str, server: PmuServer | RtuServer, duration_s: float
     ) -> None:
         await asyncio.sleep(duration_s / self.speed)
+        self._outages.pop(device, None)
         await server.start()
         log.info("device back", extra={"device": device})
 
@@ -178,7 +191,7 @@ class FieldDevices:
             await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._outages.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -96,6 +96,7 @@ class SimulatorService(Service):
         if req.kind is InjectionKind.CLEAR:
             self.twin.gross.clear()
             self.twin.outages.clear()
+            await self.field.reconnect_all()
         elif req.source not in known:
             await self.reply(msg, Reply(ok=False, error=f"unknown device {req.source!r}"))
             return

@@ -2,7 +2,7 @@
 
 For each stream (measurements, estimates, alarms, commands) the historian owns a durable pull
 consumer ``historian_<grid>_<stream>``. It fetches a batch, turns it into rows, writes them in
-one database transaction and only then acknowledges the batch (AckAll on the last message).
+one database transaction and only then acknowledges each of its messages.
 A crash between commit and ack redelivers the batch, and the store skips what it already has,
 so nothing is lost and nothing is stored twice. A message that cannot be decoded is counted,
 logged and acknowledged with its batch (it would never decode). When the database refuses a
@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 BATCH = 2000  # messages per fetch (and per transaction)
 FETCH_WAIT_S = 0.5
-ACK_WAIT_S = 60.0  # a batch not acknowledged by then is redelivered
+ACK_WAIT_S = 10.0  # unacknowledged (the historian died holding it): delivered again after this
 RETENTION_EVERY_S = 3600.0
 MAX_POINTS = 200_000  # per query reply, all series together
 DB_FILE = "historian.sqlite"
@@ -145,7 +145,9 @@ class HistorianService(Service):
     ) -> None:
         config = api.ConsumerConfig(
             durable_name=durable,
-            ack_policy=api.AckPolicy.ALL,
+            # Explicit, not AckAll: nats-py's fetch can drop messages that arrive as a pull
+            # request expires; AckAll on a later message would then acknowledge them unstored.
+            ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT_S,
             max_ack_pending=4 * BATCH,
             deliver_policy=api.DeliverPolicy.ALL,
@@ -156,8 +158,8 @@ class HistorianService(Service):
         )
         self._pull_subs.append(sub)
         self.log.info("consuming", extra={"stream": stream, "consumer": durable})
-        # One batch is written while the next is fetched and mapped; batches are committed and
-        # acknowledged in order, so an AckAll never covers a batch that is not stored yet.
+        # One batch is written while the next is fetched and mapped; a batch is acknowledged
+        # only once its transaction has committed.
         writing: tuple[asyncio.Task[None], list[Msg]] | None = None
         try:
             while True:
@@ -198,7 +200,8 @@ class HistorianService(Service):
 
     async def _acknowledge(self, write: asyncio.Task[None], msgs: list[Msg]) -> None:
         await write
-        await msgs[-1].ack()  # AckAll: the whole batch, now that it is committed
+        for msg in msgs:  # now that the batch is committed
+            await msg.ack()
         self.counters["msgs_stored"] += len(msgs)
         self.counters["msgs_in"] += len(msgs)
 

@@ -1,15 +1,39 @@
-"""The state-estimation service: measurements in, one estimate per snapshot out."""
+"""The state-estimation service: measurements in, one estimate per snapshot out.
+
+Started for one grid (``--grid NAME``, what ``gridpilot up`` runs) it estimates that grid.
+Started with ``--grid all`` it shares every grid in the object store ``gp_models`` with the
+other instances started so: a lease per grid in KV ``gp_leases`` makes each grid estimated by
+exactly one live instance; an instance holds at most its fair share (grids / live instances,
+rounded up) and takes over the grids of one that died once their leases expire.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import random
+import re
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
+import msgspec
+import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from gridpilot.core import subjects
-from gridpilot.core.schemas import MeasurementSet, MeasurementSnapshot, SwitchState, encode
+from gridpilot.core.errors import ConfigError
+from gridpilot.core.leases import Lease, Leases, LeaseView
+from gridpilot.core.schemas import (
+    MeasurementSet,
+    MeasurementSnapshot,
+    ServiceState,
+    SwitchState,
+    encode,
+)
 from gridpilot.core.service import Service
 from gridpilot.model import distribution
 from gridpilot.services.state_estimation.aligner import Aligner
@@ -18,75 +42,159 @@ from gridpilot.services.state_estimation.estimator import Estimator
 KV_EVERY_S = 1.0
 BACKLOG = 4  # snapshots queued beyond this are skipped: the latest state matters most
 
+SHARED = "all"  # the grid argument that makes an instance share every grid with the others
+INSTANCE_HEADER = "Gp-Instance"  # on every published estimate: the instance that made it
+LEASES_BUCKET = "gp_leases"
+LEASE_PREFIX = "se."  # + grid: who estimates the grid
+MEMBER_PREFIX = "member.state_estimation."  # + instance: this instance is alive
+TICK_S = 0.5  # renew leases, count members, release or claim grids this often
+GRIDS_EVERY_S = 2.0  # look for grids added to or removed from gp_models this often
+OP_TIMEOUT_S = 1.0  # a lease operation that takes longer has failed
+RETRY_GRID_S = 30.0  # a grid that failed to start is left to the others this long
+KV_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")  # what NATS accepts as a key
+CMD_STREAM = next(s.name for s in subjects.STREAMS if subjects.TOPOLOGY.wildcard() in s.subjects)
 
-class StateEstimationService(Service):
-    name = "state_estimation"
 
-    async def setup(self) -> None:
-        pkg = await distribution.fetch(self.nc, self.grid)
-        model, placement = pkg.model, pkg.placement
-        self.estimator = Estimator(model, placement)
-        self.aligner = Aligner(placement)
+class GridEstimation:
+    """One grid's pipeline: measurements and switch states in, aligner, estimator, estimates
+    out (``gp.<grid>.state`` and KV ``gp_state``). Runs until its task is cancelled.
+
+    ``may_publish`` (the lease still valid) is asked before every publication.
+    """
+
+    def __init__(
+        self,
+        svc: StateEstimationService,
+        grid: str,
+        *,
+        info: dict[str, int | float | str],
+        may_publish: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.svc = svc
+        self.grid = grid
+        self.info = info
+        self.may_publish = may_publish
+        self.active = True
         self.queue: deque[MeasurementSnapshot] = deque()
         self.wake = asyncio.Event()
         self.topology: dict[str, bool] | None = None
-        self.kv = await self.nc.jetstream().key_value("gp_state")
         self._kv_at = 0.0
         self._times: deque[float] = deque(maxlen=50)
-        self.log.info(
-            "model ready", extra={"model": model.summary(), "devices": len(placement.devices)}
+        self._subs: list[Subscription] = []
+        self.task: asyncio.Future[None] | None = None
+
+    async def start(self, pkg: distribution.GridPackage | None = None) -> None:
+        """Fetch the model (unless given), build the estimator, subscribe."""
+        svc = self.svc
+        if pkg is None:
+            pkg = await distribution.fetch(svc.nc, self.grid)
+        model, placement = pkg.model, pkg.placement
+        self.estimator = await asyncio.to_thread(Estimator, model, placement)
+        self.aligner = Aligner(placement)
+        self.kv = await svc.nc.jetstream().key_value("gp_state")
+        svc.log.info(
+            "model ready",
+            extra={"grid": self.grid, "model": model.summary(), "devices": len(placement.devices)},
         )
-        await self.subscribe(
-            subjects.MEAS.format(grid=self.grid, source="*"), MeasurementSet, self.on_measurements
+        self._subs.append(
+            await svc.subscribe(
+                subjects.MEAS.format(grid=self.grid, source="*"),
+                MeasurementSet,
+                self.on_measurements,
+            )
         )
-        await self.subscribe(
-            subjects.TOPOLOGY.format(grid=self.grid), SwitchState, self.on_topology
+        self._subs.append(
+            await svc.subscribe(
+                subjects.TOPOLOGY.format(grid=self.grid), SwitchState, self.on_topology
+            )
         )
-        self.spawn(self._poll(), name="aligner")
-        self.spawn(self._estimate_loop(), name="estimate")
+        await self._last_topology()
+
+    async def run(self) -> None:
+        """Start, then estimate until cancelled; unsubscribes on the way out."""
+        try:
+            await self.start()
+            await asyncio.gather(self.poll(), self.estimate_loop())
+        finally:
+            self.active = False
+            for sub in self._subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def stop(self) -> None:
+        """Publish nothing more from now on; unsubscribe and end the tasks."""
+        self.active = False
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    async def _last_topology(self) -> None:
+        """Start from the switch states last reported (stream GP_CMD keeps them), not from the
+        model's: the field reports them only on change and every minute."""
+        subject = subjects.TOPOLOGY.format(grid=self.grid)
+        try:
+            js = self.svc.nc.jetstream(timeout=OP_TIMEOUT_S)
+            raw = await js.get_last_msg(CMD_STREAM, subject)
+            state = msgspec.json.decode(raw.data or b"", type=SwitchState)
+        except nats.js.errors.NotFoundError:
+            return
+        except Exception as exc:
+            self.svc.log.warning(
+                "last topology unavailable", extra={"grid": self.grid, "error": str(exc)}
+            )
+            return
+        await self.on_topology(state, None)
 
     async def on_measurements(self, mset: MeasurementSet, msg: Msg) -> None:
         if mset.grid != self.grid:
-            self._drop(msg.subject, f"grid {mset.grid!r} on a {self.grid} subject")
+            self.svc._drop(msg.subject, f"grid {mset.grid!r} on a {self.grid} subject")
             return
         self._enqueue(self.aligner.add(mset))
 
-    async def on_topology(self, state: SwitchState, _msg: Msg) -> None:
+    async def on_topology(self, state: SwitchState, _msg: Msg | None) -> None:
         if state.closed != {k: v for k, v in self.estimator.closed.items() if k in state.closed}:
             self.topology = state.closed
             self.wake.set()
 
     def _enqueue(self, snaps: list[MeasurementSnapshot]) -> None:
+        counters = self.svc.counters
         for snap in snaps:
             self.queue.append(snap)
-            self.counters["snapshots"] += 1
+            counters["snapshots"] += 1
         while len(self.queue) > BACKLOG:
             self.queue.popleft()
-            self.counters["snapshots_skipped"] += 1
+            counters["snapshots_skipped"] += 1
         if snaps:
             self.wake.set()
 
-    async def _poll(self) -> None:
+    async def poll(self) -> None:
         while True:
             await asyncio.sleep(self.aligner.ref_period_s / 4)
             self._enqueue(self.aligner.poll())
 
-    async def _estimate_loop(self) -> None:
+    async def estimate_loop(self) -> None:
+        svc, counters = self.svc, self.svc.counters
+        subject = subjects.STATE.format(grid=self.grid)
+        headers = {INSTANCE_HEADER: svc.instance}
         while True:
             await self.wake.wait()
             self.wake.clear()
             if self.topology is not None:
                 closed, self.topology = self.topology, None
                 await asyncio.to_thread(self.estimator.set_topology, closed)
-                self.counters["topology_changes"] += 1
-                self.log.info("topology changed; model rebuilt")
+                counters["topology_changes"] += 1
+                svc.log.info("topology changed; model rebuilt", extra={"grid": self.grid})
             while self.queue:
                 snap = self.queue.popleft()
                 est = await asyncio.to_thread(self.estimator.estimate, snap)
+                if not (self.active and self.may_publish()):
+                    counters["estimates_withheld"] += 1  # the lease ran out meanwhile
+                    continue
                 data = encode(est)
-                await self.nc.publish(subjects.STATE.format(grid=self.grid), data)
-                self.counters[f"estimates_{est.status}"] += 1
-                self.counters["bad_data_removed"] += len(est.bad_data)
+                await svc.nc.publish(subject, data, headers=headers)
+                counters[f"estimates_{est.status}"] += 1
+                counters["bad_data_removed"] += len(est.bad_data)
                 now = time.monotonic()
                 self._times.append(now)
                 if len(self._times) > 1:
@@ -99,7 +207,216 @@ class StateEstimationService(Service):
                     try:
                         await self.kv.put(self.grid, data)
                     except Exception as exc:
-                        self.log.warning("KV put failed", extra={"error": str(exc)})
+                        svc.log.warning(
+                            "KV put failed", extra={"grid": self.grid, "error": str(exc)}
+                        )
+
+
+class StateEstimationService(Service):
+    name = "state_estimation"
+
+    @property
+    def shared(self) -> bool:
+        return self.grid == SHARED
+
+    @property
+    def heartbeat_key(self) -> str:
+        return f"{self.name}.{self.instance}" if self.shared else self.name
+
+    async def setup(self) -> None:
+        self.runners: dict[str, GridEstimation] = {}
+        if self.shared:
+            await self._setup_shared()
+            return
+        runner = self.runners[self.grid] = GridEstimation(self, self.grid, info=self.info)
+        await runner.start(await distribution.fetch(self.nc, self.grid))
+        self.spawn(runner.poll(), name="aligner")
+        self.spawn(runner.estimate_loop(), name="estimate")
+
+    # -- sharing the grids with the other instances ------------------------------------------
+    async def _setup_shared(self) -> None:
+        spec = next(b for b in subjects.BUCKETS if b.name == LEASES_BUCKET)
+        if spec.ttl_s is None:
+            raise ConfigError(f"KV {LEASES_BUCKET} needs a TTL for its leases to expire")
+        js = self.nc.jetstream(timeout=OP_TIMEOUT_S)
+        kv = await js.key_value(LEASES_BUCKET)
+        self.leases = Leases(kv, self.instance, spec.ttl_s)
+        self.view = LeaseView(kv, spec.ttl_s, on_update=self._lease_changed)
+        await self.view.start()
+        self.models = await self.nc.jetstream().object_store(distribution.BUCKET)
+        self.member_key = f"{MEMBER_PREFIX}{self.instance}"
+        self.owned: dict[str, Lease] = {}
+        self.grids: list[str] = []
+        self.retry_at: dict[str, float] = {}
+        self._grids_at = 0.0
+        self._errors: set[str] = set()
+        self.info.update(grids="", live_instances=1, fair_share=0)
+        self.spawn(self._share(), name="leases")
+
+    async def _share(self) -> None:
+        first = True
+        while True:
+            started = time.monotonic()
+            await self._tick(claim=not first)  # claim once the others could see this one
+            first = False
+            await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
+
+    def _lease_changed(self, key: str, holder: str | None) -> None:
+        """A lease of ours written by someone else: stop publishing that grid now; the next
+        renewal fails its compare-and-set and gives the grid up."""
+        runner = self.runners.get(key.removeprefix(LEASE_PREFIX))
+        if key.startswith(LEASE_PREFIX) and runner is not None and holder != self.instance:
+            runner.active = False
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.counters[f"lease_{what}_errors"] += 1
+        text = f"{what}: {exc!r}"
+        if text not in self._errors:  # say each kind once
+            self._errors.add(text)
+            self.log.warning("lease operation failed", extra={"op": what, "error": repr(exc)})
+
+    async def _tick(self, *, claim: bool) -> None:
+        try:  # first, so that it expires before this instance's leases do
+            await asyncio.wait_for(self.leases.beat(self.member_key), OP_TIMEOUT_S)
+        except Exception as exc:
+            self._failed("member", exc)
+        await self._renew()
+        await self._reap()
+        if self.view.stalled(self.member_key, 4 * TICK_S):
+            self.counters["lease_view_restarts"] += 1
+            try:
+                await self.view.start()
+            except Exception as exc:
+                self._failed("watch", exc)
+        now = time.monotonic()
+        if now >= self._grids_at:
+            try:
+                self.grids = await asyncio.wait_for(self._list_grids(), 2 * OP_TIMEOUT_S)
+                self._grids_at = now + GRIDS_EVERY_S
+            except Exception as exc:
+                self._failed("grids", exc)
+        live = len(set(self.view.live(MEMBER_PREFIX)) | {self.member_key})
+        fair = math.ceil(len(self.grids) / live)
+        self.info.update(live_instances=live, fair_share=fair)
+        for grid in [g for g in self.owned if g not in self.grids]:
+            await self._give_up(grid, release=True, why="grid removed")
+        surplus = sorted(self.owned)[fair:]
+        for grid in surplus:
+            await self._give_up(grid, release=True, why="above the fair share")
+        if claim and len(self.owned) < fair:
+            await self._claim(fair - len(self.owned))
+        self._show()
+
+    async def _list_grids(self) -> list[str]:
+        try:
+            objects = await self.models.list(ignore_deletes=True)
+        except nats.js.errors.NotFoundError:
+            return []
+        grids = []
+        for obj in objects:
+            grid = (obj.name or "").removesuffix(".json")
+            if obj.name != f"{grid}.json" or not KV_KEY.match(f"{LEASE_PREFIX}{grid}"):
+                continue
+            try:
+                if subjects.grid_token(grid) == grid:
+                    grids.append(grid)
+            except ConfigError:
+                continue
+        return sorted(grids)
+
+    async def _renew(self) -> None:
+        owned = list(self.owned.items())
+        results: list[Any] = await asyncio.gather(
+            *(asyncio.wait_for(self.leases.renew(lease), OP_TIMEOUT_S) for _, lease in owned),
+            return_exceptions=True,
+        )
+        for (grid, lease), result in zip(owned, results, strict=True):
+            if self.owned.get(grid) is not lease:
+                continue
+            if result is False:
+                self.counters["leases_lost"] += 1
+                await self._give_up(grid, release=False, why="lease taken by another instance")
+            elif isinstance(result, BaseException):
+                self._failed("renew", result)
+                if not self.leases.valid(lease):
+                    self.counters["leases_expired"] += 1
+                    await self._give_up(grid, release=True, why="lease not renewed in time")
+
+    async def _claim(self, room: int) -> None:
+        now = time.monotonic()
+        held = self.view.live(LEASE_PREFIX)
+        free = [
+            g
+            for g in self.grids
+            if g not in self.owned
+            and f"{LEASE_PREFIX}{g}" not in held
+            and self.retry_at.get(g, 0.0) <= now
+        ]
+        random.shuffle(free)  # instances claiming at once mostly try different grids
+        for grid in free[:room]:
+            try:
+                lease = await asyncio.wait_for(
+                    self.leases.claim(f"{LEASE_PREFIX}{grid}"), OP_TIMEOUT_S
+                )
+            except Exception as exc:
+                self._failed("claim", exc)
+                continue
+            if lease is None:
+                continue  # someone was quicker
+            self.owned[grid] = lease
+            self.counters["leases_claimed"] += 1
+            self.log.info("grid claimed", extra={"grid": grid})
+            self._start(grid, lease)
+
+    def _start(self, grid: str, lease: Lease) -> None:
+        info: dict[str, int | float | str] = {}
+        runner = GridEstimation(self, grid, info=info, may_publish=lambda: self.leases.valid(lease))
+        self.runners[grid] = runner
+        runner.task = asyncio.ensure_future(runner.run())
+
+    async def _reap(self) -> None:
+        """Grids whose pipeline failed (a model missing or broken) are left to the others."""
+        for grid, runner in list(self.runners.items()):
+            task = runner.task
+            if task is None or not task.done() or task.cancelled():
+                continue
+            self.counters["grid_failures"] += 1
+            self.log.error("grid failed", extra={"grid": grid, "error": repr(task.exception())})
+            self.retry_at[grid] = time.monotonic() + RETRY_GRID_S
+            await self._give_up(grid, release=True, why="failed")
+
+    async def _give_up(self, grid: str, *, release: bool, why: str) -> None:
+        """Stop estimating ``grid`` at once; then give up its lease if asked."""
+        lease = self.owned.pop(grid, None)
+        runner = self.runners.pop(grid, None)
+        if runner is not None:
+            runner.active = False
+            await runner.stop()
+        if lease is not None:
+            self.log.info("grid given up", extra={"grid": grid, "why": why})
+            if release:
+                await self.leases.release(lease)
+
+    def _show(self) -> None:
+        self.info["grids"] = ",".join(sorted(self.owned))
+        rates = [r.info.get("estimates_per_s", 0) for r in self.runners.values()]
+        self.info["estimates_per_s"] = round(sum(float(r) for r in rates), 2)
+
+    async def teardown(self) -> None:
+        if not self.shared:
+            return
+        for grid in list(self.owned):  # hand the grids over now rather than at expiry
+            await self._give_up(grid, release=True, why="stopping")
+        with contextlib.suppress(Exception):
+            await self.leases.kv.delete(self.member_key)
+        await self.view.stop()
+
+    async def heartbeat(self) -> None:
+        await super().heartbeat()
+        if self.shared and self.state is ServiceState.STOPPING and self._kv_services is not None:
+            # a stopped instance leaves no row behind in `gridpilot status`
+            with contextlib.suppress(Exception):
+                await self._kv_services.delete(self.heartbeat_key)
 
 
 def main(grid: str | None = None) -> int:
