@@ -123,6 +123,9 @@ async def test_roles_are_enforced(api: Api) -> None:
     ]:
         r = await api.request(method, url, headers=who, json={"kind": "clear"})
         assert r.status_code == 403, (method, url, r.text)
+    devices = await api.get(f"/api/grids/{GRID}/devices", headers=viewer)
+    assert devices.status_code == 200
+    assert {"pmu_bus_6", "rtu_trafo_0_1"} <= {d["id"] for d in devices.json()}
     ok = await api.get(f"/api/grids/{GRID}/topology", headers=viewer)
     assert ok.status_code == 200, ok.text
     assert len(ok.json()["buses"]) == 15

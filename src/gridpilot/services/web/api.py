@@ -140,6 +140,19 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
     generators: dict[str, str]  # generator id -> bus
 
 
+class PointView(msgspec.Struct, frozen=True, kw_only=True):
+    mrid: str
+    measurand: str
+    terminal: str
+
+
+class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    kind: str
+    period_s: float
+    points: list[PointView]
+
+
 class Health(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     bus_connected: bool
@@ -405,6 +418,24 @@ async def measurements(request: Request[Any, Any, Any], grid: str) -> list[s.Mea
     return [latest[k] for k in sorted(latest)]
 
 
+@get("/api/grids/{grid:str}/devices", tags=["grid"], guards=VIEWER)
+async def devices(request: Request[Any, Any, Any], grid: str) -> list[DeviceView]:
+    """Every field device of the grid's placement and what it measures (also the ones that
+    have not reported yet, like a meter between its 15-minute readings)."""
+    pkg = await bridge(request).package(grid)
+    return [
+        DeviceView(
+            id=d.id,
+            kind=d.kind,
+            period_s=d.period_s,
+            points=[
+                PointView(mrid=p.mrid, measurand=p.measurand, terminal=p.terminal) for p in d.points
+            ],
+        )
+        for d in pkg.placement.devices
+    ]
+
+
 @get("/api/grids/{grid:str}/alarms", tags=["alarms"], guards=VIEWER)
 async def alarms(request: Request[Any, Any, Any], grid: str) -> list[s.Alarm]:
     """The active alarms (raised, or cleared but not yet acknowledged)."""
@@ -608,7 +639,7 @@ def _log_exception(exc: Exception, scope: Any) -> None:
 def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -> Litestar:
     routes: list[Any] = [
         health, login, logout, me, change_password, list_users, add_user, remove_user,
-        services, grids, topology, estimate, measurements, alarms, acknowledge, history,
+        services, grids, topology, estimate, measurements, devices, alarms, acknowledge, history,
         switch, setpoint, inject, live,
     ]  # fmt: skip
     if STATIC.is_dir():

@@ -42,12 +42,8 @@ export class Training {
     if (this.app.est) this.onEstimate(this.app.est);
     if (this.loadedFor === this.app.grid && this.devices.length) return;
     try {
-      const sets = await get(this.app.gridPath("/measurements"));
-      this.devices = sets.map((m) => ({
-        source: m.source,
-        kind: m.kind,
-        points: m.measurements.map((x) => ({ mrid: x.mrid, measurand: x.measurand, terminal: x.terminal })),
-      }));
+      const devices = await get(this.app.gridPath("/devices"));
+      this.devices = devices.map((d) => ({ source: d.id, kind: d.kind, points: d.points }));
       this.loadedFor = this.app.grid;
     } catch (e) {
       this.app.toast(e.message, "error");
@@ -61,7 +57,7 @@ export class Training {
       if (keep && this.devices.some((d) => d.source === keep)) sel.value = keep;
     }
     if (!this.devices.length) {
-      const note = "No device has reported yet";
+      const note = "No field device in this grid";
       for (const id of ["#tr-ge-source", "#tr-co-source"]) $(id).append(h("option", { value: "" }, note));
     }
     this._fillPoints();
