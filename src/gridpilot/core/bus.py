@@ -94,6 +94,8 @@ async def connect(
 ) -> Client:
     """Connect, retrying until ``startup_timeout`` (None: forever), then reconnect forever.
 
+    ``url`` may list several servers separated by commas (the members of a cluster): the
+    client fails over between them (it also learns the others from the server it reaches).
     A wrong user or password fails at once with PermissionDeniedError instead of retrying.
     """
     nc = Client()
@@ -153,8 +155,9 @@ async def connect(
             emit("closed", None)
 
     try:
+        servers = [u.strip() for u in url.split(",") if u.strip()]
         await nc.connect(
-            url,
+            servers,
             user=user,
             password=password,
             name=name,

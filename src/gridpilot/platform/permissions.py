@@ -289,6 +289,21 @@ def load_credentials(data_dir: Path) -> dict[str, str]:
     return {name: str(creds[name]) for name in PERMISSIONS}
 
 
+LEAFNODE = "leafnode"
+
+
+def leafnode_password(data_dir: Path) -> str:
+    """The password leaf nodes (edges) connect to this hub with: kept in credentials.json next
+    to the identities' (it is not a client identity: it only works on the leafnode port)."""
+    load_credentials(data_dir)  # the file exists afterwards
+    path = Path(data_dir) / CREDENTIALS_FILE
+    stored = json.loads(path.read_text())
+    if LEAFNODE not in stored:
+        stored[LEAFNODE] = secrets.token_urlsafe(24)
+        _write_private(path, json.dumps(stored, indent=2) + "\n", exclusive=False)
+    return str(stored[LEAFNODE])
+
+
 def _write_private(path: Path, text: str, *, exclusive: bool) -> None:
     """Write a file only its owner can read; ``exclusive`` never replaces an existing one."""
     path.parent.mkdir(parents=True, exist_ok=True)

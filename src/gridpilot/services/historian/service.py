@@ -49,6 +49,7 @@ from gridpilot.services.historian.store import (
 T = TypeVar("T")
 
 BATCH = 2000  # messages per fetch (and per transaction)
+SETUP_RETRY_S = 30.0  # how long a consumer's creation is retried while the broker is unready
 FETCH_WAIT_S = 0.5
 ACK_WAIT_S = 10.0  # unacknowledged (the historian died holding it): delivered again after this
 RETENTION_EVERY_S = 3600.0
@@ -153,9 +154,20 @@ class HistorianService(Service):
             deliver_policy=api.DeliverPolicy.ALL,
             filter_subject=filter_subject,
         )
-        sub = await self._js.pull_subscribe(
-            filter_subject, durable=durable, stream=stream, config=config
-        )
+        # A cluster electing a new leader (a member just died) answers nothing for a while.
+        deadline = asyncio.get_running_loop().time() + SETUP_RETRY_S
+        while True:
+            try:
+                sub = await self._js.pull_subscribe(
+                    filter_subject, durable=durable, stream=stream, config=config
+                )
+                break
+            except (nats.errors.TimeoutError, TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                self.counters["setup_retries"] += 1
+                self.log.warning("consumer not ready, retrying", extra={"consumer": durable})
+                await asyncio.sleep(0.5)
         self._pull_subs.append(sub)
         self.log.info("consuming", extra={"stream": stream, "consumer": durable})
         # One batch is written while the next is fetched and mapped; a batch is acknowledged
