@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -159,7 +160,9 @@ async def test_r3_streams_survive_a_killed_member_without_loss_or_duplicates(
 
     grid = f"c{uuid.uuid4().hex[:8]}"
     urls = ",".join(x.url for x in cluster)
-    historian = run_historian(urls, load_credentials(cluster[0].data_dir)[HISTORIAN], grid, tmp_path)
+    historian = run_historian(
+        urls, load_credentials(cluster[0].data_dir)[HISTORIAN], grid, tmp_path
+    )
     js = admin.jetstream()
     subject = subjects.MEAS.format(grid=grid, source="pmu_1")
     acked: list[float] = []  # when each ack came back
@@ -213,7 +216,7 @@ async def test_r3_streams_survive_a_killed_member_without_loss_or_duplicates(
             historian.wait(10)
     after = sorted(t for t in acked if t >= killed_at)
     stall = (after[0] - killed_at) if after else float("inf")
-    gaps = [b - a for a, b in zip(after, after[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(after)]
     print(
         f"\ncluster: {N} measurements published in {published_s:.1f} s, stored in "
         f"{stored_s:.1f} s; killed leader {victim}: first ack {stall * 1000:.0f} ms after the "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
 from gridpilot.core.errors import GridPilotError
+from gridpilot.platform.broker import LEAF_PORT
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -31,6 +32,31 @@ def _parser() -> argparse.ArgumentParser:
         "--db",
         default="",
         help="historian database: postgresql://user:pass@host/db (default: SQLite in the data dir)",
+    )
+    up.add_argument(
+        "--edge",
+        nargs="?",
+        const=_default_edge_name(),
+        default=None,
+        metavar="NAME",
+        help="run as an edge site NAME (default: this host's name): the broker is a leaf node "
+        "of --hub, measurements are stored here and forwarded; runs the field-side services",
+    )
+    up.add_argument(
+        "--hub",
+        default=None,
+        metavar="URL",
+        help="with --edge: the hub's leafnode address nats://HOST:PORT (its password in "
+        "GRIDPILOT_LEAF_PASSWORD, or in the URL as nats://leafnode:PASSWORD@HOST:PORT)",
+    )
+    up.add_argument(
+        "--leafnodes",
+        nargs="?",
+        const=f"0.0.0.0:{LEAF_PORT}",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"run as a hub accepting edges there (default 0.0.0.0:{LEAF_PORT}); runs the "
+        "control-room services",
     )
 
     run = sub.add_parser("run", help="run one service in this process")
@@ -80,9 +106,38 @@ def _parser() -> argparse.ArgumentParser:
     for command in (add, ls, rm):
         command.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
+    init = sub.add_parser(
+        "init",
+        help="create streams and buckets and publish a grid's model (containers; `up` does it "
+        "itself); connects with GRIDPILOT_NATS_URL/USER/PASSWORD",
+    )
+    init.add_argument("--grid", default=None, help="default: GRIDPILOT_GRID or cigre_mv")
+    health = sub.add_parser(
+        "health",
+        help="exit 0 when SERVICE reported running lately (a container probe); connects with "
+        "GRIDPILOT_NATS_URL/USER/PASSWORD",
+    )
+    health.add_argument("service")
+    health.add_argument("--max-age", type=float, default=5.0, help="seconds (default 5)")
+
     docs = sub.add_parser("docs", help="generate the subject and payload reference")
     docs.add_argument("--out", type=Path, default=Path("docs"))
     return p
+
+
+def _default_edge_name() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "edge"
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        return host or "0.0.0.0", int(port)
+    except ValueError:
+        raise GridPilotError(f"--leafnodes {text!r}: use HOST:PORT or PORT") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +161,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging(service="supervisor", grid=args.grid, level=logging.WARNING)
         if not args.speed > 0:
             raise GridPilotError(f"--speed must be > 0, not {args.speed}")
+        if args.hub and args.edge is None:
+            raise GridPilotError("--hub goes with --edge")
+        if args.edge is not None and args.leafnodes:
+            raise GridPilotError("a site is an edge (--edge) or a hub (--leafnodes), not both")
         sup = Supervisor(
             grid=args.grid,
             data_dir=args.data_dir,
@@ -113,6 +172,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             nats_url=args.nats_url,
             live=not args.no_live,
             db_url=args.db,
+            edge=args.edge,
+            hub=args.hub,
+            leaf_listen=_host_port(args.leafnodes) if args.leafnodes else None,
         )
         asyncio.run(sup.run())
         return 0
@@ -144,6 +206,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_inject(args))
     if args.command == "user":
         return _user(args)
+    if args.command in ("init", "health"):
+        return asyncio.run(_ops(args))
     if args.command == "history":
         from gridpilot import history_cli
 
@@ -178,6 +242,28 @@ def _user(args: argparse.Namespace) -> int:
         note = "  (one-time password not changed yet)" if u.must_change else ""
         print(f"{u.name:20s} {u.role}{note}")
     return 0
+
+
+async def _ops(args: argparse.Namespace) -> int:
+    from gridpilot.core.bus import connect
+    from gridpilot.core.config import ServiceConfig
+    from gridpilot.platform.ops import health, init_platform
+
+    config = ServiceConfig.from_env(grid=getattr(args, "grid", None))
+    nc = await connect(
+        config.nats_url, user=config.user, password=config.password, name=f"cli-{args.command}",
+        connect_timeout=3,
+    )  # fmt: skip
+    try:
+        if args.command == "init":
+            for line in await init_platform(nc, config.grid, config.data_dir):
+                print(line)
+            return 0
+        ok, why = await health(nc, args.service, max_age_s=args.max_age)
+    finally:
+        await nc.close()
+    print(("healthy: " if ok else "unhealthy: ") + why)
+    return 0 if ok else 1
 
 
 async def _client(data_dir: Path, nats_url: str | None, identity: str = "viewer") -> Client:

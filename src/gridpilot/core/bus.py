@@ -356,3 +356,26 @@ async def ensure_jetstream(nc: Client) -> list[str]:
     for change in changes:
         log.info("bus event=jetstream_changed what=%r", change)
     return changes
+
+
+EDGE_STREAM = "GP_MEAS"  # what an edge stores and forwards to the hub
+
+
+async def ensure_edge_source(nc: Client, *, hub_domain: str, edge_domain: str) -> bool:
+    """Make the hub's GP_MEAS stream source the edge's (through the leaf link, from an edge).
+
+    ``nc`` is connected to the edge's server; the hub's JetStream answers under
+    ``$JS.<hub_domain>.API`` and the edge's under ``$JS.<edge_domain>.API``. The hub then
+    pulls what the edge stored, resuming after an outage where it stopped: nothing lost,
+    nothing twice. Returns True when the source was added (False: it was there already).
+    """
+    jsm = nc.jsm(prefix=f"$JS.{hub_domain}.API")
+    info = await jsm.stream_info(EDGE_STREAM)
+    api_prefix = f"$JS.{edge_domain}.API"
+    sources = list(info.config.sources or [])
+    if any(src.external is not None and src.external.api == api_prefix for src in sources):
+        return False
+    sources.append(api.StreamSource(name=EDGE_STREAM, external=api.ExternalStream(api=api_prefix)))
+    await jsm.update_stream(info.config.evolve(sources=sources))
+    log.info("bus event=edge_source_added hub=%s edge=%s", hub_domain, edge_domain)
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -87,13 +88,19 @@ class ClusterConfig:
 HUB_DOMAIN = "hub"
 LEAF_PORT = 17422
 LEAFNODE_USER = "leafnode"
+ENV_LEAF_PASSWORD = "GRIDPILOT_LEAF_PASSWORD"
 # Measurements stay out of the leaf link: the hub gets them by sourcing the edge's GP_MEAS
 # stream (exactly once, resumed after an outage), not as live messages (which its own GP_MEAS
-# would store a second time).
-LEAF_DENY = ("gp.*.meas.>",)
+# would store a second time). Each side keeps its own grid model (both publish it) and its
+# own leases (a conditional write must meet one stream, not both). Everything else crosses:
+# states, alarms, commands, heartbeats, and the latest-value buckets (gp_state, gp_services).
+LEAF_DENY = ("gp.*.meas.>", "$O.>", "$KV.gp_leases.>")
 
 
 def edge_domain(name: str) -> str:
+    """The JetStream domain of edge ``name`` (a subject token: letters, digits, - and _)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ConfigError(f"edge name {name!r}: use letters, digits, '-' and '_' only")
     return f"edge-{name}"
 
 
@@ -113,13 +120,15 @@ def render_config(
     name: str,
     cluster: ClusterConfig | None = None,
     leaf_port: int | None = None,
+    leaf_host: str = "0.0.0.0",
     hub_url: str | None = None,
     domain: str | None = None,
 ) -> str:
     """The nats.conf text: JetStream, MQTT, monitoring and one user per identity.
 
     With ``cluster`` the server is a member of a JetStream cluster. With ``leaf_port`` it is a
-    hub that accepts leaf nodes (user ``leafnode``, its password in credentials.json). With
+    hub that accepts leaf nodes on ``leaf_host`` (every interface by default: edges are other
+    machines) as user ``leafnode``, its password in credentials.json. With
     ``hub_url`` (``nats-leaf://leafnode:PASSWORD@host:port``) it is a leaf node of that hub.
     ``domain`` is its JetStream domain (needed on both sides of a leaf link).
     """
@@ -151,13 +160,16 @@ def render_config(
         extra += "leafnodes {\n"
         if leaf_port is not None:
             extra += (
-                f"  listen: {_q(f'{host}:{leaf_port}')}\n"
+                f"  listen: {_q(f'{leaf_host}:{leaf_port}')}\n"
                 f"  authorization {{\n    user: {_q(LEAFNODE_USER)}\n"
                 f"    password: {_q(leafnode_password(data_dir))}\n  }}\n"
             )
         if hub_url is not None:
             extra += (
+                # only the URL given: a hub behind NAT or a proxy advertises addresses
+                # the edge cannot reach
                 f"  remotes: [{{\n    url: {_q(hub_url)}\n"
+                f"    ignore_discovered_servers: true\n"
                 f"    deny_imports: {_q(list(LEAF_DENY))}\n"
                 f"    deny_exports: {_q(list(LEAF_DENY))}\n  }}]\n"
             )
@@ -177,7 +189,7 @@ def render_config(
     )
 
 
-def leaf_url(hub: str, password: str) -> str:
+def leaf_url(hub: str, password: str | None) -> str:
     """The leaf remote URL for a hub given as ``nats://host:port`` (or ``nats-leaf://...``):
     the scheme nats-leaf, user ``leafnode`` and ``password`` unless the URL carries its own."""
     parts = urllib.parse.urlsplit(hub if "://" in hub else f"nats-leaf://{hub}")
@@ -185,6 +197,11 @@ def leaf_url(hub: str, password: str) -> str:
         raise ConfigError(f"hub URL {hub!r} has no host; use nats://HOST:PORT")
     netloc = parts.netloc
     if "@" not in netloc:
+        if not password:
+            raise ConfigError(
+                f"no password for the hub {hub}: set {ENV_LEAF_PASSWORD} to the hub's "
+                f"'{LEAFNODE_USER}' password (in its credentials.json)"
+            )
         user = urllib.parse.quote(LEAFNODE_USER, safe="")
         netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{netloc}"
     if parts.port is None:
@@ -209,6 +226,7 @@ class EmbeddedNats:
         mqtt_port: int = MQTT_PORT,
         cluster: ClusterConfig | None = None,
         leaf_port: int | None = None,
+        leaf_host: str = "0.0.0.0",
         hub_url: str | None = None,
         domain: str | None = None,
     ) -> None:
@@ -218,6 +236,7 @@ class EmbeddedNats:
         self.host = host
         self.cluster = cluster
         self.leaf_port = leaf_port
+        self.leaf_host = leaf_host
         self.hub_url = hub_url
         self.domain = domain
         self._preferred = (port, monitor_port, mqtt_port)
@@ -256,7 +275,10 @@ class EmbeddedNats:
 
     @property
     def endpoints(self) -> dict[str, str]:
-        return {"nats": self.url, "mqtt": self.mqtt_url, "monitor": self.monitor_url}
+        out = {"nats": self.url, "mqtt": self.mqtt_url, "monitor": self.monitor_url}
+        if self.leaf_port is not None:
+            out["leafnode"] = f"nats-leaf://{_url_host(self.leaf_host)}:{self.leaf_port}"
+        return out
 
     @property
     def pid(self) -> int | None:
@@ -291,6 +313,7 @@ class EmbeddedNats:
                 name=f"gridpilot-{client}",
                 cluster=self.cluster,
                 leaf_port=self.leaf_port,
+                leaf_host=self.leaf_host,
                 hub_url=self.hub_url,
                 domain=self.domain,
             )

@@ -18,6 +18,20 @@ SERVICES: dict[str, str] = {
     "web": "gridpilot.services.web.service",
 }
 
+# What ``gridpilot up --edge`` runs at a site: the field side and the state estimation next
+# to its measurements (which it keeps running when the link to the hub is down); the
+# measurements are stored at the edge and forwarded to the hub's stream.
+EDGE_SERVICES: tuple[str, ...] = (
+    "simulator",
+    "state_estimation",
+    "gateway_c37118",
+    "gateway_iec104",
+    "gateway_modbus",
+    "mqtt_gateway",
+)
+# What a hub accepting edges (``gridpilot up --leafnodes``) runs: the control-room side.
+HUB_SERVICES: tuple[str, ...] = ("monitoring", "historian", "web")
+
 
 def service_main(name: str) -> Callable[..., int]:
     module = importlib.import_module(SERVICES[name])

@@ -115,8 +115,16 @@ def durable_consumer(stream: str) -> tuple[str, ...]:
 
 
 def _service(name: str) -> tuple[str, ...]:
-    """What every service does: heartbeat on the bus and in gp_services, read the grid model."""
-    return (sj.HEARTBEAT.format(service=name), *kv_put(SERVICES_KV, name), *object_get(MODELS))
+    """What every service does: heartbeat on the bus and in gp_services, read the grid model;
+    and read its own heartbeats back (``gridpilot health NAME``, the container probe)."""
+    return (
+        sj.HEARTBEAT.format(service=name),
+        *kv_put(SERVICES_KV, name),
+        *kv_get(SERVICES_KV, name),
+        *kv_get(SERVICES_KV, f"{name}.*"),
+        *kv_watch(SERVICES_KV),
+        *object_get(MODELS),
+    )
 
 
 def _under(spec: sj.SubjectSpec) -> str:

@@ -21,12 +21,22 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gridpilot.core import subjects
-from gridpilot.core.bus import connect, ensure_jetstream
+from gridpilot.core.bus import connect, ensure_edge_source, ensure_jetstream
+from gridpilot.core.errors import ConfigError
 from gridpilot.core.schemas import Heartbeat
 from gridpilot.model import distribution
 from gridpilot.platform import permissions
-from gridpilot.platform.broker import HTTP_PORT, EmbeddedNats, pick_port, write_endpoints
-from gridpilot.platform.catalog import SERVICES
+from gridpilot.platform.broker import (
+    ENV_LEAF_PASSWORD,
+    HTTP_PORT,
+    HUB_DOMAIN,
+    EmbeddedNats,
+    edge_domain,
+    leaf_url,
+    pick_port,
+    write_endpoints,
+)
+from gridpilot.platform.catalog import EDGE_SERVICES, HUB_SERVICES, SERVICES
 from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
@@ -35,6 +45,7 @@ BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 10.0
 STABLE_AFTER_S = 30.0  # a child that ran this long starts its back-off afresh
 STOP_GRACE_S = 5.0
+EDGE_SOURCE_RETRY_S = 5.0
 
 
 @dataclass
@@ -77,17 +88,41 @@ class Supervisor:
         services: list[str] | None = None,
         live: bool = True,
         db_url: str = "",
+        edge: str | None = None,
+        hub: str | None = None,
+        leaf_listen: tuple[str, int] | None = None,
     ) -> None:
+        """``edge`` (a name) with ``hub`` (its URL): this site's broker is a leaf node of the
+        hub's, in JetStream domain ``edge-<name>``, and runs the field side (EDGE_SERVICES).
+        ``leaf_listen`` (host, port): this site is a hub that accepts edges there."""
         self.grid_name = grid
         self.data_dir = data_dir.resolve()
         self.speed = speed
         self.external_url = nats_url
-        self.services = services or list(SERVICES)
+        self.edge = edge
+        self.hub = hub
+        self.leaf_listen = leaf_listen
+        if edge is not None:
+            edge_domain(edge)  # validates the name
+            if not hub:
+                raise ConfigError("an edge needs the hub's URL (--hub nats://HOST:PORT)")
+        if (edge is not None or leaf_listen is not None) and nats_url:
+            raise ConfigError("--edge and --leafnodes need the embedded broker, not --nats-url")
+        if services is None:
+            services = list(
+                EDGE_SERVICES
+                if edge is not None
+                else HUB_SERVICES
+                if leaf_listen is not None
+                else SERVICES
+            )
+        self.services = services
         self.live = live
         self.db_url = db_url
         self.broker: EmbeddedNats | None = None
         self.children: dict[str, Child] = {}
         self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self.grid = ""
 
     def stop(self) -> None:
@@ -114,7 +149,7 @@ class Supervisor:
             endpoints = {"nats": url, "mqtt": "", "monitor": ""}
         else:
             self._say("starting NATS (JetStream, MQTT) ...")
-            self.broker = await asyncio.to_thread(EmbeddedNats(data_dir=self.data_dir).start)
+            self.broker = await asyncio.to_thread(self._embedded().start)
             url = self.broker.url
             user, password = (
                 permissions.ADMIN,
@@ -138,7 +173,46 @@ class Supervisor:
         await ensure_jetstream(nc)
         self.url = url
         self.nc = nc
+        if self.edge is not None:
+            self._tasks.append(asyncio.create_task(self._source_to_hub(nc, self.edge)))
+        if self.leaf_listen is not None:
+            self._say(
+                f"accepting edges at {endpoints['leafnode']} (user leafnode, password "
+                f"'leafnode' in {self.data_dir / permissions.CREDENTIALS_FILE})"
+            )
         return nc
+
+    def _embedded(self) -> EmbeddedNats:
+        if self.edge is not None:
+            assert self.hub is not None
+            return EmbeddedNats(
+                data_dir=self.data_dir,
+                hub_url=leaf_url(self.hub, os.environ.get(ENV_LEAF_PASSWORD)),
+                domain=edge_domain(self.edge),
+            )
+        if self.leaf_listen is not None:
+            host, port = self.leaf_listen
+            return EmbeddedNats(
+                data_dir=self.data_dir, leaf_host=host, leaf_port=port, domain=HUB_DOMAIN
+            )
+        return EmbeddedNats(data_dir=self.data_dir)
+
+    async def _source_to_hub(self, nc: Client, edge: str) -> None:
+        """Have the hub's GP_MEAS source this edge's, once the hub is reachable."""
+        while True:
+            try:
+                added = await ensure_edge_source(
+                    nc, hub_domain=HUB_DOMAIN, edge_domain=edge_domain(edge)
+                )
+            except Exception as e:  # the link is down, or the hub is not up yet
+                log.warning("hub not reachable yet: %r; retrying", e)
+                await asyncio.sleep(EDGE_SOURCE_RETRY_S)
+                continue
+            self._say(
+                f"the hub's GP_MEAS {'now sources' if added else 'sources'} this edge's "
+                f"({edge_domain(edge)})"
+            )
+            return
 
     async def _publish_model(self, nc: Client) -> None:
         self._say(f"loading grid {self.grid_name} ...")
@@ -240,6 +314,8 @@ class Supervisor:
                 child.start(self.grid)
 
     async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         procs = [c.proc for c in self.children.values() if c.proc is not None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):

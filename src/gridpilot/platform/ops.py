@@ -1,0 +1,53 @@
+"""What a deployment without the supervisor needs (containers, Kubernetes): a one-shot
+``gridpilot init`` that creates the streams and buckets and publishes a grid's model, and a
+``gridpilot health SERVICE`` probe that reads the service's latest heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client
+
+from gridpilot.core.bus import ensure_jetstream
+from gridpilot.core.schemas import Heartbeat, ServiceState
+from gridpilot.model import distribution
+
+
+async def init_platform(nc: Client, grid: str, data_dir: Path) -> list[str]:
+    """Create (or bring up to date) every stream and bucket, then build the grid's model,
+    placement and device registry and publish them to the object store; what was done."""
+    done = await ensure_jetstream(nc)
+    pkg = await asyncio.to_thread(distribution.prepare, grid, data_dir)
+    await distribution.publish(nc, pkg)
+    done.append(f"published {pkg.model.summary()}; {len(pkg.placement.devices)} devices")
+    return done
+
+
+async def health(nc: Client, service: str, *, max_age_s: float) -> tuple[bool, str]:
+    """Whether ``service`` (or any instance of it, for shared services) reported running within
+    ``max_age_s``; and why not."""
+    kv = await nc.jetstream().key_value("gp_services")
+    keys = [service]
+    with contextlib.suppress(Exception):  # no keys at all, or no right to list them
+        keys += [k for k in await kv.keys() if k.startswith(f"{service}.")]
+    now = time.time_ns()
+    reasons = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except Exception:
+            continue
+        try:
+            hb = msgspec.json.decode(entry.value or b"", type=Heartbeat)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            reasons.append(f"{key}: not a heartbeat")
+            continue
+        age_s = (now - hb.t_ns) / 1e9
+        if hb.state in (ServiceState.RUNNING, ServiceState.DEGRADED) and age_s <= max_age_s:
+            return True, f"{key} {hb.state}, heartbeat {age_s:.1f} s ago"
+        reasons.append(f"{key} {hb.state}, heartbeat {age_s:.1f} s ago")
+    return False, "; ".join(reasons) or f"no heartbeat of {service} yet"
