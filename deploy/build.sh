@@ -3,7 +3,7 @@
 # tests and CI do). With a registry, `podman build -f deploy/Containerfile -t gridpilot .`
 # (official python:3.11-slim base) is all it takes.
 #
-#   deploy/build.sh [--postgres]        -> localhost/gridpilot:latest (+ localhost/gridpilot-postgres)
+#   deploy/build.sh [--postgres]   -> localhost/gridpilot:latest (+ gridpilot-postgres:latest)
 #
 # Environment-specific steps, all here and nowhere else:
 #  * containers.conf (named by CONTAINERS_CONF): runc, cgroupfs, no default ulimits;

@@ -66,7 +66,9 @@ def test_cli_health_and_init_use_the_environment(
 ) -> None:
     monkeypatch.setenv("GRIDPILOT_NATS_URL", nats_server.url)
     monkeypatch.setenv("GRIDPILOT_NATS_USER", "admin")
-    monkeypatch.setenv("GRIDPILOT_NATS_PASSWORD", credentials["admin"])
+    secret = tmp_path / "nats_admin"  # a mounted secret, as in the compose deployment
+    secret.write_text(credentials["admin"] + "\n")
+    monkeypatch.setenv("GRIDPILOT_NATS_PASSWORD_FILE", str(secret))
     monkeypatch.setenv("GRIDPILOT_DATA_DIR", str(tmp_path))
     assert main(["init", "--grid", "cigre_mv"]) == 0
     assert "published cigre_mv" in capsys.readouterr().out

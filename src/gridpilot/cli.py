@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         "itself); connects with GRIDPILOT_NATS_URL/USER/PASSWORD",
     )
     init.add_argument("--grid", default=None, help="default: GRIDPILOT_GRID or cigre_mv")
+    init.add_argument(
+        "--field-host", default="127.0.0.1", help="where the field devices (the simulator) are"
+    )
+    init.add_argument(
+        "--cluster-size", type=int, default=1, help="wait for this many NATS servers first"
+    )
     health = sub.add_parser(
         "health",
         help="exit 0 when SERVICE reported running lately (a container probe); connects with "
@@ -256,7 +262,11 @@ async def _ops(args: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         if args.command == "init":
-            for line in await init_platform(nc, config.grid, config.data_dir):
+            lines = await init_platform(
+                nc, config.grid, config.data_dir, field_host=args.field_host,
+                cluster_size=args.cluster_size,
+            )  # fmt: skip
+            for line in lines:
                 print(line)
             return 0
         ok, why = await health(nc, args.service, max_age_s=args.max_age)

@@ -42,11 +42,22 @@ class ServiceConfig:
         return cls(
             nats_url=env.get("GRIDPILOT_NATS_URL", "nats://127.0.0.1:14222"),
             user=env.get("GRIDPILOT_NATS_USER") or None,
-            password=env.get("GRIDPILOT_NATS_PASSWORD") or None,
+            password=_secret("GRIDPILOT_NATS_PASSWORD"),
             grid=grid or env.get("GRIDPILOT_GRID", DEFAULT_GRID),
             data_dir=Path(env.get("GRIDPILOT_DATA_DIR", str(DEFAULT_DATA_DIR))),
             speed=speed,
             mqtt_url=env.get("GRIDPILOT_MQTT_URL", ""),
-            mqtt_password=env.get("GRIDPILOT_MQTT_PASSWORD") or None,
+            mqtt_password=_secret("GRIDPILOT_MQTT_PASSWORD"),
             db_url=env.get("GRIDPILOT_DB", ""),
         )
+
+
+def _secret(name: str) -> str | None:
+    """``$NAME``, or the content of the file ``$NAME_FILE`` names (a mounted secret)."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror})") from None
+    return os.environ.get(name) or None

@@ -46,9 +46,10 @@ def devices_path(data_dir: Path, grid: str) -> Path:
     return data_dir / "devices" / f"{grid}.toml"
 
 
-def prepare(name: str, data_dir: Path) -> GridPackage:
+def prepare(name: str, data_dir: Path, *, field_host: str = "127.0.0.1") -> GridPackage:
     """Load a grid (cached under the data dir), its placement and its device registry; the two
-    files are written with their defaults on first use, for the operator to edit."""
+    files are written with their defaults on first use, for the operator to edit (the field
+    devices at ``field_host``: the simulator's host name when services run in containers)."""
     from gridpilot.model.registry import load_grid
 
     model = load_grid(name, cache_dir=data_dir / "models")
@@ -61,7 +62,7 @@ def prepare(name: str, data_dir: Path) -> GridPackage:
     dpath = devices_path(data_dir, model.name)
     if not dpath.exists():
         dpath.parent.mkdir(parents=True, exist_ok=True)
-        dpath.write_text(registry_to_toml(default_registry(placement, model)))
+        dpath.write_text(registry_to_toml(default_registry(placement, model, host=field_host)))
         log.info("wrote default device registry", extra={"path": str(dpath)})
     devices = load_registry(dpath, placement, model)
     return GridPackage(model=model, placement=placement, devices=devices)

@@ -6,22 +6,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client
 
-from gridpilot.core.bus import ensure_jetstream
+from gridpilot.core.bus import cluster_peers, ensure_jetstream
+from gridpilot.core.errors import GridPilotError
 from gridpilot.core.schemas import Heartbeat, ServiceState
 from gridpilot.model import distribution
 
+log = logging.getLogger(__name__)
 
-async def init_platform(nc: Client, grid: str, data_dir: Path) -> list[str]:
+
+async def init_platform(
+    nc: Client,
+    grid: str,
+    data_dir: Path,
+    *,
+    field_host: str = "127.0.0.1",
+    cluster_size: int = 1,
+    wait_s: float = 120.0,
+) -> list[str]:
     """Create (or bring up to date) every stream and bucket, then build the grid's model,
-    placement and device registry and publish them to the object store; what was done."""
-    done = await ensure_jetstream(nc)
-    pkg = await asyncio.to_thread(distribution.prepare, grid, data_dir)
+    placement and device registry and publish them to the object store; what was done.
+
+    With ``cluster_size`` > 1 it first waits for that many servers in the cluster (so streams
+    get three replicas), and it retries while the cluster has no JetStream leader yet."""
+    done: list[str] = []
+    deadline = time.monotonic() + wait_s
+    for _ in range(round(wait_s)):  # the routes come up within seconds of each other
+        if cluster_peers(nc) >= cluster_size:
+            break
+        await asyncio.sleep(1.0)
+    while True:
+        try:
+            done += await ensure_jetstream(nc)
+            break
+        except Exception as exc:  # no meta leader yet, or a member still joining
+            if time.monotonic() > deadline:
+                raise GridPilotError(f"JetStream not ready after {wait_s:.0f} s: {exc!r}") from None
+            log.info("JetStream not ready, retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(2.0)
+    pkg = await asyncio.to_thread(distribution.prepare, grid, data_dir, field_host=field_host)
     await distribution.publish(nc, pkg)
     done.append(f"published {pkg.model.summary()}; {len(pkg.placement.devices)} devices")
     return done
