@@ -176,3 +176,22 @@ def bucket_range(t_from_ns: int, t_to_ns: int, width_ns: int) -> tuple[int, int]
 def retention_cutoffs(now_ns: int, raw_days: float, agg_days: float) -> tuple[int, int]:
     """Times before which raw samples, and aggregates and events, are deleted."""
     return now_ns - round(raw_days * NS_PER_DAY), now_ns - round(agg_days * NS_PER_DAY)
+
+
+def sample_filter(
+    grid: str | None, t_from_ns: int | None, t_to_ns: int | None, *, placeholder: str
+) -> tuple[str, tuple[object, ...]]:
+    """WHERE clause (never empty) and its parameters for samples of a grid in a range, with
+    the driver's parameter placeholder ("?" for sqlite3, "%s" for psycopg)."""
+    clauses: list[str] = ["true"]
+    params: list[object] = []
+    if t_from_ns is not None:
+        clauses.append(f"t_ns >= {placeholder}")
+        params.append(t_from_ns)
+    if t_to_ns is not None:
+        clauses.append(f"t_ns < {placeholder}")
+        params.append(t_to_ns)
+    if grid is not None:
+        clauses.append(f"series_id IN (SELECT id FROM series WHERE grid = {placeholder})")
+        params.append(grid)
+    return " AND ".join(clauses), tuple(params)

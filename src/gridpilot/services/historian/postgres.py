@@ -25,6 +25,7 @@ from gridpilot.services.historian.backends import (
     key_row,
     redact,
     retention_cutoffs,
+    sample_filter,
     series_ids,
 )
 from gridpilot.services.historian.store import (
@@ -386,7 +387,7 @@ class PostgresStore:
     ) -> Iterator[list[Sample]]:
         # Each batch is its own query that resumes after the last (time, series) seen, so no
         # transaction stays open between batches while the caller writes a file.
-        where, params = _sample_filter(grid, None, t_to_ns)
+        where, params = sample_filter(grid, None, t_to_ns, placeholder="%s")
         sql = (
             "SELECT series_id, t_ns, value, quality FROM samples"
             f" WHERE (t_ns, series_id) > (%s, %s) AND {where} ORDER BY t_ns, series_id LIMIT %s"
@@ -417,7 +418,7 @@ class PostgresStore:
     def count_samples(
         self, grid: str | None = None, t_from_ns: int | None = None, t_to_ns: int | None = None
     ) -> int:
-        where, params = _sample_filter(grid, t_from_ns, t_to_ns)
+        where, params = sample_filter(grid, t_from_ns, t_to_ns, placeholder="%s")
         with self._errors("count samples"):
             row = self._connection().execute(
                 f"SELECT count(*) FROM samples WHERE {where}",
@@ -453,21 +454,3 @@ def _scalar(cur: psycopg.Cursor[Any]) -> Any:
     row = cur.fetchone()
     assert row is not None, "a count or aggregate without GROUP BY returns one row"
     return row[0]
-
-
-def _sample_filter(
-    grid: str | None, t_from_ns: int | None, t_to_ns: int | None
-) -> tuple[str, tuple[object, ...]]:
-    """WHERE clause (never empty) and its parameters for samples of a grid in a range."""
-    clauses: list[str] = ["true"]
-    params: list[object] = []
-    if t_from_ns is not None:
-        clauses.append("t_ns >= %s")
-        params.append(t_from_ns)
-    if t_to_ns is not None:
-        clauses.append("t_ns < %s")
-        params.append(t_to_ns)
-    if grid is not None:
-        clauses.append("series_id IN (SELECT id FROM series WHERE grid = %s)")
-        params.append(grid)
-    return " AND ".join(clauses), tuple(params)

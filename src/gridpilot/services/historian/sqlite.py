@@ -18,6 +18,7 @@ from gridpilot.services.historian.backends import (
     event_row,
     key_row,
     retention_cutoffs,
+    sample_filter,
     series_ids,
 )
 from gridpilot.services.historian.store import (
@@ -343,7 +344,7 @@ class SqliteStore:
     ) -> Iterator[list[Sample]]:
         # Each batch is its own query that resumes after the last (time, series) seen, so no
         # cursor stays open between batches while the caller writes a file.
-        where, params = _sample_filter(grid, None, t_to_ns)
+        where, params = sample_filter(grid, None, t_to_ns, placeholder="?")
         # INDEXED BY: for one grid the planner would rather read each series by its key and
         # sort everything left on every batch.
         sql = (
@@ -372,7 +373,7 @@ class SqliteStore:
     def count_samples(
         self, grid: str | None = None, t_from_ns: int | None = None, t_to_ns: int | None = None
     ) -> int:
-        where, params = _sample_filter(grid, t_from_ns, t_to_ns)
+        where, params = sample_filter(grid, t_from_ns, t_to_ns, placeholder="?")
         with self._errors("count samples"):
             row = self._db.execute(f"SELECT count(*) FROM samples WHERE {where}", params)
             return int(row.fetchone()[0])
@@ -396,21 +397,3 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _sample_filter(
-    grid: str | None, t_from_ns: int | None, t_to_ns: int | None
-) -> tuple[str, tuple[object, ...]]:
-    """WHERE clause (never empty) and its parameters for samples of a grid in a range."""
-    clauses: list[str] = ["true"]
-    params: list[object] = []
-    if t_from_ns is not None:
-        clauses.append("t_ns >= ?")
-        params.append(t_from_ns)
-    if t_to_ns is not None:
-        clauses.append("t_ns < ?")
-        params.append(t_to_ns)
-    if grid is not None:
-        clauses.append("series_id IN (SELECT id FROM series WHERE grid = ?)")
-        params.append(grid)
-    return " AND ".join(clauses), tuple(params)
