@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridpilot.gateways.reconnect import Backoff
+from gridpilot.core.backoff import Backoff
 
 
 def test_waits_double_up_to_the_cap_and_start_again_after_a_success() -> None:

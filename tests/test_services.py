@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import logging
 import os
 import socket
 import time
@@ -16,8 +18,9 @@ import numpy as np
 import pytest
 from nats.aio.client import Client
 
-from gridpilot.core import subjects
+from gridpilot.core import bus, subjects
 from gridpilot.core.config import ServiceConfig
+from gridpilot.core.errors import ConfigError
 from gridpilot.core.schemas import (
     AckRequest,
     Alarm,
@@ -35,6 +38,7 @@ from gridpilot.core.schemas import (
     Measurand,
     MeasurementSet,
     Reply,
+    ServiceState,
     SimTruth,
     StateEstimate,
     decode,
@@ -498,3 +502,121 @@ async def test_field_protocols_meters_over_mqtt_and_der_over_modbus(
     assert ders[-1].t_ns - time.time_ns() > 60e9
     meters = [m.t_ns for m in meas.items if m.kind is DeviceKind.METER]
     assert abs(ders[-1].t_ns - max(meters)) < 3600e9
+
+
+def renamed_package(name: str) -> distribution.GridPackage:
+    """cigre_mv's package under another grid name: a grid no other test publishes."""
+    model = grid(GRID)
+    pkg = distribution.package(model, default_placement(model))
+    return distribution.GridPackage(
+        model=msgspec.structs.replace(pkg.model, name=name),
+        placement=msgspec.structs.replace(pkg.placement, grid=name),
+        devices=msgspec.structs.replace(pkg.devices, grid=name),
+    )
+
+
+async def remove_grid(nc: Client, name: str) -> None:
+    """Delete a grid's package and purge its delete marker, which a plain delete leaves listed
+    (the other tests of the session list the grids)."""
+    store = await nc.jetstream().object_store(distribution.BUCKET)
+    with contextlib.suppress(Exception):
+        await store.delete(f"{name}.json")
+    meta = base64.urlsafe_b64encode(f"{name}.json".encode()).decode()
+    await nc.jetstream().purge_stream(
+        f"OBJ_{distribution.BUCKET}", subject=f"$O.{distribution.BUCKET}.M.{meta}"
+    )
+
+
+def config_for(
+    cls: type[Service], grid_name: str, nats_server: EmbeddedNats, credentials: dict[str, str],
+    tmp_path: Path,
+) -> ServiceConfig:  # fmt: skip
+    return ServiceConfig(
+        nats_url=nats_server.url, user=cls.name, password=credentials[cls.name], grid=grid_name,
+        data_dir=tmp_path, heartbeat_s=0.2, model_wait_s=30.0,
+    )  # fmt: skip
+
+
+async def test_services_started_before_the_model_wait_for_it(
+    admin_nc: Client,
+    nats_server: EmbeddedNats,
+    credentials: dict[str, str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gridpilot")
+    late = f"late_{os.getpid()}"
+    await bus.ensure_jetstream(admin_nc)
+    services = [
+        cls(config_for(cls, late, nats_server, credentials, tmp_path))
+        for cls in (StateEstimationService, MonitoringService)
+    ]
+    tasks = [asyncio.create_task(svc.run(install_signals=False)) for svc in services]
+    states = await collect(admin_nc, subjects.STATE.format(grid=late), StateEstimate)
+    try:
+        await asyncio.sleep(1.5)  # as if `gridpilot init` came late
+        assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+        assert all(svc.state is ServiceState.STARTING for svc in services)
+        waiting = [r for r in caplog.records if r.getMessage() == "waiting for the grid model"]
+        # one line per service so far, not one per retry (they retry every 0.25-5 s)
+        assert sorted(r.name for r in waiting) == [
+            "gridpilot.monitoring",
+            "gridpilot.state_estimation",
+        ]
+        assert {(r.grid, r.attempt) for r in waiting} == {(late, 1)}  # type: ignore[attr-defined]
+        assert all(0 < r.retry_in_s <= 5 for r in waiting)  # type: ignore[attr-defined]
+
+        await distribution.publish(admin_nc, renamed_package(late))
+        deadline = time.monotonic() + 15
+        while any(svc.state is not ServiceState.RUNNING for svc in services):
+            assert time.monotonic() < deadline, [svc.state for svc in services]
+            await asyncio.sleep(0.1)
+        pipe = Pipeline(GRID)  # measurements for it: the estimator works
+        for k in range(5):
+            pipe.twin.step(pipe.t_s + k * 0.1)
+            for dev in pipe.placement.devices:
+                mset = pipe.twin.measure(dev, late, k)
+                await admin_nc.publish(subjects.MEAS.format(grid=late, source=dev.id), encode(mset))
+        await states.wait_for(lambda s: len(s) >= 3)
+        assert states.items[-1].status is EstimateStatus.CONVERGED
+        assert any(r.getMessage() == "grid model published" for r in caplog.records)
+    finally:
+        for svc in services:
+            svc.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await remove_grid(admin_nc, late)
+
+
+async def test_a_published_but_invalid_model_fails_at_once(
+    admin_nc: Client, nats_server: EmbeddedNats, credentials: dict[str, str], tmp_path: Path
+) -> None:
+    bad = f"bad_{os.getpid()}"
+    await bus.ensure_jetstream(admin_nc)
+    pkg = renamed_package(bad)
+    broken = msgspec.structs.replace(pkg.placement.devices[0], period_s=0.0)
+    placement = msgspec.structs.replace(pkg.placement, devices=[broken, *pkg.placement.devices[1:]])
+    await distribution.publish(admin_nc, msgspec.structs.replace(pkg, placement=placement))
+    try:
+        svc = MonitoringService(
+            config_for(MonitoringService, bad, nats_server, credentials, tmp_path)
+        )
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=rf"placement for {bad} has 1 problem.*period_s"):
+            await asyncio.wait_for(svc.run(install_signals=False), 10)
+        assert time.monotonic() - started < 5  # not the 30 s it would wait for a missing one
+        with pytest.raises(ConfigError, match=rf"gridpilot init --grid {bad}"):
+            await distribution.wait_for(admin_nc, bad, wait_s=30)
+    finally:
+        await remove_grid(admin_nc, bad)
+
+
+async def test_the_wait_for_a_missing_model_is_bounded(admin_nc: Client) -> None:
+    await bus.ensure_jetstream(admin_nc)
+    started = time.monotonic()
+    with pytest.raises(distribution.ModelMissing) as info:
+        await distribution.wait_for(admin_nc, "never_published", wait_s=0.6)
+    assert 0.6 <= time.monotonic() - started < 3
+    message = str(info.value)
+    assert "no model for grid 'never_published'" in message
+    assert "gridpilot init --grid never_published" in message
+    assert "gave up after waiting 0.6 s (GRIDPILOT_MODEL_WAIT_S)" in message

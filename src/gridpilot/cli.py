@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="every service with its state and heartbeat age")
     st.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    st.add_argument("--nats-url", default=None)
+    st.add_argument(
+        "--nats-url",
+        default=None,
+        help="ask this NATS server instead of the platform in --data-dir; connects as "
+        "GRIDPILOT_NATS_USER/PASSWORD when set, or as the user in the URL",
+    )
     st.add_argument("--json", action="store_true")
 
     sub.add_parser("grids", help="the grids available")
@@ -125,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     health.add_argument("service")
     health.add_argument("--max-age", type=float, default=5.0, help="seconds (default 5)")
+    health.add_argument(
+        "--instance",
+        default=None,
+        help="only this instance's heartbeat (default: GRIDPILOT_INSTANCE, which the service "
+        "in the same container uses as its instance; unset: any instance)",
+    )
 
     docs = sub.add_parser("docs", help="generate the subject and payload reference")
     docs.add_argument("--out", type=Path, default=Path("docs"))
@@ -251,15 +262,11 @@ def _user(args: argparse.Namespace) -> int:
 
 
 async def _ops(args: argparse.Namespace) -> int:
-    from gridpilot.core.bus import connect
     from gridpilot.core.config import ServiceConfig
     from gridpilot.platform.ops import health, init_platform
 
     config = ServiceConfig.from_env(grid=getattr(args, "grid", None))
-    nc = await connect(
-        config.nats_url, user=config.user, password=config.password, name=f"cli-{args.command}",
-        connect_timeout=3,
-    )  # fmt: skip
+    nc = await _connect_url(config.nats_url, name=f"cli-{args.command}")
     try:
         if args.command == "init":
             lines = await init_platform(
@@ -269,21 +276,42 @@ async def _ops(args: argparse.Namespace) -> int:
             for line in lines:
                 print(line)
             return 0
-        ok, why = await health(nc, args.service, max_age_s=args.max_age)
+        instance = config.instance if args.instance is None else args.instance
+        ok, why = await health(nc, args.service, max_age_s=args.max_age, instance=instance or None)
     finally:
         await nc.close()
     print(("healthy: " if ok else "unhealthy: ") + why)
     return 0 if ok else 1
 
 
+async def _connect_url(url: str, *, name: str) -> Client:
+    """A connection to ``url`` as GRIDPILOT_NATS_USER / GRIDPILOT_NATS_PASSWORD(_FILE) say, or as
+    the user in the URL: what every command given a NATS URL (``--nats-url``, or
+    GRIDPILOT_NATS_URL for init and health) connects with."""
+    from gridpilot.core.bus import connect
+    from gridpilot.core.errors import PermissionDeniedError
+    from gridpilot.platform.permissions import env_credentials
+
+    user, password = env_credentials(url)
+    try:
+        return await connect(url, user=user, password=password, name=name, connect_timeout=3)
+    except PermissionDeniedError as exc:
+        raise GridPilotError(
+            f"{exc}; set GRIDPILOT_NATS_USER and GRIDPILOT_NATS_PASSWORD (or "
+            "GRIDPILOT_NATS_PASSWORD_FILE) to a user of that server, or write it into the URL "
+            "(nats://USER:PASSWORD@HOST:PORT)"
+        ) from None
+
+
 async def _client(data_dir: Path, nats_url: str | None, identity: str = "viewer") -> Client:
-    """A connection as ``identity`` to the platform running with ``data_dir`` (or to a URL)."""
+    """A connection as ``identity`` to the platform running with ``data_dir``; or to a URL, as
+    GRIDPILOT_NATS_USER / GRIDPILOT_NATS_PASSWORD say (or the user in the URL)."""
     from gridpilot.core.bus import connect
     from gridpilot.platform import permissions
     from gridpilot.platform.broker import read_endpoints
 
     if nats_url:
-        return await connect(nats_url, user=None, password=None, name="cli", connect_timeout=3)
+        return await _connect_url(nats_url, name="cli")
     url = read_endpoints(data_dir)["nats"]
     password = permissions.service_password(data_dir, identity)
     return await connect(url, user=identity, password=password, name="cli", connect_timeout=3)
@@ -291,6 +319,7 @@ async def _client(data_dir: Path, nats_url: str | None, identity: str = "viewer"
 
 async def _status(args: argparse.Namespace) -> int:
     import msgspec
+    from nats.js.errors import KeyNotFoundError
 
     from gridpilot.core.schemas import Heartbeat
 
@@ -304,8 +333,11 @@ async def _status(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
         now = time.time_ns()
         for key in sorted(keys):
-            entry = await kv.get(key)
-            hb = msgspec.json.decode(entry.value or b"", type=Heartbeat)
+            try:
+                entry = await kv.get(key)
+                hb = msgspec.json.decode(entry.value or b"", type=Heartbeat)
+            except (KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+                continue  # gone since listed, or not a heartbeat: no service to show
             rows.append(
                 {
                     "service": hb.service,

@@ -47,7 +47,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--bucket", type=int, default=0, help="seconds per bucket; 0: raw values")
     q.add_argument("--latest", action="store_true", help="only the newest value")
     q.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    q.add_argument("--nats-url", default=None)
+    q.add_argument(
+        "--nats-url",
+        default=None,
+        help="ask this NATS server instead of the platform in --data-dir; connects as "
+        "GRIDPILOT_NATS_USER/PASSWORD when set, or as the user in the URL",
+    )
 
 
 def parse_time(text: str) -> int:

@@ -224,10 +224,12 @@ def test_compose_deployment_estimates_the_state(image: str, compose: dict[str, s
     print(f"\nestimates after {time.monotonic() - float(compose['started']):.0f} s of compose up")
     running = {r["service"] for r in rows if r["state"] == "running"}
     assert {"simulator", "monitoring", "web", "gateway_modbus", "historian"} <= running
-    # The services started before init had published the model exit and are restarted
-    # (restart: on-failure); from here on nothing restarts and the historian fills PostgreSQL.
+    # Services started before init published the model wait for it (GRIDPILOT_MODEL_WAIT_S);
+    # one that could not reach the cluster yet exits and is restarted (restart: on-failure).
+    # From here on nothing restarts and the historian fills PostgreSQL.
     watched = ("historian", "simulator", "web", "state_estimation_a", "state_estimation_b")
     restarts = {name: _restarts(name) for name in watched}
+    print(f"restarts while the deployment came up: {restarts}")
     deadline = time.monotonic() + 90
     stored = 0
     while time.monotonic() < deadline and not stored:

@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gridpilot.core.config import DEFAULT_MODEL_WAIT_S, INSTANCE_ID
 from gridpilot.platform.broker import nats_server_binary
 from gridpilot.platform.catalog import SERVICES
 from gridpilot.platform.permissions import PERMISSIONS
@@ -49,9 +50,12 @@ def test_compose_runs_every_service_in_its_own_container() -> None:
     run = [_command(s)[1] for s in services.values() if _command(s)[:1] == ["run"]]
     assert set(run) == set(SERVICES)
     assert run.count("state_estimation") == 2
+    instances = []
     for svc in services.values():
         if _command(svc)[1:2] == ["state_estimation"]:
             assert _command(svc)[2:] == ["--grid", "all"]
+            instances.append(svc["environment"]["GRIDPILOT_INSTANCE"])
+    assert len(set(instances)) == 2 and all(INSTANCE_ID.match(i) for i in instances)
     assert {"nats1", "nats2", "nats3", "postgres", "init"} <= set(services)
 
 
@@ -154,6 +158,12 @@ def test_deployments_are_hardened_probed_and_bounded(rendered: list[dict[str, An
         (c,) = pod["containers"]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert "livenessProbe" in c, name
+        if name != "web":  # the heartbeat probe, also at startup: time to wait for the model
+            health = ["gridpilot", "health", name.replace("-", "_"), "--max-age", "10"]
+            assert c["livenessProbe"]["exec"]["command"] == health, name
+            startup = c["startupProbe"]
+            assert startup["exec"]["command"] == health, name
+            assert startup["periodSeconds"] * startup["failureThreshold"] > DEFAULT_MODEL_WAIT_S
         assert {"requests", "limits"} <= set(c["resources"]), name
         args = c["args"]
         assert args[:2] == ["run", name.replace("-", "_")]
@@ -164,7 +174,12 @@ def test_deployments_are_hardened_probed_and_bounded(rendered: list[dict[str, An
                 assert ref["key"] in PERMISSIONS
     web = deployments["web"]["spec"]["template"]["spec"]["containers"][0]
     assert web["readinessProbe"]["httpGet"]["path"] == "/api/health"
-    assert deployments["state-estimation"]["spec"]["replicas"] >= 2
+    se = deployments["state-estimation"]
+    assert se["spec"]["replicas"] >= 2
+    # each pod's instance is its name: the probe, in the same container, checks that one
+    (se_c,) = se["spec"]["template"]["spec"]["containers"]
+    instance = next(e for e in se_c["env"] if e["name"] == "GRIDPILOT_INSTANCE")
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
 def test_network_policies_deny_by_default(rendered: list[dict[str, Any]]) -> None:

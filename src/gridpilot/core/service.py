@@ -47,7 +47,8 @@ class Service:
         self.counters: Counter[str] = Counter()
         self.info: dict[str, int | float | str] = {}
         self.state = s.ServiceState.STARTING
-        self.instance = uuid.uuid4().hex[:8]
+        # GRIDPILOT_INSTANCE (a pod's name) lets a probe in the same container find this one
+        self.instance = config.instance or uuid.uuid4().hex[:8]
         self.started = time.monotonic()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

@@ -1,16 +1,25 @@
-"""Grid packages travel over the bus: the supervisor puts each grid's model, placement and
-device registry into the ``gp_models`` object store once, and services fetch them instead of
-importing pandapower."""
+"""Grid packages travel over the bus: the supervisor (or ``gridpilot init``) puts each grid's
+model, placement and device registry into the ``gp_models`` object store once, and services
+fetch them instead of importing pandapower.
+
+In a container deployment a service may start before ``gridpilot init`` has published its
+grid: ``wait_for`` retries while the package is missing (start order does not matter, and the
+orchestrator need not restart anything), but not when it is there and invalid.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
-from gridpilot.core.errors import ModelError
+from gridpilot.core.backoff import Backoff
+from gridpilot.core.errors import ConfigError, ModelError
 from gridpilot.model.devices import (
     DeviceRegistry,
     default_registry,
@@ -28,6 +37,14 @@ from gridpilot.model.placement import (
 
 log = logging.getLogger("gridpilot.model")
 BUCKET = "gp_models"
+WAIT_MIN_S = 0.25  # the first retry of a missing model; doubling up to
+WAIT_MAX_S = 5.0
+SAY_EVERY_S = 30.0  # one "waiting for the grid model" line this often, not one per retry
+
+
+class ModelMissing(ModelError):
+    """The grid's package is not in the object store (yet): worth waiting for, unlike a package
+    that is there but invalid."""
 
 
 class GridPackage(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,15 +96,84 @@ async def publish(nc: Client, pkg: GridPackage) -> None:
 
 
 async def fetch(nc: Client, grid: str) -> GridPackage:
-    """The model, placement and device registry of ``grid`` from the object store."""
+    """The model, placement and device registry of ``grid`` from the object store.
+
+    ModelMissing when it is not there (or the store cannot be read yet); ModelError when it
+    is there but does not decode, ConfigError when its placement does not fit its model."""
     try:
         store = await nc.jetstream().object_store(BUCKET)
         raw = (await store.get(f"{grid}.json")).data or b""
-        pkg = msgspec.json.decode(raw, type=GridPackage)
     except Exception as exc:
-        raise ModelError(
-            f"no model for grid {grid!r} on the bus ({exc}); start the platform with "
-            f"'gridpilot up --grid {grid}' which publishes it"
+        why = f"not in object store {BUCKET}" if isinstance(exc, NotFoundError) else repr(exc)
+        raise ModelMissing(
+            f"no model for grid {grid!r} on the bus ({why}); publish it with "
+            f"'gridpilot init --grid {grid}' (containers) or start the platform with "
+            f"'gridpilot up --grid {grid}', which publishes it"
         ) from exc
-    assert_valid_placement(pkg.placement, pkg.model)
+    try:
+        pkg = msgspec.json.decode(raw, type=GridPackage)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ModelError(
+            f"the model of grid {grid!r} in object store {BUCKET} is not a grid package "
+            f"({exc}); publish it again with 'gridpilot init --grid {grid}' of this version"
+        ) from exc
+    try:
+        assert_valid_placement(pkg.placement, pkg.model)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}; fix placements/{grid}.toml and publish it again with "
+            f"'gridpilot init --grid {grid}'"
+        ) from None
     return pkg
+
+
+async def wait_for(
+    nc: Client, grid: str, *, wait_s: float, log: logging.Logger = log
+) -> GridPackage:
+    """``fetch``, retried with capped exponential back-off while the package is missing, for
+    up to ``wait_s`` seconds (0: one attempt); an invalid package fails at once, as waiting
+    would not mend it.
+
+    Says "waiting for the grid model" on the first miss and then every ``SAY_EVERY_S``, so that
+    a long wait leaves a trace without a line per retry."""
+    backoff = Backoff(WAIT_MIN_S, WAIT_MAX_S, names=("WAIT_MIN_S", "WAIT_MAX_S"))
+    started = time.monotonic()
+    said_at: float | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            pkg = await fetch(nc, grid)
+        except ModelMissing as exc:
+            now = time.monotonic()
+            left = started + wait_s - now
+            if left <= 0:
+                raise ModelMissing(
+                    f"{exc}; gave up after waiting {wait_s:g} s (GRIDPILOT_MODEL_WAIT_S)"
+                ) from exc.__cause__
+            delay = min(backoff.next(), left)
+            if said_at is None or now - said_at >= SAY_EVERY_S:
+                said_at = now
+                log.warning(
+                    "waiting for the grid model",
+                    extra={
+                        "grid": grid,
+                        "attempt": attempt,
+                        "retry_in_s": round(delay, 2),
+                        "waited_s": round(now - started, 1),
+                        "gives_up_in_s": round(left, 1),
+                        "error": repr(exc.__cause__),
+                    },
+                )
+            await asyncio.sleep(delay)
+            continue
+        if attempt > 1:
+            log.info(
+                "grid model published",
+                extra={
+                    "grid": grid,
+                    "attempt": attempt,
+                    "waited_s": round(time.monotonic() - started, 1),
+                },
+            )
+        return pkg

@@ -1,6 +1,7 @@
 """What a deployment without the supervisor needs (containers, Kubernetes): a one-shot
 ``gridpilot init`` that creates the streams and buckets and publishes a grid's model, and a
-``gridpilot health SERVICE`` probe that reads the service's latest heartbeat."""
+``gridpilot health SERVICE`` probe that reads the service's latest heartbeat (of the instance in
+the probe's own container, with ``--instance`` or GRIDPILOT_INSTANCE)."""
 
 from __future__ import annotations
 
@@ -56,13 +57,22 @@ async def init_platform(
     return done
 
 
-async def health(nc: Client, service: str, *, max_age_s: float) -> tuple[bool, str]:
-    """Whether ``service`` (or any instance of it, for shared services) reported running within
-    ``max_age_s``; and why not."""
+async def health(
+    nc: Client, service: str, *, max_age_s: float, instance: str | None = None
+) -> tuple[bool, str]:
+    """Whether ``service`` reported running within ``max_age_s``; and why not.
+
+    Without ``instance``, any instance will do (shared services beat under
+    ``service.<instance>``). With it, only that instance's heartbeat counts: the probe of one
+    of several shared state estimators must fail when its own instance stops, whatever the
+    others do."""
     kv = await nc.jetstream().key_value("gp_services")
-    keys = [service]
-    with contextlib.suppress(Exception):  # no keys at all, or no right to list them
-        keys += [k for k in await kv.keys() if k.startswith(f"{service}.")]
+    if instance is None:
+        keys = [service]
+        with contextlib.suppress(Exception):  # no keys at all, or no right to list them
+            keys += [k for k in await kv.keys() if k.startswith(f"{service}.")]
+    else:  # shared (service.<instance>) or not (service): the heartbeat names its instance
+        keys = [f"{service}.{instance}", service]
     now = time.time_ns()
     reasons = []
     for key in keys:
@@ -75,8 +85,13 @@ async def health(nc: Client, service: str, *, max_age_s: float) -> tuple[bool, s
         except (msgspec.ValidationError, msgspec.DecodeError):
             reasons.append(f"{key}: not a heartbeat")
             continue
+        if instance is not None and hb.instance != instance:
+            continue  # another instance's (a service that beats under its own name)
         age_s = (now - hb.t_ns) / 1e9
         if hb.state in (ServiceState.RUNNING, ServiceState.DEGRADED) and age_s <= max_age_s:
             return True, f"{key} {hb.state}, heartbeat {age_s:.1f} s ago"
         reasons.append(f"{key} {hb.state}, heartbeat {age_s:.1f} s ago")
-    return False, "; ".join(reasons) or f"no heartbeat of {service} yet"
+    if instance is None:
+        return False, "; ".join(reasons) or f"no heartbeat of {service} yet"
+    seen = "; ".join(reasons) or "not running yet, or stopped"
+    return False, f"no recent heartbeat of {service} instance {instance} ({seen})"

@@ -12,8 +12,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gridpilot.core import subjects as sj
+from gridpilot.core.config import env_secret
 from gridpilot.core.errors import ConfigError
 
 ENV_USER = "GRIDPILOT_NATS_USER"
@@ -343,6 +345,13 @@ def service_env(data_dir: Path, identity: str) -> dict[str, str]:
     return {ENV_USER: identity, ENV_PASSWORD: service_password(data_dir, identity)}
 
 
-def env_credentials() -> tuple[str | None, str | None]:
-    """The user and password a service was started with (None when not set)."""
-    return os.environ.get(ENV_USER) or None, os.environ.get(ENV_PASSWORD) or None
+def env_credentials(url: str = "") -> tuple[str | None, str | None]:
+    """The user and password to connect to ``url`` with: GRIDPILOT_NATS_USER and
+    GRIDPILOT_NATS_PASSWORD (or the file GRIDPILOT_NATS_PASSWORD_FILE names), as a service reads
+    them; None when not set. Every CLI command given a NATS URL connects with these.
+
+    A user written into the URL (``nats://user:password@host``) wins: (None, None) then, and
+    the client takes the URL's (nats-py would otherwise send ours instead)."""
+    if any(urlsplit(u.strip()).username for u in url.split(",")):
+        return None, None
+    return os.environ.get(ENV_USER) or None, env_secret(ENV_PASSWORD)

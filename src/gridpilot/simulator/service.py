@@ -30,7 +30,9 @@ class SimulatorService(Service):
     name = "simulator"
 
     async def setup(self) -> None:
-        pkg = await distribution.fetch(self.nc, self.grid)
+        pkg = await distribution.wait_for(
+            self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+        )
         model, placement = pkg.model, pkg.placement
         self.placement = placement
         self.twin = Twin(model, placement, seed=int(time.time()))

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from gridpilot.core.backoff import Backoff
 from gridpilot.gateways.c37118.events import (
     ConnectionState,
     ConnectionStateChanged,
@@ -30,7 +31,7 @@ from gridpilot.gateways.c37118.events import (
     PdcStats,
 )
 from gridpilot.gateways.feed import EventFeed
-from gridpilot.gateways.reconnect import Backoff, keep_connected
+from gridpilot.gateways.reconnect import keep_connected
 from gridpilot.protocols.c37118 import (
     AnyFrame,
     BadSyncError,

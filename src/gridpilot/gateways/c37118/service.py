@@ -26,7 +26,9 @@ class C37118GatewayService(Service):
     name = "gateway_c37118"
 
     async def setup(self) -> None:
-        pkg = await distribution.fetch(self.nc, self.grid)
+        pkg = await distribution.wait_for(
+            self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+        )
         self.kv = {b.id: b.vn_kv for b in pkg.model.buses}
         self.seq = 0
         self.streaming: set[str] = set()

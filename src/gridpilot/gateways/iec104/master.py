@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gridpilot.core.backoff import Backoff
 from gridpilot.gateways.feed import EventFeed
 from gridpilot.gateways.iec104.events import (
     CommandOutcome,
@@ -33,7 +34,7 @@ from gridpilot.gateways.iec104.events import (
     SinglePointUpdate,
 )
 from gridpilot.gateways.iec104.link import StreamLink
-from gridpilot.gateways.reconnect import Backoff, keep_connected
+from gridpilot.gateways.reconnect import keep_connected
 from gridpilot.protocols.iec104 import (
     Asdu,
     AsduReceived,

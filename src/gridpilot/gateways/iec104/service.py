@@ -36,7 +36,10 @@ class Iec104GatewayService(Service):
     name = "gateway_iec104"
 
     async def setup(self) -> None:
-        registry = (await distribution.fetch(self.nc, self.grid)).devices
+        pkg = await distribution.wait_for(
+            self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+        )
+        registry = pkg.devices
         self.masters: dict[str, Iec104Master] = {}
         self.switches: dict[str, tuple[Rtu, int]] = {}
         self.seq = 0

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
+from gridpilot.core.backoff import Backoff
 from gridpilot.core.errors import ConfigError
 from gridpilot.gateways.modbus.events import (
     DerEvent,
@@ -26,7 +27,6 @@ from gridpilot.gateways.modbus.events import (
     UnitHealth,
 )
 from gridpilot.gateways.modbus.link import ModbusLink
-from gridpilot.gateways.reconnect import Backoff
 from gridpilot.protocols import sunspec
 from gridpilot.protocols.sunspec import (
     BASE_ADDRESS,

@@ -30,7 +30,9 @@ class ModbusGatewayService(Service):
     name = "gateway_modbus"
 
     async def setup(self) -> None:
-        pkg = await distribution.fetch(self.nc, self.grid)
+        pkg = await distribution.wait_for(
+            self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+        )
         self.ders: dict[str, Der] = {d.generator: d for d in pkg.devices.der}
         by_server: dict[tuple[str, int], list[Der]] = defaultdict(list)
         for der in pkg.devices.der:

@@ -26,7 +26,10 @@ class MqttGatewayService(Service):
     async def setup(self) -> None:
         devices = self._devices
         if devices is None:
-            registry = (await distribution.fetch(self.nc, self.grid)).devices
+            pkg = await distribution.wait_for(
+                self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+            )
+            registry = pkg.devices
             devices = {
                 m.device: [(c.component, c.mrid, c.terminal) for c in m.components]
                 for m in registry.meter

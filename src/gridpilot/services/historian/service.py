@@ -31,9 +31,9 @@ from nats.js import api
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
+from gridpilot.core.backoff import Backoff
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.service import Service
-from gridpilot.gateways.reconnect import Backoff
 from gridpilot.services.historian import rows
 from gridpilot.services.historian.backends import open_store, redact
 from gridpilot.services.historian.store import (

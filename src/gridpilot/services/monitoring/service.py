@@ -18,7 +18,10 @@ class MonitoringService(Service):
     name = "monitoring"
 
     async def setup(self) -> None:
-        model = (await distribution.fetch(self.nc, self.grid)).model
+        pkg = await distribution.wait_for(
+            self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+        )
+        model = pkg.model
         self.checker = LimitChecker(model)
         self.kv = await self.nc.jetstream().key_value("gp_alarms")
         stored: list[Alarm] = []

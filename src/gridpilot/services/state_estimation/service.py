@@ -229,7 +229,10 @@ class StateEstimationService(Service):
             await self._setup_shared()
             return
         runner = self.runners[self.grid] = GridEstimation(self, self.grid, info=self.info)
-        await runner.start(await distribution.fetch(self.nc, self.grid))
+        pkg = await distribution.wait_for(
+            self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
+        )
+        await runner.start(pkg)
         self.spawn(runner.poll(), name="aligner")
         self.spawn(runner.estimate_loop(), name="estimate")
 
