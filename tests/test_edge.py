@@ -173,7 +173,7 @@ async def test_hub_catches_up_after_the_leaf_link_was_cut(
     admins: tuple[Client, Client],
     tmp_path: Path,
 ) -> None:
-    hub, _, proxy = sites
+    hub, edge, proxy = sites
     hub_nc, edge_nc = admins
     await wait_for(lambda: leafz(hub) == 1, 10, "the edge connected as a leaf")
     await bus.ensure_jetstream(hub_nc)
@@ -202,6 +202,18 @@ async def test_hub_catches_up_after_the_leaf_link_was_cut(
             await asyncio.sleep(0.05)
         return time.monotonic() - restored_at
 
+    async def link_back(at_restore: int) -> tuple[float, float]:
+        """Seconds from the link's return until both servers list the leaf link again, and
+        until the hub got the first measurement of the backlog."""
+        leaf_s = first_s = 0.0
+        while not (leaf_s and first_s):
+            if not leaf_s and leafz(hub) == 1 and leafz(edge) == 1:
+                leaf_s = time.monotonic() - restored_at
+            if not first_s and await hub_count() > at_restore:
+                first_s = time.monotonic() - restored_at
+            await asyncio.sleep(0.05)
+        return leaf_s, first_s
+
     store = open_store(str(tmp_path / "hub" / "historian.sqlite"))
     n = 0
     try:
@@ -210,6 +222,7 @@ async def test_hub_catches_up_after_the_leaf_link_was_cut(
         cut_at = restored_at = 0.0
         seen_during_cut = -1
         backlog_task: asyncio.Task[float] | None = None
+        link_task: asyncio.Task[tuple[float, float]] | None = None
         while True:
             now = time.monotonic()
             if not cut_at and now >= phase_end:
@@ -221,6 +234,7 @@ async def test_hub_catches_up_after_the_leaf_link_was_cut(
                 proxy.open()
                 restored_at = now
                 backlog_task = asyncio.create_task(backlog_done(n))
+                link_task = asyncio.create_task(link_back(at_cut + seen_during_cut))
             elif restored_at and now >= restored_at + AFTER_S:
                 break
             try:
@@ -240,10 +254,14 @@ async def test_hub_catches_up_after_the_leaf_link_was_cut(
                 counts["hub"] = await hub_count()
                 await asyncio.sleep(0.1)
 
+        # The hub's stream asked the edge for a new source consumer while the link was down;
+        # nats-server waits 30 s for that answer, then retries after a back-off: catch-up
+        # comes 20-31 s after a 30 s cut (deploy/README.md, "Edge sites").
         await asyncio.wait_for(poll_hub(), 30)
         caught_up_s = time.monotonic() - restored_at
-        assert backlog_task is not None
+        assert backlog_task is not None and link_task is not None
         backlog_s = await backlog_task
+        leaf_s, first_s = await link_task
         await wait_for(lambda: store.count_samples(grid) >= n, 30, "historian stored all")
         stored_s = time.monotonic() - restored_at
         await asyncio.sleep(1.0)  # anything sourced or delivered twice would show by now
@@ -258,8 +276,10 @@ async def test_hub_catches_up_after_the_leaf_link_was_cut(
             historian.wait(10)
     print(
         f"\nedge: {n} measurements at {RATE_HZ}/s, link cut {CUT_S:.0f} s "
-        f"({int(CUT_S * RATE_HZ)} produced meanwhile); the hub had the backlog "
-        f"{backlog_s:.1f} s after the link returned, everything {caught_up_s:.1f} s after "
+        f"({int(CUT_S * RATE_HZ)} produced meanwhile); after the link returned the leaf "
+        f"link was up again in {leaf_s:.1f} s, the first of the backlog at the hub in "
+        f"{first_s:.1f} s, the hub had the backlog {backlog_s:.1f} s and everything "
+        f"{caught_up_s:.1f} s after "
         f"(publishing ended {published_at - restored_at:.1f} s after), the historian all "
         f"rows {stored_s:.1f} s after"
     )
