@@ -17,9 +17,11 @@ from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.schemas import Heartbeat, ServiceState, encode
 from gridpilot.model import distribution
+from gridpilot.platform import permissions
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.platform.ops import health, init_platform
 from gridpilot.platform.permissions import env_credentials
+from gridpilot.platform.supervisor import Supervisor
 from gridpilot.services.monitoring.service import MonitoringService
 from gridpilot.services.state_estimation.service import StateEstimationService
 from tests.conftest import ConnectAs
@@ -249,3 +251,40 @@ def test_model_wait_and_instance_come_from_the_environment(
     monkeypatch.setenv("GRIDPILOT_INSTANCE", "a.b")  # a dot would split the KV key
     with pytest.raises(ConfigError, match=r"GRIDPILOT_INSTANCE='a\.b': use up to 64 letters"):
         ServiceConfig.from_env()
+
+
+async def test_up_on_a_broker_of_ones_own_logs_every_service_in_as_the_given_user(
+    nats_server: EmbeddedNats,
+    credentials: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`gridpilot up --nats-url URL` on a broker that needs a login: the supervisor and its
+    services connect as GRIDPILOT_NATS_USER (here the password comes from a file)."""
+    secret = tmp_path / "password"
+    secret.write_text(credentials[permissions.ADMIN] + "\n")
+    monkeypatch.setenv(permissions.ENV_USER, permissions.ADMIN)
+    monkeypatch.delenv(permissions.ENV_PASSWORD, raising=False)
+    monkeypatch.setenv(f"{permissions.ENV_PASSWORD}_FILE", str(secret))
+    sup = Supervisor(
+        grid="cigre_mv",
+        data_dir=tmp_path / "data",
+        nats_url=nats_server.url,
+        services=["monitoring"],
+        live=False,
+    )
+    task = asyncio.create_task(sup.run())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            child = sup.children.get("monitoring")
+            hb = child.heartbeat if child is not None else None
+            if hb is not None and hb.state is ServiceState.RUNNING:
+                break
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, "monitoring did not run within 60 s"
+            await asyncio.sleep(0.2)
+        assert child is not None and child.restarts == 0
+    finally:
+        sup.stop()
+        await asyncio.wait_for(task, 30)

@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--grid", default=DEFAULT_GRID, help="grid name, simbench:<code> or a .json")
     up.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    up.add_argument("--nats-url", default=None, help="use this NATS server instead of embedding")
+    up.add_argument(
+        "--nats-url",
+        default=None,
+        help="use this NATS server instead of embedding (if it needs a login, every service "
+        "connects as GRIDPILOT_NATS_USER with GRIDPILOT_NATS_PASSWORD or _PASSWORD_FILE)",
+    )
     up.add_argument("--no-live", action="store_true", help="print summary lines, not a table")
     up.add_argument(
         "--db",

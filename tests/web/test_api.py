@@ -349,3 +349,16 @@ async def test_live_socket_refuses_without_login(api: Api) -> None:
         async with api.websocket_connect(f"/api/grids/{GRID}/live") as ws:
             await ws.recv()
     assert refused.value.response.status_code == 403  # the handshake is refused
+
+
+async def test_a_deleted_grid_is_no_longer_listed(api: Api, admin_nc: Client) -> None:
+    viewer = await login(api, "vic")
+    model = msgspec.structs.replace(load(GRID), name="gone")
+    placement = default_placement(model)
+    await distribution.publish(admin_nc, distribution.package(model, placement))
+    assert "gone" in (await api.get("/api/grids", headers=viewer)).json()
+    store = await admin_nc.jetstream().object_store(distribution.BUCKET)
+    await store.delete("gone.json")
+    assert (await api.get("/api/grids", headers=viewer)).json() == [GRID]
+    r = await api.get("/api/grids/gone/topology", headers=viewer)
+    assert r.status_code == 404 and "unknown grid" in r.json()["detail"]

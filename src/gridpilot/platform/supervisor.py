@@ -145,7 +145,8 @@ class Supervisor:
 
     async def _start_backbone(self) -> Client:
         if self.external_url:
-            url, user, password = self.external_url, None, None
+            url = self.external_url  # the broker's users: GRIDPILOT_NATS_USER/PASSWORD
+            user, password = permissions.env_credentials(url)
             endpoints = {"nats": url, "mqtt": "", "monitor": ""}
         else:
             self._say("starting NATS (JetStream, MQTT) ...")
@@ -233,6 +234,15 @@ class Supervisor:
             GRIDPILOT_DATA_DIR=str(self.data_dir),
             GRIDPILOT_SPEED=str(self.speed),
         )
+        if self.broker is None:  # a broker of the user's: every service as the one user given
+            base.update(
+                {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k in (permissions.ENV_USER, permissions.ENV_PASSWORD)
+                    or k == f"{permissions.ENV_PASSWORD}_FILE"
+                }
+            )
         for name in self.services:
             env = dict(base)
             if self.broker is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -124,7 +125,9 @@ class Bridge:
     async def grids(self) -> list[str]:
         try:
             store = await self.js.object_store(distribution.BUCKET)
-            names = [o.name for o in await store.list()]
+            names = [o.name or "" for o in await store.list(ignore_deletes=True)]
+        except nats.js.errors.NotFoundError:  # an empty store
+            names = []
         except Exception as exc:
             raise Unavailable(f"cannot list the grids: {exc}") from None
         return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
