@@ -34,6 +34,10 @@ CONF
 fi
 
 command -v podman >/dev/null || { echo "build.sh: podman is not installed" >&2; exit 3; }
+if grep -q '^runtime = "runc"' "$CONTAINERS_CONF" 2>/dev/null && ! command -v runc >/dev/null; then
+    echo "build.sh: $CONTAINERS_CONF asks for runc, which is not installed (apt-get install runc)" >&2
+    exit 3
+fi
 
 if ! podman image exists "$base"; then
     tarball="$cache/debian-bookworm-minbase.tar"

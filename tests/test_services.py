@@ -9,9 +9,12 @@ import itertools
 import logging
 import os
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import numpy as np
@@ -37,6 +40,7 @@ from gridpilot.core.schemas import (
     InjectRequest,
     Measurand,
     MeasurementSet,
+    MeasurementSnapshot,
     Reply,
     ServiceState,
     SimTruth,
@@ -53,7 +57,11 @@ from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.services.monitoring.service import MonitoringService
-from gridpilot.services.state_estimation.service import StateEstimationService
+from gridpilot.services.state_estimation.service import (
+    INLINE_MS,
+    GridEstimation,
+    StateEstimationService,
+)
 from gridpilot.simulator.service import SimulatorService
 from tests.pipeline import Pipeline, grid
 
@@ -620,3 +628,59 @@ async def test_the_wait_for_a_missing_model_is_bounded(admin_nc: Client) -> None
     assert "no model for grid 'never_published'" in message
     assert "gridpilot init --grid never_published" in message
     assert "gave up after waiting 0.6 s (GRIDPILOT_MODEL_WAIT_S)" in message
+
+
+async def test_quick_estimates_run_on_the_event_loop_slow_ones_in_a_thread() -> None:
+    """A grid whose last estimate took under INLINE_MS estimates on the event loop (the hop to
+    a thread costs more); after a slow one, the next goes to a worker thread."""
+    pipe = Pipeline("cigre_mv")
+    snaps: list[MeasurementSnapshot] = []
+    real = pipe.estimator.estimate
+
+    def capture(snap: MeasurementSnapshot) -> StateEstimate:
+        snaps.append(snap)
+        return real(snap)
+
+    pipe.estimator.estimate = capture  # type: ignore[method-assign]
+    pipe.run(0.6)
+    assert len(snaps) >= 5
+    loop_thread = threading.get_ident()
+    on_loop: list[bool] = []
+    slow = {2}  # the third estimate says it took longer than INLINE_MS, the others less
+
+    def estimate(snap: MeasurementSnapshot) -> StateEstimate:
+        on_loop.append(threading.get_ident() == loop_thread)
+        est = real(snap)
+        solve_ms = INLINE_MS + 1 if len(on_loop) - 1 in slow else INLINE_MS / 10
+        return msgspec.structs.replace(est, solve_ms=solve_ms)
+
+    published: list[bytes] = []
+
+    async def publish(subject: str, data: bytes, headers: object = None) -> None:
+        published.append(data)
+
+    async def put(key: str, data: bytes) -> None:
+        pass
+
+    svc = SimpleNamespace(
+        counters=Counter(),
+        nc=SimpleNamespace(publish=publish),
+        instance="t",
+        log=logging.getLogger("test"),
+    )
+    runner = GridEstimation(svc, "cigre_mv", info={})  # type: ignore[arg-type]
+    runner.estimator = SimpleNamespace(estimate=estimate)  # type: ignore[assignment]
+    runner.kv = SimpleNamespace(put=put)
+    runner.queue.extend(snaps[:5])
+    runner.wake.set()
+    task = asyncio.ensure_future(runner.estimate_loop())
+    try:
+        deadline = time.monotonic() + 10
+        while len(published) < 5:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert on_loop == [False, True, True, False, True]
