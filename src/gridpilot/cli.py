@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
 from gridpilot.core.errors import GridPilotError
-from gridpilot.platform.broker import LEAF_PORT
+from gridpilot.platform.broker import LEAF_PORT, LeafTls
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -51,8 +51,17 @@ def _parser() -> argparse.ArgumentParser:
         "--hub",
         default=None,
         metavar="URL",
-        help="with --edge: the hub's leafnode address nats://HOST:PORT (its password in "
-        "GRIDPILOT_LEAF_PASSWORD, or in the URL as nats://leafnode:PASSWORD@HOST:PORT)",
+        help="with --edge: the hub's leafnode address nats://HOST:PORT, or tls://HOST:PORT "
+        "when the hub requires TLS (its password in GRIDPILOT_LEAF_PASSWORD, or in the URL as "
+        "nats://leafnode:PASSWORD@HOST:PORT)",
+    )
+    up.add_argument(
+        "--hub-ca",
+        type=Path,
+        default=None,
+        metavar="CA.pem",
+        help="with --hub tls://...: verify the hub's certificate against this CA (PEM) instead "
+        "of the system's roots",
     )
     up.add_argument(
         "--leafnodes",
@@ -62,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"run as a hub accepting edges there (default 0.0.0.0:{LEAF_PORT}); runs the "
         "control-room services",
+    )
+    up.add_argument(
+        "--leaf-cert",
+        type=Path,
+        default=None,
+        metavar="CERT.pem",
+        help="with --leafnodes: the hub's TLS certificate (PEM, with its chain); the edges must "
+        "then connect with --hub tls://HOST:PORT. Without it the leaf link is not encrypted",
+    )
+    up.add_argument(
+        "--leaf-key",
+        type=Path,
+        default=None,
+        metavar="KEY.pem",
+        help="with --leaf-cert: its private key (PEM)",
     )
 
     run = sub.add_parser("run", help="run one service in this process")
@@ -187,6 +211,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise GridPilotError("--hub goes with --edge")
         if args.edge is not None and args.leafnodes:
             raise GridPilotError("a site is an edge (--edge) or a hub (--leafnodes), not both")
+        if (args.leaf_cert is None) != (args.leaf_key is None):
+            raise GridPilotError("--leaf-cert and --leaf-key go together: give both or neither")
         sup = Supervisor(
             grid=args.grid,
             data_dir=args.data_dir,
@@ -197,6 +223,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             edge=args.edge,
             hub=args.hub,
             leaf_listen=_host_port(args.leafnodes) if args.leafnodes else None,
+            leaf_tls=LeafTls(cert=args.leaf_cert, key=args.leaf_key) if args.leaf_cert else None,
+            hub_ca=args.hub_ca,
         )
         asyncio.run(sup.run())
         return 0

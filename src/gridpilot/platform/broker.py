@@ -97,6 +97,46 @@ ENV_LEAF_PASSWORD = "GRIDPILOT_LEAF_PASSWORD"
 LEAF_DENY = ("gp.*.meas.>", "$O.>", "$KV.gp_leases.>")
 
 
+# The TLS handshake's time limit on the leaf link, both sides (nats-server's default, 2 s, is
+# tight for a utility's WAN).
+LEAF_TLS_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class LeafTls:
+    """TLS on a hub's leafnode listener: its certificate (PEM, the chain up to the CA the edges
+    are given) and its private key (PEM). With it the hub accepts only TLS leaf connections."""
+
+    cert: Path
+    key: Path
+
+    def checked(self) -> LeafTls:
+        """The same with absolute paths; a ConfigError naming a file that is missing,
+        unreadable or not PEM."""
+        return LeafTls(
+            cert=pem_file(self.cert, "--leaf-cert", "CERTIFICATE"),
+            key=pem_file(self.key, "--leaf-key", "PRIVATE KEY"),
+        )
+
+
+def pem_file(path: Path | str, what: str, label: str) -> Path:
+    """``path`` made absolute once it is a readable PEM file holding a ``label`` block
+    (CERTIFICATE, PRIVATE KEY); else a ConfigError naming the file and ``what`` it is for."""
+    absolute = Path(path).expanduser().absolute()
+    try:
+        text = absolute.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {absolute}: cannot read it ({e.strerror or e})") from None
+    if not re.search(rb"-----BEGIN [A-Z0-9 ]*" + label.encode() + rb"-----", text):
+        raise ConfigError(f"{what} {absolute}: no PEM '{label}' in it")
+    return absolute
+
+
+def is_tls_url(url: str) -> bool:
+    """Whether a hub URL asks for TLS (``tls://HOST:PORT``)."""
+    return urllib.parse.urlsplit(url).scheme.lower() == "tls"
+
+
 def edge_domain(name: str) -> str:
     """The JetStream domain of edge ``name`` (a subject token: letters, digits, - and _)."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
@@ -123,15 +163,21 @@ def render_config(
     leaf_host: str = "0.0.0.0",
     hub_url: str | None = None,
     domain: str | None = None,
+    leaf_tls: LeafTls | None = None,
+    hub_ca: Path | None = None,
 ) -> str:
     """The nats.conf text: JetStream, MQTT, monitoring and one user per identity.
 
     With ``cluster`` the server is a member of a JetStream cluster. With ``leaf_port`` it is a
     hub that accepts leaf nodes on ``leaf_host`` (every interface by default: edges are other
-    machines) as user ``leafnode``, its password in credentials.json. With
-    ``hub_url`` (``nats-leaf://leafnode:PASSWORD@host:port``) it is a leaf node of that hub.
+    machines) as user ``leafnode``, its password in credentials.json; with ``leaf_tls`` only
+    over TLS. With ``hub_url`` (``nats-leaf://leafnode:PASSWORD@host:port``, or ``tls://...``
+    for TLS) it is a leaf node of that hub; ``hub_ca`` (a ``tls://`` hub only) is the CA file
+    the hub's certificate is verified against instead of the system's roots.
     ``domain`` is its JetStream domain (needed on both sides of a leaf link).
     """
+    if hub_ca is not None and not (hub_url and is_tls_url(hub_url)):
+        raise ConfigError("a CA for the hub (--hub-ca) needs a TLS hub URL: use tls://HOST:PORT")
     creds = load_credentials(data_dir)
     nats_dir = data_dir / "nats"
     users = []
@@ -164,14 +210,27 @@ def render_config(
                 f"  authorization {{\n    user: {_q(LEAFNODE_USER)}\n"
                 f"    password: {_q(leafnode_password(data_dir))}\n  }}\n"
             )
+            if leaf_tls is not None:
+                extra += (
+                    f"  tls {{\n    cert_file: {_q(str(Path(leaf_tls.cert).absolute()))}\n"
+                    f"    key_file: {_q(str(Path(leaf_tls.key).absolute()))}\n"
+                    f"    timeout: {LEAF_TLS_TIMEOUT_S}\n  }}\n"
+                )
         if hub_url is not None:
+            remote_tls = ""
+            if is_tls_url(hub_url):
+                # tls:// alone makes nats-server verify the hub against the system's roots
+                remote_tls = "    tls {\n"
+                if hub_ca is not None:
+                    remote_tls += f"      ca_file: {_q(str(Path(hub_ca).absolute()))}\n"
+                remote_tls += f"      timeout: {LEAF_TLS_TIMEOUT_S}\n    }}\n"
             extra += (
                 # only the URL given: a hub behind NAT or a proxy advertises addresses
                 # the edge cannot reach
                 f"  remotes: [{{\n    url: {_q(hub_url)}\n"
                 f"    ignore_discovered_servers: true\n"
                 f"    deny_imports: {_q(list(LEAF_DENY))}\n"
-                f"    deny_exports: {_q(list(LEAF_DENY))}\n  }}]\n"
+                f"    deny_exports: {_q(list(LEAF_DENY))}\n" + remote_tls + "  }]\n"
             )
         extra += "}\n"
     return (
@@ -191,10 +250,11 @@ def render_config(
 
 def leaf_url(hub: str, password: str | None) -> str:
     """The leaf remote URL for a hub given as ``nats://host:port`` (or ``nats-leaf://...``):
-    the scheme nats-leaf, user ``leafnode`` and ``password`` unless the URL carries its own."""
+    the scheme nats-leaf, user ``leafnode`` and ``password`` unless the URL carries its own.
+    A hub given as ``tls://host:port`` keeps the scheme tls (the link is TLS)."""
     parts = urllib.parse.urlsplit(hub if "://" in hub else f"nats-leaf://{hub}")
     if not parts.hostname:
-        raise ConfigError(f"hub URL {hub!r} has no host; use nats://HOST:PORT")
+        raise ConfigError(f"hub URL {hub!r} has no host; use nats://HOST:PORT or tls://HOST:PORT")
     netloc = parts.netloc
     if "@" not in netloc:
         if not password:
@@ -206,7 +266,8 @@ def leaf_url(hub: str, password: str | None) -> str:
         netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{netloc}"
     if parts.port is None:
         netloc += f":{LEAF_PORT}"
-    return urllib.parse.urlunsplit(("nats-leaf", netloc, "", "", ""))
+    scheme = "tls" if parts.scheme.lower() == "tls" else "nats-leaf"
+    return urllib.parse.urlunsplit((scheme, netloc, "", "", ""))
 
 
 def _url_host(host: str) -> str:
@@ -229,9 +290,12 @@ class EmbeddedNats:
         leaf_host: str = "0.0.0.0",
         hub_url: str | None = None,
         domain: str | None = None,
+        leaf_tls: LeafTls | None = None,
+        hub_ca: Path | None = None,
     ) -> None:
-        """``cluster``, ``leaf_port``, ``hub_url`` and ``domain``: see :func:`render_config`.
-        The route and leaf ports are taken as given (the other side must know them)."""
+        """``cluster``, ``leaf_port``, ``hub_url``, ``domain``, ``leaf_tls`` and ``hub_ca``: see
+        :func:`render_config`. The route and leaf ports are taken as given (the other side
+        must know them)."""
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cluster = cluster
@@ -239,6 +303,13 @@ class EmbeddedNats:
         self.leaf_host = leaf_host
         self.hub_url = hub_url
         self.domain = domain
+        # absolute now: the config is written later, maybe from another working directory
+        self.leaf_tls = (
+            None
+            if leaf_tls is None
+            else LeafTls(cert=Path(leaf_tls.cert).absolute(), key=Path(leaf_tls.key).absolute())
+        )
+        self.hub_ca = None if hub_ca is None else Path(hub_ca).absolute()
         self._preferred = (port, monitor_port, mqtt_port)
         self._ports: tuple[int, int, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -277,7 +348,8 @@ class EmbeddedNats:
     def endpoints(self) -> dict[str, str]:
         out = {"nats": self.url, "mqtt": self.mqtt_url, "monitor": self.monitor_url}
         if self.leaf_port is not None:
-            out["leafnode"] = f"nats-leaf://{_url_host(self.leaf_host)}:{self.leaf_port}"
+            scheme = "nats-leaf" if self.leaf_tls is None else "tls"
+            out["leafnode"] = f"{scheme}://{_url_host(self.leaf_host)}:{self.leaf_port}"
         return out
 
     @property
@@ -316,6 +388,8 @@ class EmbeddedNats:
                 leaf_host=self.leaf_host,
                 hub_url=self.hub_url,
                 domain=self.domain,
+                leaf_tls=self.leaf_tls,
+                hub_ca=self.hub_ca,
             )
             # The config holds every password: only the owner may read it.
             fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -31,8 +31,11 @@ from gridpilot.platform.broker import (
     HTTP_PORT,
     HUB_DOMAIN,
     EmbeddedNats,
+    LeafTls,
     edge_domain,
+    is_tls_url,
     leaf_url,
+    pem_file,
     pick_port,
     write_endpoints,
 )
@@ -91,10 +94,14 @@ class Supervisor:
         edge: str | None = None,
         hub: str | None = None,
         leaf_listen: tuple[str, int] | None = None,
+        leaf_tls: LeafTls | None = None,
+        hub_ca: Path | None = None,
     ) -> None:
         """``edge`` (a name) with ``hub`` (its URL): this site's broker is a leaf node of the
-        hub's, in JetStream domain ``edge-<name>``, and runs the field side (EDGE_SERVICES).
-        ``leaf_listen`` (host, port): this site is a hub that accepts edges there."""
+        hub's, in JetStream domain ``edge-<name>``, and runs the field side (EDGE_SERVICES);
+        a ``tls://`` hub is verified against ``hub_ca`` (else the system's roots).
+        ``leaf_listen`` (host, port): this site is a hub that accepts edges there, over TLS
+        only with ``leaf_tls``. Every file is checked here, before anything starts."""
         self.grid_name = grid
         self.data_dir = data_dir.resolve()
         self.speed = speed
@@ -108,6 +115,19 @@ class Supervisor:
                 raise ConfigError("an edge needs the hub's URL (--hub nats://HOST:PORT)")
         if (edge is not None or leaf_listen is not None) and nats_url:
             raise ConfigError("--edge and --leafnodes need the embedded broker, not --nats-url")
+        if leaf_tls is not None and leaf_listen is None:
+            raise ConfigError("--leaf-cert and --leaf-key go with --leafnodes (a hub)")
+        if hub_ca is not None:
+            if edge is None or not hub:
+                raise ConfigError("--hub-ca goes with --edge and --hub tls://HOST:PORT")
+            if not is_tls_url(hub):
+                # not the URL itself: it may hold the password
+                raise ConfigError(
+                    "--hub-ca verifies a TLS hub, but --hub is not a tls:// URL: use "
+                    "--hub tls://HOST:PORT (the hub needs --leaf-cert and --leaf-key)"
+                )
+        self.leaf_tls = None if leaf_tls is None else leaf_tls.checked()
+        self.hub_ca = None if hub_ca is None else pem_file(hub_ca, "--hub-ca", "CERTIFICATE")
         if services is None:
             services = list(
                 EDGE_SERVICES
@@ -177,11 +197,25 @@ class Supervisor:
         if self.edge is not None:
             self._tasks.append(asyncio.create_task(self._source_to_hub(nc, self.edge)))
         if self.leaf_listen is not None:
-            self._say(
-                f"accepting edges at {endpoints['leafnode']} (user leafnode, password "
-                f"'leafnode' in {self.data_dir / permissions.CREDENTIALS_FILE})"
-            )
+            self._say(self.leaf_listen_note(endpoints["leafnode"]))
         return nc
+
+    def leaf_listen_note(self, endpoint: str) -> str:
+        """What a hub tells its operator about its leafnode listener: a warning without TLS."""
+        where = (
+            f"accepting edges at {endpoint} (user leafnode, password 'leafnode' in "
+            f"{self.data_dir / permissions.CREDENTIALS_FILE})"
+        )
+        if self.leaf_tls is None:
+            return (
+                f"{where}\nWARNING: the leaf link is not encrypted: edges send the leafnode "
+                "password and every measurement in clear; give --leaf-cert and --leaf-key "
+                "to require TLS (docs/operations.md, 'Cluster and edge')"
+            )
+        return (
+            f"{where}, TLS only, certificate {self.leaf_tls.cert}: edges connect with "
+            "--hub tls://HOST:PORT (and --hub-ca CA.pem unless a public CA signed it)"
+        )
 
     def _embedded(self) -> EmbeddedNats:
         if self.edge is not None:
@@ -190,11 +224,16 @@ class Supervisor:
                 data_dir=self.data_dir,
                 hub_url=leaf_url(self.hub, os.environ.get(ENV_LEAF_PASSWORD)),
                 domain=edge_domain(self.edge),
+                hub_ca=self.hub_ca,
             )
         if self.leaf_listen is not None:
             host, port = self.leaf_listen
             return EmbeddedNats(
-                data_dir=self.data_dir, leaf_host=host, leaf_port=port, domain=HUB_DOMAIN
+                data_dir=self.data_dir,
+                leaf_host=host,
+                leaf_port=port,
+                domain=HUB_DOMAIN,
+                leaf_tls=self.leaf_tls,
             )
         return EmbeddedNats(data_dir=self.data_dir)
 
