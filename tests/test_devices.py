@@ -87,3 +87,12 @@ def test_the_largest_grid_gets_a_valid_registry() -> None:
     mv = {s.id for s in model.switches if kv[s.bus] >= 1.0}
     assert remote >= mv and len(mv) == 294 and len(remote) < 1000
     assert len(registry.rtu) < 200  # not one TCP server per low-voltage switch
+
+
+def test_virtual_devices_listen_on_an_address_or_on_every_interface_for_a_name() -> None:
+    from gridpilot.simulator.field import listen_address
+
+    assert listen_address("127.0.0.1") == "127.0.0.1"
+    assert listen_address("::1") == "::1"
+    assert listen_address("localhost") == "localhost"
+    assert listen_address("simulator") == "0.0.0.0"  # a container's name, as the gateways know it

@@ -288,3 +288,47 @@ async def test_up_on_a_broker_of_ones_own_logs_every_service_in_as_the_given_use
     finally:
         sup.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_a_shared_instance_started_before_init_waits_for_the_buckets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--grid all` in a container may start before `gridpilot init` made KV gp_leases and the
+    model store: it waits for them (no exit, no restart) and then shares the grids."""
+    server = EmbeddedNats(data_dir=tmp_path / "broker", port=0, monitor_port=0, mqtt_port=0)
+    server.start()
+    try:
+        creds = permissions.load_credentials(server.data_dir)
+        svc = StateEstimationService(
+            ServiceConfig(
+                nats_url=server.url,
+                user=permissions.STATE_ESTIMATION,
+                password=creds[permissions.STATE_ESTIMATION],
+                grid="all",
+                data_dir=tmp_path,
+                heartbeat_s=0.2,
+            )
+        )
+        caplog.set_level("INFO")
+        task = asyncio.create_task(svc.run(install_signals=False))
+        await asyncio.sleep(1.5)
+        assert not task.done() and svc.state is ServiceState.STARTING
+        waiting = [r for r in caplog.records if r.getMessage().startswith("waiting for KV")]
+        assert len(waiting) == 1, [r.getMessage() for r in caplog.records]
+        admin = await connect(
+            server.url, user=permissions.ADMIN, password=creds[permissions.ADMIN], name="t"
+        )
+        try:
+            await ensure_jetstream(admin)  # what init does first
+            deadline = time.monotonic() + 10
+            while svc.state is not ServiceState.RUNNING:
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.1)
+            ok, why = await health(admin, "state_estimation", max_age_s=2, instance=svc.instance)
+            assert ok, why
+        finally:
+            await admin.close()
+            svc.stop()
+            await asyncio.wait_for(task, 10)
+    finally:
+        server.stop()

@@ -587,7 +587,7 @@ async def test_services_started_before_the_model_wait_for_it(
                 await admin_nc.publish(subjects.MEAS.format(grid=late, source=dev.id), encode(mset))
         await states.wait_for(lambda s: len(s) >= 3)
         assert states.items[-1].status is EstimateStatus.CONVERGED
-        assert any(r.getMessage() == "grid model published" for r in caplog.records)
+        assert any(r.getMessage() == "the grid model is there" for r in caplog.records)
     finally:
         for svc in services:
             svc.stop()

@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
@@ -15,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import ConfigError
 from gridpilot.services.historian.backends import open_store, redact, sqlite_path
+from gridpilot.services.historian.postgres import PostgresStore
 from gridpilot.services.historian.sqlite import SqliteStore
 from gridpilot.services.historian.store import (
     Aggregate,
@@ -433,5 +436,37 @@ def test_postgresql_reconnects_after_losing_its_connection(pg_url: str) -> None:
             store.write([Sample(key(), T0 + 1, 2.0)], [])
         assert store.write([Sample(key(), T0 + 1, 2.0)], []) == WriteStats(samples_new=1)
         assert store.count_samples() == 2
+    finally:
+        store.close()
+
+
+def test_postgresql_password_from_a_secret_file(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRIDPILOT_DB_PASSWORD_FILE (a mounted secret) reaches the connection when the URL has
+    no password; a password in the URL wins. (The test server trusts local logins, so what is
+    checked is the password the connection was made with; the compose deployment's historian
+    logs in to a server that checks it.)"""
+    secret = tmp_path / "postgres"
+    secret.write_text("from-the-secret\n")
+    monkeypatch.setenv("GRIDPILOT_DB_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("GRIDPILOT_DB", pg_url)
+    config = ServiceConfig.from_env(grid="g")
+    assert config.db_password == "from-the-secret"
+    store = open_store(config.db_url, password=config.db_password)
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store._connection().info.password == "from-the-secret"
+        assert "from-the-secret" not in store.url
+    finally:
+        store.close()
+    parts = urlsplit(pg_url)
+    with_password = parts._replace(
+        netloc=f"{parts.username or 'postgres'}:in-url@{parts.hostname}:{parts.port or 5432}"
+    )
+    store = open_store(urlunsplit(with_password), password=config.db_password)
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store._connection().info.password == "in-url"
     finally:
         store.close()

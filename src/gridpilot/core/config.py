@@ -32,6 +32,9 @@ class ServiceConfig:
     # The historian's database: a SQLite path or a postgresql:// URL; "" for the default,
     # <data_dir>/historian.sqlite.
     db_url: str = ""
+    # Its password when the URL has none (GRIDPILOT_DB_PASSWORD or the file
+    # GRIDPILOT_DB_PASSWORD_FILE names: a mounted secret); libpq's PGPASSWORD works too.
+    db_password: str | None = None
     # How long a service started before its grid model was published waits for it
     # (GRIDPILOT_MODEL_WAIT_S; 0: fail at once).
     model_wait_s: float = DEFAULT_MODEL_WAIT_S
@@ -68,6 +71,7 @@ class ServiceConfig:
             mqtt_url=env.get("GRIDPILOT_MQTT_URL", ""),
             mqtt_password=env_secret("GRIDPILOT_MQTT_PASSWORD"),
             db_url=env.get("GRIDPILOT_DB", ""),
+            db_password=env_secret("GRIDPILOT_DB_PASSWORD"),
             model_wait_s=model_wait_s,
             instance=env_instance(),
         )

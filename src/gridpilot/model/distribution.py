@@ -9,16 +9,14 @@ orchestrator need not restart anything), but not when it is there and invalid.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from gridpilot.core.backoff import Backoff
+from gridpilot.core.backoff import wait_until_there
 from gridpilot.core.errors import ConfigError, ModelError
 from gridpilot.model.devices import (
     DeviceRegistry,
@@ -37,9 +35,6 @@ from gridpilot.model.placement import (
 
 log = logging.getLogger("gridpilot.model")
 BUCKET = "gp_models"
-WAIT_MIN_S = 0.25  # the first retry of a missing model; doubling up to
-WAIT_MAX_S = 5.0
-SAY_EVERY_S = 30.0  # one "waiting for the grid model" line this often, not one per retry
 
 
 class ModelMissing(ModelError):
@@ -132,48 +127,17 @@ async def wait_for(
 ) -> GridPackage:
     """``fetch``, retried with capped exponential back-off while the package is missing, for
     up to ``wait_s`` seconds (0: one attempt); an invalid package fails at once, as waiting
-    would not mend it.
-
-    Says "waiting for the grid model" on the first miss and then every ``SAY_EVERY_S``, so that
-    a long wait leaves a trace without a line per retry."""
-    backoff = Backoff(WAIT_MIN_S, WAIT_MAX_S, names=("WAIT_MIN_S", "WAIT_MAX_S"))
-    started = time.monotonic()
-    said_at: float | None = None
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            pkg = await fetch(nc, grid)
-        except ModelMissing as exc:
-            now = time.monotonic()
-            left = started + wait_s - now
-            if left <= 0:
-                raise ModelMissing(
-                    f"{exc}; gave up after waiting {wait_s:g} s (GRIDPILOT_MODEL_WAIT_S)"
-                ) from exc.__cause__
-            delay = min(backoff.next(), left)
-            if said_at is None or now - said_at >= SAY_EVERY_S:
-                said_at = now
-                log.warning(
-                    "waiting for the grid model",
-                    extra={
-                        "grid": grid,
-                        "attempt": attempt,
-                        "retry_in_s": round(delay, 2),
-                        "waited_s": round(now - started, 1),
-                        "gives_up_in_s": round(left, 1),
-                        "error": repr(exc.__cause__),
-                    },
-                )
-            await asyncio.sleep(delay)
-            continue
-        if attempt > 1:
-            log.info(
-                "grid model published",
-                extra={
-                    "grid": grid,
-                    "attempt": attempt,
-                    "waited_s": round(time.monotonic() - started, 1),
-                },
-            )
-        return pkg
+    would not mend it. Logs "waiting for the grid model" at the first miss and every 30 s."""
+    try:
+        return await wait_until_there(
+            lambda: fetch(nc, grid),
+            missing=ModelMissing,
+            what="the grid model",
+            wait_s=wait_s,
+            log=log,
+            extra={"grid": grid},
+        )
+    except ModelMissing as exc:
+        raise ModelMissing(
+            f"{exc}; gave up after waiting {wait_s:g} s (GRIDPILOT_MODEL_WAIT_S)"
+        ) from exc.__cause__

@@ -9,6 +9,7 @@ import asyncio
 import cmath
 import contextlib
 import functools
+import ipaddress
 import logging
 import math
 from collections import defaultdict
@@ -27,6 +28,23 @@ from gridpilot.simulator.rtu_server import PointType, Reading, RtuServer
 from gridpilot.simulator.twin import Twin
 
 log = logging.getLogger("gridpilot.simulator")
+
+
+def listen_address(host: str) -> str:
+    """Where a virtual device listens, given the host the registry tells the gateways.
+
+    An address (or ``localhost``) is listened on as such. A name is the simulator's host or
+    container as the gateways know it (``gridpilot init --field-host simulator``): the devices
+    listen on every interface, as a name need not resolve inside its own container when it
+    starts (podman's DNS, measured here) and the container's network bounds who reaches them.
+    """
+    if host == "localhost":
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "0.0.0.0"
+    return host
 
 
 class FieldDevices:
@@ -82,7 +100,7 @@ class FieldDevices:
                 state=functools.partial(self._der_state, units),
                 on_setpoint=functools.partial(self._der_setpoint, units),
                 clock_ns=lambda: self.twin.t_ns,  # the values are the twin's at its instant
-                host=host,
+                host=listen_address(host),
                 port=port,
             )
             await server.start()
@@ -99,7 +117,7 @@ class FieldDevices:
                 points=points,
                 read=functools.partial(self._rtu_read, rtu),
                 operate=functools.partial(self._rtu_operate, rtu),
-                host=rtu.host,
+                host=listen_address(rtu.host),
                 port=rtu.port,
                 clock_ns=lambda: self.twin.t_ns,
                 cyclic_s=max(0.1, period_s / self.speed),
@@ -127,7 +145,7 @@ class FieldDevices:
                 idcode=pmu.idcode,
                 sample=functools.partial(self._pmu_sample, pmu),
                 data_rate=pmu.data_rate,
-                host=pmu.host,
+                host=listen_address(pmu.host),
                 port=pmu.port,
                 # frames carry the time of the power flow they show: the truth's time
                 clock=lambda: self.twin.t_ns,

@@ -29,16 +29,17 @@ _PG_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, password: str | None = None) -> Store:
     """The store a URL names, with its schema migrated.
 
-    ``postgresql://`` or ``postgres://`` → PostgreSQL; ``sqlite:///abs/path.db`` or a plain
-    filesystem path → SQLite (the parent directory is created)."""
+    ``postgresql://`` or ``postgres://`` → PostgreSQL (``password`` used when the URL has
+    none); ``sqlite:///abs/path.db`` or a plain filesystem path → SQLite (the parent directory
+    is created)."""
     store: Store
     if url.startswith(_PG_SCHEMES):
         from gridpilot.services.historian.postgres import PostgresStore
 
-        store = PostgresStore(url)
+        store = PostgresStore(url, password=password)
     else:
         from gridpilot.services.historian.sqlite import SqliteStore
 

@@ -151,18 +151,22 @@ class PostgresStore:
     """The historian's tables in a PostgreSQL schema, through one synchronous connection that
     is reopened after the server went away."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, *, password: str | None = None) -> None:
         self.url = redact(conninfo)
         self._conninfo = conninfo
+        self._password = password
         self._series = SeriesCache()
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        timeout: dict[str, Any] = {}
-        if "connect_timeout" not in conninfo_to_dict(self._conninfo):
-            timeout["connect_timeout"] = CONNECT_TIMEOUT_S
+        extra: dict[str, Any] = {}
+        given = conninfo_to_dict(self._conninfo)
+        if "connect_timeout" not in given:
+            extra["connect_timeout"] = CONNECT_TIMEOUT_S
+        if self._password is not None and "password" not in given:
+            extra["password"] = self._password
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=True, **timeout)
+            conn = psycopg.connect(self._conninfo, autocommit=True, **extra)
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {_reason(e)}") from e
         with self._errors("prepare the session"):

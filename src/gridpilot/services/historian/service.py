@@ -90,7 +90,7 @@ class HistorianService(Service):
         self.retention = Retention.from_env()
         url = self.config.db_url or str(self.config.data_dir / DB_FILE)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="historian-db")
-        self.store: Store = await self._call(open_store, url)
+        self.store: Store = await self._call(open_store, url, password=self.config.db_password)
         self.info["db"] = redact(url)
         self.info["raw_days"] = self.retention.raw_days
         self.info["agg_days"] = self.retention.agg_days

@@ -20,11 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gridpilot.core import subjects
+from gridpilot.core.backoff import wait_until_there
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.leases import Lease, Leases, LeaseView
 from gridpilot.core.schemas import (
@@ -56,6 +58,14 @@ GRIDS_EVERY_S = 2.0  # look for grids added to or removed from gp_models this of
 OP_TIMEOUT_S = 1.0  # a lease operation that takes longer has failed
 RETRY_GRID_S = 30.0  # a grid that failed to start is left to the others this long
 KV_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")  # what NATS accepts as a key
+# What the JetStream API answers before `gridpilot init` made a bucket (not found), or while a
+# cluster that has just started still elects its leaders (time-outs, 503, no responders).
+NOT_YET = (
+    nats.js.errors.NotFoundError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.NoRespondersError,
+    TimeoutError,
+)
 CMD_STREAM = next(s.name for s in subjects.STREAMS if subjects.TOPOLOGY.wildcard() in s.subjects)
 
 
@@ -251,11 +261,25 @@ class StateEstimationService(Service):
         if spec.ttl_s is None:
             raise ConfigError(f"KV {LEASES_BUCKET} needs a TTL for its leases to expire")
         js = self.nc.jetstream(timeout=OP_TIMEOUT_S)
-        kv = await js.key_value(LEASES_BUCKET)
+        # the bucket and the object store are made by `gridpilot init` (or `up`), which may
+        # come after this instance in a container deployment: wait for them, not exit
+        kv = await wait_until_there(
+            lambda: js.key_value(LEASES_BUCKET),
+            missing=NOT_YET,
+            what=f"KV {LEASES_BUCKET} (made by gridpilot init)",
+            wait_s=self.config.model_wait_s,
+            log=self.log,
+        )
         self.leases = Leases(kv, self.instance, spec.ttl_s)
         self.view = LeaseView(kv, spec.ttl_s, on_update=self._lease_changed)
         await self.view.start()
-        self.models = await self.nc.jetstream().object_store(distribution.BUCKET)
+        self.models = await wait_until_there(
+            lambda: self.nc.jetstream().object_store(distribution.BUCKET),
+            missing=NOT_YET,
+            what=f"object store {distribution.BUCKET} (made by gridpilot init)",
+            wait_s=self.config.model_wait_s,
+            log=self.log,
+        )
         self.member_key = f"{MEMBER_PREFIX}{self.instance}"
         self.owned: dict[str, Lease] = {}
         self.grids: list[str] = []
