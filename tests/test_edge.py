@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -28,6 +29,7 @@ from gridpilot.core.errors import ConfigError
 from gridpilot.platform.broker import (
     HUB_DOMAIN,
     EmbeddedNats,
+    LeafTls,
     edge_domain,
     leaf_url,
     pick_port,
@@ -107,28 +109,38 @@ def leafz(server: EmbeddedNats) -> int:
         return int(json.load(resp).get("leafnodes", 0))
 
 
-@pytest.fixture
-def sites(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, EmbeddedNats, Proxy]]:
-    taken: list[int] = []
-    for _ in range(2):
-        taken.append(pick_port(HOST, 0, taken))
-    leaf_port, proxy_port = taken
+@contextlib.contextmanager
+def site_pair(
+    tmp_path: Path,
+    *,
+    proxy_cls: type[Proxy] = Proxy,
+    hub_tls: LeafTls | None = None,
+    scheme: str = "nats",
+    hub_ca: Path | None = None,
+) -> Iterator[tuple[EmbeddedNats, EmbeddedNats, Any]]:
+    """A hub (TLS with ``hub_tls``) and an edge whose leaf remote is ``scheme://`` a proxy of
+    ``proxy_cls`` in front of the hub's leafnode port."""
+    leaf_port = pick_port(HOST, 0, [])
+    proxy_port = pick_port(HOST, 0, [leaf_port])
     hub = EmbeddedNats(
         data_dir=tmp_path / "hub",
         port=0,
         monitor_port=0,
         mqtt_port=0,
+        leaf_host=HOST,
         leaf_port=leaf_port,
         domain=HUB_DOMAIN,
+        leaf_tls=hub_tls,
     )
-    proxy = Proxy(proxy_port, leaf_port)
+    proxy = proxy_cls(proxy_port, leaf_port)
     edge = EmbeddedNats(
         data_dir=tmp_path / "edge",
         port=0,
         monitor_port=0,
         mqtt_port=0,
-        hub_url=leaf_url(f"nats://{HOST}:{proxy_port}", leafnode_password(tmp_path / "hub")),
+        hub_url=leaf_url(f"{scheme}://{HOST}:{proxy_port}", leafnode_password(tmp_path / "hub")),
         domain=edge_domain("site1"),
+        hub_ca=hub_ca,
     )
     try:
         hub.start()
@@ -139,6 +151,12 @@ def sites(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, EmbeddedNats, Proxy]]:
         proxy.cut()
         edge.stop()
         hub.stop()
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, EmbeddedNats, Proxy]]:
+    with site_pair(tmp_path) as pair:
+        yield pair
 
 
 async def _admin(server: EmbeddedNats) -> Client:

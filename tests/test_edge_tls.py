@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +29,12 @@ from gridpilot.platform.broker import (
     edge_domain,
     leaf_url,
     nats_server_binary,
-    pick_port,
     render_config,
 )
 from gridpilot.platform.permissions import leafnode_password
 from gridpilot.platform.supervisor import Supervisor
 from tests.test_cluster import mset
-from tests.test_edge import HOST, Proxy, _admin, leafz, wait_for
+from tests.test_edge import HOST, Proxy, _admin, leafz, site_pair, wait_for
 
 UNKNOWN_CA = "certificate signed by unknown authority"  # Go's x509.UnknownAuthorityError
 
@@ -67,7 +65,7 @@ def _make_ca(d: Path, name: str) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make test certificates")
+        pytest.fail("the openssl CLI makes the test certificates: apt-get install openssl")
     d = tmp_path_factory.mktemp("pki")
     ca, ca_key = _make_ca(d, "ca")
     other_ca, _ = _make_ca(d, "other-ca")
@@ -110,42 +108,13 @@ class RecordingProxy(Proxy):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-@contextlib.contextmanager
 def link(
     tmp_path: Path, *, hub_tls: LeafTls | None, scheme: str, hub_ca: Path | None
-) -> Iterator[tuple[EmbeddedNats, EmbeddedNats, RecordingProxy]]:
-    """A hub (TLS with ``hub_tls``) and an edge whose remote is ``scheme://`` the proxy."""
-    leaf_port = pick_port(HOST, 0, [])
-    proxy_port = pick_port(HOST, 0, [leaf_port])
-    hub = EmbeddedNats(
-        data_dir=tmp_path / "hub",
-        port=0,
-        monitor_port=0,
-        mqtt_port=0,
-        leaf_host=HOST,
-        leaf_port=leaf_port,
-        domain=HUB_DOMAIN,
-        leaf_tls=hub_tls,
+) -> contextlib.AbstractContextManager[tuple[EmbeddedNats, EmbeddedNats, RecordingProxy]]:
+    """A hub (TLS with ``hub_tls``) and an edge whose remote is ``scheme://`` a recording proxy."""
+    return site_pair(
+        tmp_path, proxy_cls=RecordingProxy, hub_tls=hub_tls, scheme=scheme, hub_ca=hub_ca
     )
-    proxy = RecordingProxy(proxy_port, leaf_port)
-    edge = EmbeddedNats(
-        data_dir=tmp_path / "edge",
-        port=0,
-        monitor_port=0,
-        mqtt_port=0,
-        hub_url=leaf_url(f"{scheme}://{HOST}:{proxy_port}", leafnode_password(tmp_path / "hub")),
-        domain=edge_domain("site1"),
-        hub_ca=hub_ca,
-    )
-    try:
-        hub.start()
-        proxy.open()
-        edge.start()
-        yield hub, edge, proxy
-    finally:
-        proxy.cut()
-        edge.stop()
-        hub.stop()
 
 
 async def _probe_sub(hub_nc: Client) -> list[Msg]:

@@ -95,7 +95,7 @@ def _json6902(doc: Doc, op: Doc) -> None:
         node = node[int(part)] if isinstance(node, list) else node[part]
     last = parts[-1]
     if op["op"] not in ("replace", "add"):
-        raise NotImplementedError(op["op"])
+        raise ValueError(f"k8s_render applies only add and replace patches, not {op['op']!r}")
     if isinstance(node, list):
         if last == "-":
             node.append(op["value"])

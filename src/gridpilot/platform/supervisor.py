@@ -274,14 +274,12 @@ class Supervisor:
             GRIDPILOT_SPEED=str(self.speed),
         )
         if self.broker is None:  # a broker of the user's: every service as the one user given
-            base.update(
-                {
-                    k: v
-                    for k, v in os.environ.items()
-                    if k in (permissions.ENV_USER, permissions.ENV_PASSWORD)
-                    or k == f"{permissions.ENV_PASSWORD}_FILE"
-                }
+            login = (
+                permissions.ENV_USER,
+                permissions.ENV_PASSWORD,
+                f"{permissions.ENV_PASSWORD}_FILE",
             )
+            base.update({k: v for k, v in os.environ.items() if k in login})
         for name in self.services:
             env = dict(base)
             if self.broker is not None:
