@@ -189,7 +189,13 @@ class AlarmKind(StrEnum):
     VOLTAGE_LOW = "voltage_low"
     OVERLOAD = "overload"
     NOT_OBSERVABLE = "not_observable"
-    BAD_DATA = "bad_data"
+    BAD_DATA = "bad_data"  # a measurement the estimator removed (mrid: the sensor's device)
+    COMM_LOSS = "comm_loss"  # a field device stopped reporting (mrid: the device id)
+    SERVICE_DOWN = "service_down"  # a service's heartbeat is stale (mrid: the service)
+    SERVICE_RESTARTED = "service_restarted"  # a service exited or was killed and restarted
+    BROKER_OUTAGE = "broker_outage"  # the message broker was down (mrid: "nats")
+    TWIN_DIVERGED = "twin_diverged"  # the digital twin's power flow found no solution
+    DE_ENERGISED = "de_energised"  # equipment without a source (mrid: an island's bus)
 
 
 class AlarmState(StrEnum):
@@ -219,6 +225,27 @@ class Alarm(msgspec.Struct, frozen=True, kw_only=True):
     acknowledged: bool = False
     acknowledged_by: str = ""
     message: str = ""
+
+
+class Condition(msgspec.Struct, frozen=True, kw_only=True):
+    """Something a service detected that an operator must know, reported to monitoring,
+    which owns the alarm table: ``active`` raises (or keeps raised) the alarm
+    ``<kind>:<mrid>``, inactive clears it. Reporters re-send active conditions every
+    ``CONDITION_REPEAT_S`` seconds, so a restarted monitoring service learns them again."""
+
+    grid: str
+    kind: AlarmKind
+    mrid: str  # the equipment, device or service the condition is about
+    active: bool
+    t_ns: int
+    severity: Severity = Severity.WARNING
+    value: float = 0.0
+    limit: float = 0.0
+    message: str = ""  # names the device and what it measures, the service, the cause
+    reporter: str = ""  # the service that saw it
+
+
+CONDITION_REPEAT_S = 10.0
 
 
 class AckRequest(msgspec.Struct, frozen=True, kw_only=True):

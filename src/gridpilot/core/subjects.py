@@ -89,6 +89,16 @@ ALARM = SubjectSpec(
     description="Every change of an alarm (raised, cleared, acknowledged); "
     "the active ones are also in KV gp_alarms.",
 )
+CONDITION = SubjectSpec(
+    name="condition",
+    template="gp.{grid}.condition.{source}",
+    payload=s.Condition,
+    pattern=Pattern.PUBSUB,
+    publishers=("supervisor", "simulator", "state_estimation", "gateways"),
+    subscribers=("monitoring",),
+    description="A condition a service detected (twin diverged, service restarted, broker "
+    "outage ...): monitoring raises or clears the alarm; active ones are re-sent every 10 s.",
+)
 COMMAND = SubjectSpec(
     name="command",
     template="gp.{grid}.command.{target}",
@@ -195,6 +205,7 @@ CATALOGUE: tuple[SubjectSpec, ...] = (
     TRUTH,
     STATE,
     ALARM,
+    CONDITION,
     COMMAND,
     COMMAND_RESULT,
     TOPOLOGY,

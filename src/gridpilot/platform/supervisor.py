@@ -188,6 +188,9 @@ class Supervisor:
                     f"password {first} (you will be asked to change it); add users with "
                     "`gridpilot user add NAME --role viewer|operator|admin`"
                 )
+        # what the CLI reads to find this platform (gridpilot.platform.locate); the grid is
+        # added once the model is loaded
+        endpoints = {**endpoints, "supervisor_pid": str(os.getpid())}
         write_endpoints(self.data_dir, endpoints)
         self.endpoints = endpoints
         nc = await connect(url, user=user, password=password, name="supervisor")
@@ -260,6 +263,8 @@ class Supervisor:
         await distribution.publish(nc, pkg)
         model, placement = pkg.model, pkg.placement
         self.grid = model.name
+        self.endpoints = {**self.endpoints, "grid": model.name}
+        write_endpoints(self.data_dir, self.endpoints)
         self._say(
             f"{model.summary()}; {len(placement.devices)} devices "
             f"({distribution.placement_path(self.data_dir, model.name)})"
