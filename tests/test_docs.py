@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import gridpilot
 from gridpilot.core.subjects import BUCKETS, CATALOGUE, OBJECT_STORES, STREAMS, Pattern
-from gridpilot.docs import markdown, message_types, stream_for, write_docs
+from gridpilot.docs import markdown, message_types, schema_components, stream_for, write_docs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -138,3 +139,53 @@ def test_markdown_lists_every_subject_and_type() -> None:
         assert f"`{spec.template}`" in text
     for t in message_types():
         assert f"\n### {t.__name__}\n" in text
+
+
+def _without_descriptions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_descriptions(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [_without_descriptions(v) for v in node]
+    return node
+
+
+def test_payload_schemas_agree_with_msgspecs_own(doc: dict[str, Any]) -> None:
+    """An independent reference: msgspec's JSON Schema of the same types, descriptions aside
+    (they are what differs between msgspec and Python versions, and why docs.py writes its
+    own)."""
+    _, reference = msgspec.json.schema_components(
+        message_types(), ref_template="#/components/schemas/{name}"
+    )
+    ours = doc["components"]["schemas"]
+    assert set(ours) == set(reference)
+    for name in reference:
+        assert _without_descriptions(ours[name]) == _without_descriptions(reference[name]), name
+
+
+class _Indented(msgspec.Struct):
+    """First line.
+
+        An indented continuation, as Python before 3.13 keeps it
+    and a line at the margin.
+    """
+
+    x_pu: float = 1.0
+
+
+class _AtTheMargin(msgspec.Struct):
+    """First line.
+
+    An indented continuation, as Python before 3.13 keeps it
+    and a line at the margin."""
+
+    x_pu: float = 1.0
+
+
+def test_descriptions_do_not_depend_on_docstring_indentation() -> None:
+    a = schema_components([_Indented])["_Indented"]
+    b = schema_components([_AtTheMargin])["_AtTheMargin"]
+    assert a["description"] == b["description"]
+    assert a["description"] == (
+        "First line.\n\nAn indented continuation, as Python before 3.13 keeps it and a line at "
+        "the margin."
+    )

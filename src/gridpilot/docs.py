@@ -7,6 +7,7 @@ deterministic (sorted JSON keys, no timestamps) so a test can compare it with ``
 
 from __future__ import annotations
 
+import inspect
 import json
 import string
 from collections.abc import Iterable
@@ -63,11 +64,93 @@ def stream_for(spec: SubjectSpec) -> str | None:
     return None
 
 
-def _summary(t: object) -> str:
-    doc = t.__doc__ or ""
-    if isinstance(t, type) and issubclass(t, Enum) and doc == Enum.__doc__:
+def _own_doc(t: object) -> str:
+    """``t``'s own docstring, or "" (never one inherited or supplied by a base class: Python
+    versions differ in what an undocumented Enum subclass gets)."""
+    doc = t.__dict__.get("__doc__") if isinstance(t, type) else getattr(t, "__doc__", None)
+    if not isinstance(doc, str):
         return ""
-    return " ".join(doc.split())
+    if isinstance(t, type) and issubclass(t, Enum):
+        inherited = {getattr(base, "__doc__", None) for base in t.__mro__[1:]}
+        if doc in inherited:
+            return ""
+    return doc
+
+
+def _summary(t: object) -> str:
+    return " ".join(_own_doc(t).split())
+
+
+def _description(t: object) -> str:
+    """A docstring as paragraphs, each folded to one line: the same text whatever Python
+    version compiled it (3.13 strips docstring indentation, earlier versions do not)."""
+    paragraphs = inspect.cleandoc(_own_doc(t)).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
+def _schema(t: mi.Type, named: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The JSON Schema of ``t``, adding the structs and enums it names to ``named``.
+
+    Written here rather than taken from msgspec.json.schema_components so that the
+    checked-in document does not change with the msgspec version a fresh install resolves.
+    """
+    if isinstance(t, mi.StructType | mi.EnumType):
+        name = t.cls.__name__
+        if name not in named:
+            named[name] = {}  # a placeholder first: a struct may refer to itself
+            named[name] = _named_schema(t, named)
+        return {"$ref": REF.format(name=name)}
+    if isinstance(t, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
+        return {"type": "array", "items": _schema(t.item_type, named)}
+    if isinstance(t, mi.DictType):
+        out: dict[str, Any] = {"type": "object"}
+        if not isinstance(t.value_type, mi.AnyType):
+            out["additionalProperties"] = _schema(t.value_type, named)
+        return out
+    if isinstance(t, mi.UnionType):
+        return {"anyOf": [_schema(u, named) for u in t.types]}
+    simple = {
+        mi.StrType: "string",
+        mi.IntType: "integer",
+        mi.FloatType: "number",
+        mi.BoolType: "boolean",
+        mi.NoneType: "null",
+    }
+    if type(t) in simple:
+        return {"type": simple[type(t)]}
+    if isinstance(t, mi.AnyType):
+        return {}
+    raise TypeError(f"gridpilot docs cannot describe the type {t!r}: extend docs._schema")
+
+
+def _named_schema(
+    t: mi.StructType | mi.EnumType, named: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"title": t.cls.__name__}
+    description = _description(t.cls)
+    if description:
+        out["description"] = description
+    if isinstance(t, mi.EnumType):
+        out["enum"] = sorted(member.value for member in t.cls)
+        return out
+    properties: dict[str, Any] = {}
+    for f in t.fields:
+        prop = _schema(f.type, named)
+        if not f.required:
+            default = f.default if f.default_factory is msgspec.NODEFAULT else f.default_factory()
+            prop = {**prop, "default": msgspec.to_builtins(default)}
+        properties[f.encode_name] = prop
+    out.update(type="object", properties=properties)
+    out["required"] = [f.encode_name for f in t.fields if f.required]
+    return out
+
+
+def schema_components(types: list[type[msgspec.Struct]]) -> dict[str, dict[str, Any]]:
+    """The named schemas (structs and enums) of ``types`` and of everything they refer to."""
+    named: dict[str, dict[str, Any]] = {}
+    for t in mi.multi_type_info(types):
+        _schema(t, named)
+    return named
 
 
 def _channel(name: str, address: str | None, description: str, t: type) -> dict[str, Any]:
@@ -84,7 +167,7 @@ def _refs(channel: str, t: type) -> dict[str, Any]:
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of the catalogue."""
     types = message_types()
-    _, schemas = msgspec.json.schema_components(types, ref_template=REF)
+    schemas = schema_components(types)
     messages: dict[str, Any] = {}
     for t in types:
         summary = {"summary": _summary(t)} if _summary(t) else {}
