@@ -262,7 +262,6 @@ class SimulatorService(Service):
 
     async def _twin_report(self, cmd: Command, change: str) -> None:
         consequence = change.split("; ", 1)[1] if "; " in change else change
-        await self._save(force=True)
         result = CommandResult(
             command_id=cmd.id,
             grid=self.grid,
@@ -277,6 +276,7 @@ class SimulatorService(Service):
             await self._report_conditions()
         except _BUS_ERRORS as exc:
             self.log.warning("twin report not sent", extra={"command": cmd.id, "error": repr(exc)})
+        await self._save(force=True)
 
     async def on_inject(self, req: InjectRequest, msg: Msg) -> None:
         known = {d.id for d in self.placement.devices}
