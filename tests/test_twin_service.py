@@ -20,6 +20,7 @@ from gridpilot.core.schemas import (
     AlarmKind,
     Command,
     CommandKind,
+    CommandResult,
     Condition,
     InjectionKind,
     InjectRequest,
@@ -37,7 +38,7 @@ from gridpilot.simulator import persist
 from gridpilot.simulator.service import SimulatorService
 from tests.conftest import ConnectAs
 from tests.pipeline import grid
-from tests.test_services import Collector, collect, free_port
+from tests.test_services import collect, free_port
 
 GRID = "twin_restart"  # cigre_mv under a name no other test uses
 
@@ -210,8 +211,6 @@ async def test_a_twin_report_completes_the_result_of_a_gateway(admin_nc: Client)
             ("twin", "11 buses de-energised, 3.1 MW unserved"),
             ("gateway_iec104", "switch sw_6 opened by frtu_bus_0"),
         ):
-            from gridpilot.core.schemas import CommandResult
-
             result = CommandResult(
                 command_id=cmd.id,
                 grid=GRID,
@@ -232,4 +231,7 @@ async def test_a_twin_report_completes_the_result_of_a_gateway(admin_nc: Client)
     )
 
 
-_ = Collector  # re-exported helper used through collect()
+async def test_no_executor_is_a_clear_error_not_a_hang(admin_nc: Client) -> None:
+    cmd = msgspec.structs.replace(switching("sw_6", False), grid="nobody_runs_this_grid")
+    with pytest.raises(operate.NoResult, match=r"no result for command .* within 1 s"):
+        await operate.execute(admin_nc, cmd, timeout_s=1.0)
