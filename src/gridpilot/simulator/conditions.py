@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gridpilot.core.schemas import CONDITION_REPEAT_S, AlarmKind, Condition, Severity
-from gridpilot.simulator.twin import Twin
+from gridpilot.simulator.twin import Twin, power_text
 
 TWIN_MRID = "twin"  # the mrid of twin_diverged: the twin as a whole, not one piece of equipment
 
@@ -45,8 +45,8 @@ def twin_conditions(twin: Twin) -> list[Held]:
                 # customers off supply are the first thing a control room must see to
                 severity=Severity.CRITICAL if mw > 0 else Severity.WARNING,
                 value=round(mw, 3),
-                message=f"{len(island.buses)} buses without supply ({buses}): {mw:.1f} MW of "
-                f"load unserved, {len(gens)} generators off",
+                message=f"{len(island.buses)} buses without supply ({buses}): "
+                f"{power_text(mw)} of load unserved, {len(gens)} generators off",
                 shape=f"{len(island.buses)} {mw > 0}",
             )
         )

@@ -37,6 +37,7 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True):
     ``wall_ns``: the clock resumes as if it had run on (at the speed then in force)."""
 
     grid: str
+    # the switches not in their normal position (the model's): small on the largest grids
     closed: dict[str, bool]
     setpoints: dict[str, tuple[float | None, float | None]] = {}
     gross: list[StoredGrossError] = []

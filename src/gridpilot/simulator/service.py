@@ -64,6 +64,7 @@ class SimulatorService(Service):
         model, placement = pkg.model, pkg.placement
         self.placement = placement
         self.servers = {p.device for p in pkg.devices.pmu} | {r.device for r in pkg.devices.rtu}
+        self.normal = {sw.id: sw.closed for sw in model.switches}
         self.kv = await self._state_bucket()
         stored = await persist.load(self.kv, self.grid)
         self.twin = Twin(model, placement, seed=int(time.time()))
@@ -153,8 +154,7 @@ class SimulatorService(Service):
                 continue
             # a device with a server of its own had it stopped; the others fell silent
             (self.field_outages if device in self.servers else twin.outages)[device] = until
-        default = {sw.id: sw.closed for sw in twin.model.switches}
-        changed = {k: v for k, v in twin.closed.items() if v != default[k]}
+        changed = {k: v for k, v in twin.closed.items() if v != self.normal[k]}
         self.log.info(
             "twin state restored",
             extra={
@@ -178,7 +178,7 @@ class SimulatorService(Service):
         outages |= {d: u for d, u in self.field_outages.items() if u > self.t_s}
         return persist.TwinState(
             grid=self.grid,
-            closed=dict(twin.closed),
+            closed={k: v for k, v in twin.closed.items() if v != self.normal[k]},
             setpoints=dict(twin.setpoints),
             gross=[
                 persist.StoredGrossError(

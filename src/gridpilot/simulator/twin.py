@@ -148,9 +148,10 @@ class Twin:
         lost = [b for b in self.net.bus_ids if b in self.dead_bus and b not in dead_before]
         back = [b for b in self.net.bus_ids if b in dead_before and b not in self.dead_bus]
         if lost:
-            loads = np.array([ld.bus in set(lost) for ld in self.model.loads], dtype=bool)
+            lost_set = set(lost)
+            loads = np.array([ld.bus in lost_set for ld in self.model.loads], dtype=bool)
             mw = float(np.nansum(self._load_upd["p_specified"][loads])) / 1e6
-            parts.append(f"{len(lost)} buses de-energised, {mw:.1f} MW unserved")
+            parts.append(f"{len(lost)} buses de-energised, {power_text(mw)} unserved")
         if back:
             parts.append(f"{len(back)} buses re-energised")
         if not lost and not back:
@@ -375,3 +376,8 @@ def _first_sentence(text: str) -> str:
     "Iteration failed to converge after 20 iterations"."""
     lines = text.strip().splitlines()
     return lines[0].split("!")[0].strip() if lines else "no solution"
+
+
+def power_text(mw: float) -> str:
+    """A power for the operator: MW on medium voltage, kW where low-voltage loads are small."""
+    return f"{mw:.1f} MW" if abs(mw) >= 1.0 or mw == 0.0 else f"{mw * 1e3:.0f} kW"
