@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
+from gridpilot.core.bus import barrier
 from gridpilot.core.errors import BusError
 
 COMMAND_TIMEOUT_S = 15.0  # select-before-operate at an RTU takes well under a second
@@ -65,8 +66,8 @@ async def execute(
 
     sub = await nc.subscribe(subjects.COMMAND_RESULT.format(grid=cmd.grid), cb=on_result)
     try:
-        await nc.flush()  # subscribed at the server before the command can be answered
         try:
+            await barrier(nc)  # subscribed at the server before the command can be answered
             await nc.jetstream().publish(
                 subjects.COMMAND.format(grid=cmd.grid, target=cmd.target), s.encode(cmd)
             )

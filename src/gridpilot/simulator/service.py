@@ -32,6 +32,7 @@ from gridpilot.core.schemas import (
 )
 from gridpilot.core.service import Service
 from gridpilot.model import distribution
+from gridpilot.platform.operate import TWIN
 from gridpilot.simulator import persist
 from gridpilot.simulator.conditions import ConditionReporter, twin_conditions
 from gridpilot.simulator.field import FieldDevices
@@ -43,7 +44,6 @@ CLOCK_SAVE_S = 5.0  # wall seconds between stores of the clock when nothing else
 # How long a command routed to an RTU waits for the twin to see the operation it asked for;
 # the gateway gives up on select-before-operate sooner.
 FIELD_COMMAND_S = 30.0
-TWIN_EXECUTOR = "twin"  # executed_by of the twin's report on a command a gateway carried out
 
 _BUS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
@@ -268,7 +268,7 @@ class SimulatorService(Service):
             target=cmd.target,
             ok=True,
             t_ns=time.time_ns(),
-            executed_by=TWIN_EXECUTOR,
+            executed_by=TWIN,  # the report on a command a gateway carried out
             change=consequence,
         )
         try:
