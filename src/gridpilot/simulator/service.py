@@ -139,9 +139,7 @@ class SimulatorService(Service):
     def _restore(self, stored: persist.TwinState) -> None:
         """Put back what the operator had done, before any device reports."""
         twin = self.twin
-        unknown = sorted(set(stored.closed) - set(twin.closed))
-        twin.closed.update({k: v for k, v in stored.closed.items() if k in twin.closed})
-        twin._rebuild()
+        unknown = twin.restore_switches(stored.closed)
         gens = {g.id for g in twin.model.generators}
         twin.setpoints = {g: sp for g, sp in stored.setpoints.items() if g in gens}
         twin.gross = [
@@ -348,8 +346,14 @@ class SimulatorService(Service):
         self.t_s = self.t_ns / 1e9
 
     def tick(self) -> None:
+        was_solved = self.twin.solved
         if not self.twin.step(self.t_s, t_ns=self.t_ns):
             self.counters["ticks_unsolved"] += 1
+        if self.twin.solved != was_solved:  # once per change, not every tick
+            if self.twin.solved:
+                self.log.info("power flow solves again")
+            else:
+                self.log.warning("power flow has no solution", extra={"why": self.twin.failure})
         self.counters["ticks"] += 1
         self.info["sim_time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.t_s))
         self.info["power_flow"] = "solved" if self.twin.solved else "no solution"

@@ -163,6 +163,14 @@ class Twin:
             parts.append("the power flow solves again")
         return "; ".join(parts)
 
+    def restore_switches(self, closed: dict[str, bool]) -> list[str]:
+        """Put switches into stored positions before the first step; returns the ids this
+        grid does not have (a model changed since)."""
+        unknown = sorted(set(closed) - set(self.closed))
+        self.closed.update({k: v for k, v in closed.items() if k in self.closed})
+        self._rebuild()
+        return unknown
+
     def apply_command(self, cmd: Command) -> str:
         """Carry out a command; returns what changed, and for switching what it did to the
         grid (the power flow is solved again at once); raises ModelError for an impossible
