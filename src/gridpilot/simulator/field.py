@@ -108,6 +108,10 @@ class FieldDevices:
                 host=listen_address(host),
                 port=port,
             )
+            for unit, device in units.items():  # setpoints restored from before a restart
+                gen_id = self.devices[device].points[0].mrid
+                if gen_id in self.twin.setpoints:
+                    server.restore_setpoint(unit, *self.twin.setpoints[gen_id])
             await server.start()
             self._servers.append(server)
             log.info(
