@@ -26,6 +26,7 @@ from gridpilot.core.schemas import (
     InjectRequest,
     Measurand,
     Reply,
+    Severity,
     SwitchState,
     decode,
     encode,
@@ -235,3 +236,31 @@ async def test_no_executor_is_a_clear_error_not_a_hang(admin_nc: Client) -> None
     cmd = msgspec.structs.replace(switching("sw_6", False), grid="nobody_runs_this_grid")
     with pytest.raises(operate.NoResult, match=r"no result for command .* within 1 s"):
         await operate.execute(admin_nc, cmd, timeout_s=1.0)
+
+
+async def test_a_condition_gone_during_a_restart_is_cleared_by_the_new_process(
+    simulator: Callable[..., tuple[SimulatorService, asyncio.Task[None]]], admin_nc: Client
+) -> None:
+    """The previous process reported the twin diverged; after the restart the grid solves
+    (the load moved on): the new process clears the alarm it never raised itself."""
+    kv = await admin_nc.jetstream().key_value(persist.BUCKET)
+    earlier = persist.TwinState(
+        grid=GRID,
+        closed={},
+        conditions=[
+            persist.StoredCondition(
+                kind=AlarmKind.TWIN_DIVERGED,
+                mrid="twin",
+                severity=Severity.CRITICAL,
+                message="the digital twin's power flow has no solution",
+            )
+        ],
+        t_ns=time.time_ns(),
+        wall_ns=time.time_ns(),
+    )
+    await kv.put(GRID, msgspec.json.encode(earlier))
+    conds = await collect(
+        admin_nc, subjects.CONDITION.format(grid=GRID, source="simulator"), Condition
+    )
+    simulator()
+    await conds.wait_for(lambda c: active(c, AlarmKind.TWIN_DIVERGED, "twin") is False)

@@ -80,6 +80,11 @@ class ConditionReporter:
         self.active: dict[tuple[AlarmKind, str], Held] = {}
         self._sent_at = 0.0
 
+    def seed(self, held: list[Held]) -> None:
+        """What an earlier process reported active: cleared at the first update unless it
+        still holds."""
+        self.active = {(h.kind, h.mrid): h for h in held}
+
     async def update(self, held: list[Held]) -> None:
         """Report the conditions that hold now: changes at once, the active ones again when
         they were last sent CONDITION_REPEAT_S ago."""

@@ -17,7 +17,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from gridpilot.core.errors import BusError
-from gridpilot.core.schemas import Measurand
+from gridpilot.core.schemas import AlarmKind, Measurand, Severity
 
 log = logging.getLogger("gridpilot.simulator")
 
@@ -32,6 +32,16 @@ class StoredGrossError(msgspec.Struct, frozen=True, kw_only=True):
     until_s: float  # simulated seconds
 
 
+class StoredCondition(msgspec.Struct, frozen=True, kw_only=True):
+    """A condition the twin reported active: a restarted simulator that no longer finds it
+    clears it, or its alarm would stay raised for ever."""
+
+    kind: AlarmKind
+    mrid: str
+    severity: Severity
+    message: str
+
+
 class TwinState(msgspec.Struct, frozen=True, kw_only=True):
     """The twin's operator-made state; ``t_ns`` was the simulated time at wall time
     ``wall_ns``: the clock resumes as if it had run on (at the speed then in force)."""
@@ -42,6 +52,7 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True):
     setpoints: dict[str, tuple[float | None, float | None]] = {}
     gross: list[StoredGrossError] = []
     outages: dict[str, float] = {}  # device -> simulated second its comm outage ends
+    conditions: list[StoredCondition] = []
     t_ns: int = 0
     wall_ns: int = 0
     speed: float = 1.0
@@ -50,12 +61,17 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True):
         """Equal apart from the clock: nothing an operator did has changed."""
         if other is None:
             return False
-        return (self.closed, self.setpoints, self.gross, self.outages) == (
+        return (self.closed, self.setpoints, self.gross, self.outages, self._raised()) == (
             other.closed,
             other.setpoints,
             other.gross,
             other.outages,
+            other._raised(),
         )
+
+    def _raised(self) -> list[tuple[str, str, str]]:
+        # not the messages: their figures move with the load
+        return [(c.kind, c.mrid, c.severity) for c in self.conditions]
 
     def resumed_t_ns(self, now_wall_ns: int) -> int:
         """The simulated time now, had the simulator kept running."""

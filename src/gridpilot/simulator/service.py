@@ -34,7 +34,7 @@ from gridpilot.core.service import Service
 from gridpilot.model import distribution
 from gridpilot.platform.operate import TWIN
 from gridpilot.simulator import persist
-from gridpilot.simulator.conditions import ConditionReporter, twin_conditions
+from gridpilot.simulator.conditions import ConditionReporter, Held, twin_conditions
 from gridpilot.simulator.field import FieldDevices
 from gridpilot.simulator.schedule import Schedule
 from gridpilot.simulator.twin import GrossError, Twin
@@ -104,6 +104,15 @@ class SimulatorService(Service):
         self.conditions = ConditionReporter(
             grid=self.grid, reporter=self.name, send=self._send_condition
         )
+        if stored is not None:  # the previous process's alarms: cleared if gone now
+            self.conditions.seed(
+                [
+                    Held(
+                        kind=c.kind, mrid=c.mrid, severity=c.severity, value=0.0, message=c.message
+                    )
+                    for c in stored.conditions
+                ]
+            )
         self._saved: persist.TwinState | None = stored
         self._saved_wall = time.monotonic()
         self._save_failing = False
@@ -190,6 +199,12 @@ class SimulatorService(Service):
                 if g.until_s > self.t_s
             ],
             outages=outages,
+            conditions=[
+                persist.StoredCondition(
+                    kind=h.kind, mrid=h.mrid, severity=h.severity, message=h.message
+                )
+                for h in self.conditions.active.values()
+            ],
             t_ns=self.t_ns,
             wall_ns=time.time_ns(),
             speed=self.config.speed,
