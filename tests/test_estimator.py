@@ -149,6 +149,51 @@ def test_switching_rebuilds_the_model_and_tracks_the_new_topology() -> None:
     assert pipe.estimator.closed["sw_4"] is True
 
 
+def test_dead_islands_are_estimated_dead_and_named_and_nothing_raises() -> None:
+    """Transformer switch sw_6 open: feeder 1 has no source. The estimate shows it dead (zero)
+    and says so; its sensors count in neither the state nor the chi-square redundancy."""
+    pipe = Pipeline("cigre_mv")
+    pipe.twin.apply_command(
+        Command(
+            id="sw_6",
+            grid="cigre_mv",
+            kind=CommandKind.SWITCH,
+            target="sw_6",
+            issued_by="test",
+            t_ns=0,
+            closed=False,
+        )
+    )
+    pipe.estimator.set_topology(pipe.twin.closed)
+    run = pipe.run(2.0)
+    assert run.estimates and all(e.status is EstimateStatus.CONVERGED for e in run.estimates)
+    assert max(run.v_errors()) < BOUND_PU  # the dead buses estimated at exactly zero
+    est = run.estimates[-1]
+    assert est.message == "11 buses de-energised (no source) in 1 islands: bus_1 (11 buses)"
+    assert est.bad_data == []
+    # redundancy of the supplied part only: 3 buses, 2 voltage and 4 flow sensors, 8 meters
+    assert est.chi2_threshold < 40.0
+
+
+@pytest.mark.parametrize(
+    "closed",
+    [
+        {"sw_4": True, "sw_6": False},  # what the twin cannot solve, with older measurements
+        {"sw_6": False, "sw_7": False},  # only the source's bus supplied
+        {f"sw_{i}": False for i in range(8)},
+    ],
+)
+def test_switch_states_without_a_solution_or_supply_give_a_status(closed: dict[str, bool]) -> None:
+    pipe = Pipeline("cigre_mv")
+    pipe.estimator.set_topology(closed)
+    run = pipe.run(1.0)
+    assert run.estimates
+    for est in run.estimates:
+        assert est.status in (EstimateStatus.CONVERGED, EstimateStatus.NOT_OBSERVABLE)
+        if not closed.get("sw_4"):
+            assert "buses de-energised (no source)" in est.message
+
+
 def test_golden_case() -> None:
     """A recorded snapshot with a known gross error; the expected estimate is stored beside it."""
     case = GOLDEN / "cigre_mv_gross_error"

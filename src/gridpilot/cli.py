@@ -122,9 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     inj.add_argument("--grid", default=DEFAULT_GRID)
     inj.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from gridpilot import history_cli
+    from gridpilot import history_cli, switch_cli
 
     history_cli.add_parser(sub)
+    switch_cli.add_parser(sub)
 
     user = sub.add_parser("user", help="operator accounts of the web HMI and API")
     usub = user.add_subparsers(dest="user_command", required=True)
@@ -262,6 +263,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gridpilot import history_cli
 
         return history_cli.run(args)
+    if args.command == "switch":
+        from gridpilot import switch_cli
+
+        return switch_cli.run(args)
     if args.command == "docs":
         from gridpilot.docs import write_docs
 

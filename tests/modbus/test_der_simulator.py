@@ -7,7 +7,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from gridpilot.gateways.modbus import DerEvent, DerPoller, DerReading, DerUnavailable, FailureKind
 from gridpilot.protocols.sunspec import BASE_ADDRESS, CONTROLS_ADDRESS, InverterStatus
-from gridpilot.simulator.der_modbus import VirtualDerServer
+from gridpilot.simulator.der_modbus import InverterSpec, VirtualDerServer
 from tests.modbus.conftest import FAST, FakeTwin, events_until
 
 
@@ -142,3 +142,24 @@ async def test_poller_rides_out_a_server_restart(
         assert poller.counters["reconnects"] >= 1
         assert poller.counters["connect_failures"] >= 1
         assert all(h.available for h in poller.health().values())
+
+
+async def test_a_setpoint_restored_after_a_restart_is_read_back(twin: FakeTwin) -> None:
+    """The simulator restarted with a curtailment in force: the inverter says so."""
+    server = VirtualDerServer(
+        units={1: InverterSpec(rated_mw=0.5)},
+        state=twin.state,
+        on_setpoint=twin.on_setpoint,
+        port=0,
+        refresh_s=0.05,
+    )
+    server.restore_setpoint(1, 0.2, -0.05)
+    async with (
+        server,
+        DerPoller(host="127.0.0.1", port=server.port, units=[1], **FAST) as poller,
+    ):
+        events = await events_until(poller, lambda ev: len(readings(ev, 1)) >= 2)
+        state = latest(events, 1).state
+        assert state.p_limit_mw == pytest.approx(0.2)
+        assert state.q_set_mvar == pytest.approx(-0.05)
+    assert twin.setpoints == []  # restored, not written again

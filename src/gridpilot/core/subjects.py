@@ -295,6 +295,11 @@ BUCKETS: tuple[BucketSpec, ...] = (
         f"within {LEASES_TTL_S:g} s expires",
         ttl_s=LEASES_TTL_S,
     ),
+    BucketSpec(
+        name="gp_twin",
+        description="the digital twin's switch positions, DER setpoints, training injections "
+        "and simulated clock per grid (key: grid), read back when the simulator restarts",
+    ),
 )
 
 OBJECT_STORES: tuple[BucketSpec, ...] = (

@@ -3,12 +3,18 @@
 Closed bus-bus switches are fused into one calculation node (power-grid-model's links upset its
 Newton-Raphson estimator); line and transformer switches set the branch end status. Every
 result is mapped back onto the GridModel's mRIDs, so callers never see engine ids.
+
+A grid split by open switches is one calculation: power-grid-model solves each part that has
+a source and leaves the others at zero (``energized`` 0). ``islands()`` says which parts have
+no source, from the switch states alone, so that callers can name what is de-energised even
+when the power flow of the supplied part does not solve.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +50,40 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[rb] = ra
+
+
+@dataclass(frozen=True)
+class Island:
+    """A connected part of the grid: its buses (model order; the first names the island) and
+    whether a source feeds it."""
+
+    buses: tuple[str, ...]
+    energised: bool
+
+    @property
+    def name(self) -> str:
+        return self.buses[0]
+
+
+def _islands(net: PgmNetwork) -> list[Island]:
+    model = net.model
+    uf = _UnionFind(net.bus_ids)
+    # buses fused into one calculation node are one
+    first_of_node: dict[int, str] = {}
+    for b in net.bus_ids:
+        uf.union(first_of_node.setdefault(net.node_of_bus[b], b), b)
+    line, tr = net.input[ComponentType.line], net.input[ComponentType.transformer]
+    for i, ln in enumerate(model.lines):
+        if line["from_status"][i] and line["to_status"][i]:
+            uf.union(ln.from_bus, ln.to_bus)
+    for i, t in enumerate(model.transformers):
+        if tr["from_status"][i] and tr["to_status"][i]:
+            uf.union(t.hv_bus, t.lv_bus)
+    fed = {uf.find(s.bus) for s in model.sources}
+    members: dict[str, list[str]] = {}
+    for b in net.bus_ids:
+        members.setdefault(uf.find(b), []).append(b)
+    return [Island(buses=tuple(bs), energised=root in fed) for root, bs in members.items()]
 
 
 class PgmNetwork:
@@ -164,6 +204,18 @@ class PgmNetwork:
             t.id: "transformer" for t in model.transformers
         }
         self.n_nodes = len(reps)
+        self._islands: list[Island] | None = None
+
+    def islands(self) -> list[Island]:
+        """The grid's galvanically connected parts for the switch states, in bus order: a part
+        is energised when it holds a source; a branch connects only with both ends closed."""
+        if self._islands is None:
+            self._islands = _islands(self)
+        return self._islands
+
+    def dead_buses(self) -> list[str]:
+        """Every bus of an island without a source, in model order."""
+        return [b for isl in self.islands() if not isl.energised for b in isl.buses]
 
     def _ids(self, n: int) -> npt.NDArray[np.int64]:
         ids = np.arange(self._next, self._next + n, dtype=np.int64)

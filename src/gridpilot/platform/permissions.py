@@ -42,7 +42,11 @@ STATE_KV = "gp_state"
 SERVICES_KV = "gp_services"
 ALARMS_KV = "gp_alarms"
 LEASES_KV = "gp_leases"
-if not {STATE_KV, SERVICES_KV, ALARMS_KV, LEASES_KV} <= _BUCKETS or MODELS not in _OBJECT_STORES:
+TWIN_KV = "gp_twin"
+if (
+    not {STATE_KV, SERVICES_KV, ALARMS_KV, LEASES_KV, TWIN_KV} <= _BUCKETS
+    or MODELS not in _OBJECT_STORES
+):
     raise ImportError("permissions.py names a bucket that core/subjects.py does not define")
 
 
@@ -155,6 +159,9 @@ PERMISSIONS: dict[str, Permissions] = {
             sj.TRUTH.wildcard(),
             sj.TOPOLOGY.wildcard(),
             sj.COMMAND_RESULT.wildcard(),
+            sj.CONDITION.wildcard(source=SIMULATOR),
+            *kv_put(TWIN_KV, "*"),
+            *kv_get(TWIN_KV, "*"),
         ),
         subscribe=(
             _under(sj.COMMAND),

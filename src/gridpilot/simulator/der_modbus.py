@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import time
@@ -201,6 +202,21 @@ class VirtualDerServer:
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.counters: Counter[str] = Counter()
+
+    def restore_setpoint(self, unit: int, p_limit_mw: float | None, q_mvar: float | None) -> None:
+        """Put a setpoint written before a restart back into the inverter's registers (call
+        before ``start``): the controller keeps its settings, as a real one in non-volatile
+        memory, so that what a gateway reads back agrees with what the inverter does."""
+        inverter = self._inverters[unit]
+        rated = inverter.spec.rated_mw
+        inverter.controls = dataclasses.replace(
+            inverter.controls,
+            p_limit_pct=100.0 if p_limit_mw is None else 100.0 * p_limit_mw / rated,
+            p_limit_enabled=p_limit_mw is not None,
+            q_set_pct=0.0 if q_mvar is None else 100.0 * q_mvar / rated,
+            q_set_enabled=q_mvar is not None,
+        )
+        inverter.image = sunspec.encode(inverter.controls)
 
     @property
     def port(self) -> int:

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from gridpilot.core.schemas import Command, CommandKind, Terminal
@@ -28,6 +29,7 @@ from gridpilot.simulator.rtu_server import PointType, Reading, RtuServer
 from gridpilot.simulator.twin import Twin
 
 log = logging.getLogger("gridpilot.simulator")
+_PMU_ERROR = 0x4000  # STAT bits 15-14 = 01: PMU error, no information about the data
 
 
 def listen_address(host: str) -> str:
@@ -59,8 +61,11 @@ class FieldDevices:
         speed: float,
         mqtt_url: str = "",
         mqtt_password: str | None = None,
+        on_switched: Callable[[str, bool, str], None] | None = None,
     ) -> None:
         self.twin = twin
+        # told (switch, closed, what it did to the grid) after an RTU operated a switch
+        self.on_switched = on_switched
         self.grid = grid
         self.registry = registry
         self.devices = {d.id: d for d in placement.devices}
@@ -79,7 +84,7 @@ class FieldDevices:
         self._pmus: list[PmuServer] = []
         self._server_of: dict[str, PmuServer | RtuServer] = {}
         self.topology_changed = False
-        self._cache: dict[str, tuple[float, dict[tuple[str, str, str], float]]] = {}
+        self._cache: dict[str, tuple[int, dict[tuple[str, str, str], float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._outages: dict[str, asyncio.Future[None]] = {}  # device -> its reconnect
 
@@ -103,6 +108,10 @@ class FieldDevices:
                 host=listen_address(host),
                 port=port,
             )
+            for unit, device in units.items():  # setpoints restored from before a restart
+                gen_id = self.devices[device].points[0].mrid
+                if gen_id in self.twin.setpoints:
+                    server.restore_setpoint(unit, *self.twin.setpoints[gen_id])
             await server.start()
             self._servers.append(server)
             log.info(
@@ -225,6 +234,17 @@ class FieldDevices:
         of the current power flow: I = conj(S / 3V) at each branch end."""
         if self.twin.silent(pmu.device, self.twin.t_s):
             raise ConnectionAbortedError(f"{pmu.device}: communication outage (injected)")
+        if not self.twin.solved:
+            # no operating point to measure: frames go on, flagged and without values, as a
+            # PMU does whose inputs are out of range; the PDC drops them
+            nan = complex("nan")
+            return [
+                PmuData(
+                    freq_hz=self.twin.model.f_hz,
+                    phasors=(nan,) * len(pmu.channels),
+                    stat=_PMU_ERROR,
+                )
+            ]
         dev = self.devices[pmu.device]
         ms = self.twin.measure(dev, self.grid, 0).measurements
         volt = next(m for m in ms if m.v_pu is not None)
@@ -241,18 +261,21 @@ class FieldDevices:
         for c in pmu.channels:
             if c.quantity == "v":
                 phasors.append(v)
+            elif v == 0:  # a dead bus: no voltage, no current
+                phasors.append(0j)
             else:
                 s = flows.get((c.mrid, c.terminal), complex("nan"))
                 phasors.append((s / (3 * v)).conjugate())
         return [PmuData(freq_hz=self.twin.model.f_hz, phasors=tuple(phasors))]
 
     def _rtu_values(self, rtu: Rtu) -> dict[tuple[str, str, str], float]:
-        """The RTU's noisy readings of the current power flow, once per simulation step."""
+        """The RTU's noisy readings of the current power flow, once per power flow."""
         cached = self._cache.get(rtu.device)
-        if cached is not None and cached[0] == self.twin.t_s:
+        if cached is not None and cached[0] == self.twin.steps:
             return cached[1]
         values: dict[tuple[str, str, str], float] = {}
-        if rtu.device in self.devices:
+        # without a solution no value: every point reads invalid (IEC 104 quality IV)
+        if rtu.device in self.devices and self.twin.solved:
             for m in self.twin.measure(self.devices[rtu.device], self.grid, 0).measurements:
                 key = (m.mrid, m.measurand.value, m.terminal.value)
                 if m.v_pu is not None:
@@ -260,7 +283,7 @@ class FieldDevices:
                 if m.p_mw is not None and m.q_mvar is not None:
                     values[(*key[:2], "p")] = m.p_mw
                     values[(*key[:2], "q")] = m.q_mvar
-        self._cache[rtu.device] = (self.twin.t_s, values)
+        self._cache[rtu.device] = (self.twin.steps, values)
         return values
 
     def _rtu_read(self, rtu: Rtu, ioa: int) -> Reading | DoublePointState:
@@ -276,7 +299,7 @@ class FieldDevices:
 
     def _rtu_operate(self, rtu: Rtu, ioa: int, on: bool) -> bool:
         switch = next(c.switch for c in rtu.commands if c.ioa == ioa)
-        self.twin.apply_command(
+        change = self.twin.apply_command(
             Command(
                 id=f"iec104-{rtu.device}-{ioa}",
                 grid=self.grid,
@@ -290,16 +313,23 @@ class FieldDevices:
         self.topology_changed = True
         log.info(
             "switch operated over IEC 104",
-            extra={"device": rtu.device, "switch": switch, "closed": on},
+            extra={"device": rtu.device, "switch": switch, "closed": on, "change": change},
         )
+        if self.on_switched is not None:
+            self.on_switched(switch, on, change)
         return True
 
     def _der_state(
         self, units: dict[int, str], unit: int
     ) -> tuple[float, float, float, InverterStatus]:
         dev = self.devices[units[unit]]
+        if not self.twin.solved:
+            # a collapsing grid voltage trips an inverter (under-voltage protection)
+            return 0.0, 0.0, 0.0, InverterStatus.FAULT
         m = self.twin.measure(dev, self.grid, 0).measurements[0]
         gen = m.mrid
+        if gen in self.twin.dead_gen:  # no grid: it waits for the voltage to return
+            return 0.0, 0.0, 0.0, InverterStatus.STANDBY
         bus = next(g.bus for g in self.twin.model.generators if g.id == gen)
         v_pu = float(self.twin.out_bus_v_pu(bus))
         limited = self.twin.setpoints.get(gen, (None, None))[0] is not None
@@ -328,9 +358,13 @@ class FieldDevices:
             extra={"device": device, "p_limit_mw": p_limit_mw, "q_mvar": q_mvar},
         )
 
-    def _meter_reading(self, device: str, t_ns: int) -> tuple[float, float]:
-        """What the meter registers, import positive: a generator's production is export."""
-        ms = self.twin.measure(self.devices[device], self.grid, 0).measurements
+    def _meter_reading(self, device: str, t_ns: int) -> tuple[float, float] | None:
+        """What the meter registers, import positive: a generator's production is export;
+        None when it cannot send (its supply is dead, or there is no operating point)."""
+        dev = self.devices[device]
+        if not self.twin.solved or not self.twin.powered(dev):
+            return None
+        ms = self.twin.measure(dev, self.grid, 0).measurements
         sign = [-1.0 if m.terminal is Terminal.GEN else 1.0 for m in ms]
         p = sum(s * (m.p_mw or 0.0) for s, m in zip(sign, ms, strict=True))
         q = sum(s * (m.q_mvar or 0.0) for s, m in zip(sign, ms, strict=True))

@@ -28,7 +28,8 @@ log = logging.getLogger("gridpilot.simulator.mqtt_meters")
 
 DEFAULT_PERIOD_S = 900.0
 # (device, t_ns) -> (p_mw, q_mvar), positive from the grid into the installation
-ReadingFn = Callable[[str, int], tuple[float, float]]
+# None: the meter has nothing to say (its supply is dead, or the twin has no solution)
+ReadingFn = Callable[[str, int], tuple[float, float] | None]
 
 
 class SimClock(Protocol):
@@ -131,6 +132,7 @@ class MqttMeterFleet:
         self.client_id = client_id or f"gridpilot-meters-{self.grid}-{time.time_ns() % 10**9}"
         self.publish_timeout_s = publish_timeout_s
         self.published = 0
+        self.silent = 0  # readings a meter did not send
         self.periods_skipped = 0
 
     def topic(self, meter: VirtualMeter) -> str:
@@ -174,7 +176,11 @@ class MqttMeterFleet:
 
     async def publish_all(self, client: aiomqtt.Client, t_ns: int) -> None:
         for meter in self.meters:
-            p_mw, q_mvar = self.reading(meter.device, t_ns)
+            reading = self.reading(meter.device, t_ns)
+            if reading is None:
+                self.silent += 1
+                continue
+            p_mw, q_mvar = reading
             await client.publish(
                 self.topic(meter),
                 payload(meter, t_ns, p_mw, q_mvar),

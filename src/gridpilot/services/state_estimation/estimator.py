@@ -28,7 +28,7 @@ from gridpilot.core.schemas import (
     StateEstimate,
 )
 from gridpilot.model.grid import GridModel
-from gridpilot.model.pgm import PgmNetwork
+from gridpilot.model.pgm import Island, PgmNetwork
 from gridpilot.model.placement import Placement
 from gridpilot.services.state_estimation.sensors import SensorTable, chi2_threshold
 from gridpilot.services.state_estimation.solver import Solution, Solver, Values
@@ -77,6 +77,8 @@ class Estimator:
         self.solver = Solver(
             self.net, self.sensors, f_hz=self.model.f_hz, cache_size=self._cache_size
         )
+        self.dead_islands = [i for i in self.net.islands() if not i.energised]
+        self.dead_note = _dead_note(self.dead_islands)
 
     @property
     def closed(self) -> dict[str, bool]:
@@ -308,6 +310,7 @@ class Estimator:
             grid=snap.grid,
             t_ns=snap.t_ns,
             status=EstimateStatus.CONVERGED,
+            message=self.dead_note,
             solver=_METHOD_NAMES[sol.method],
             solve_ms=round((time.perf_counter() - t0) * 1e3, 3),
             n_measurements=n_meas,
@@ -338,10 +341,21 @@ class Estimator:
             grid=snap.grid,
             t_ns=snap.t_ns,
             status=status,
-            message=message,
+            message=f"{message}; {self.dead_note}" if self.dead_note else message,
             solve_ms=round((time.perf_counter() - t0) * 1e3, 3),
             n_measurements=n_meas,
             n_pseudo=n_pseudo,
             missing_sources=snap.missing_sources,
             late_dropped=snap.late_dropped,
         )
+
+
+def _dead_note(islands: list[Island]) -> str:
+    """The de-energised parts of the grid as the switch states make them, for the estimate's
+    message: estimated as dead (zero), their measurements left out."""
+    if not islands:
+        return ""
+    n = sum(len(i.buses) for i in islands)
+    names = ", ".join(f"{i.name} ({len(i.buses)} buses)" for i in islands[:5])
+    more = f" and {len(islands) - 5} more" if len(islands) > 5 else ""
+    return f"{n} buses de-energised (no source) in {len(islands)} islands: {names}{more}"

@@ -88,8 +88,14 @@ class Solver:
         fed: set[int] = set()
         for comp in (C.source, C.sym_load, C.sym_gen):
             fed.update(int(n) for n in net.input[comp]["node"])
+        # Parts without a source are dead: power-grid-model leaves them out (zero, residuals
+        # zero), so their nodes and sensors count in neither the state nor the redundancy.
+        dead = {net.node_of_bus[b] for b in net.dead_buses()}
+        self.n_live_nodes = net.n_nodes - len(dead)
+        self.v_live = np.array([n[0] not in dead for n in sensors.v_nodes], dtype=bool)
+        self.p_live = np.array([any(x not in dead for x in n) for n in sensors.p_nodes], dtype=bool)
         # Nodes with nothing connected are exact zero-injection constraints: 2 equations each.
-        self.n_zero_injection = sum(1 for n in nodes if int(n) not in fed)
+        self.n_zero_injection = sum(1 for n in nodes if int(n) not in fed and int(n) not in dead)
 
     def solve(
         self, v_active: np.ndarray, p_active: np.ndarray, values: Values, *, keep: bool = True
@@ -180,9 +186,11 @@ class Solver:
         r_p = po["p_residual"] / p_sigma
         r_q = po["q_residual"] / p_sigma
         objective = float(r_mag @ r_mag + r_ang @ r_ang + r_p @ r_p + r_q @ r_q)
-        n_angle = int(np.count_nonzero(~np.isnan(values.angle[sset.v_rows])))
-        m = len(sset.v_rows) + n_angle + 2 * len(sset.p_rows) + 2 * self.n_zero_injection
-        n_state = 2 * self.net.n_nodes - (0 if n_angle else 1)
+        v_live = self.v_live[sset.v_rows]
+        n_angle = int(np.count_nonzero(~np.isnan(values.angle[sset.v_rows]) & v_live))
+        m = int(v_live.sum()) + n_angle + 2 * int(self.p_live[sset.p_rows].sum())
+        m += 2 * self.n_zero_injection
+        n_state = 2 * self.n_live_nodes - (0 if n_angle else 1)
         return Solution(
             out=out,
             method=method,

@@ -24,9 +24,10 @@ from nats.aio.msg import Msg
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.errors import GridPilotError
+from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.model import distribution
 from gridpilot.model.distribution import GridPackage
+from gridpilot.platform import operate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=msgspec.Struct)
@@ -167,21 +168,12 @@ class Bridge:
 
     # -- what the operator does -------------------------------------------------------------
     async def command(self, cmd: s.Command) -> s.CommandResult:
-        """Store the command in GP_CMD (the executor picks it up) and wait for its result."""
-        future: asyncio.Future[s.CommandResult] = asyncio.get_running_loop().create_future()
-        self._results[cmd.id] = future
+        """Store the command in GP_CMD (the executor picks it up) and wait for its result,
+        with the twin's report of what it did to the grid (platform.operate, as the CLI)."""
         try:
-            await self.js.publish(
-                subjects.COMMAND.format(grid=cmd.grid, target=cmd.target), s.encode(cmd)
-            )
-            return await asyncio.wait_for(future, COMMAND_TIMEOUT_S)
-        except TimeoutError:
-            raise Unavailable(
-                f"no result for command {cmd.id} within {COMMAND_TIMEOUT_S:.0f} s: "
-                "is the gateway or simulator of this grid running?"
-            ) from None
-        finally:
-            self._results.pop(cmd.id, None)
+            return await operate.execute(self.nc, cmd, timeout_s=COMMAND_TIMEOUT_S)
+        except BusError as exc:
+            raise Unavailable(str(exc)) from None
 
     async def request(
         self, spec: subjects.SubjectSpec, grid: str, req: msgspec.Struct, reply: type[T]
@@ -198,9 +190,9 @@ class Bridge:
 
     async def audit(self, record: s.AuditRecord) -> None:
         try:
-            await self.js.publish(subjects.AUDIT.format(grid=record.grid), s.encode(record))
-        except Exception as exc:  # an action must not be lost silently from the trail
-            raise Unavailable(f"cannot write the audit trail: {exc!r}") from None
+            await operate.write_audit(self.nc, record)
+        except BusError as exc:  # an action must not be lost silently from the trail
+            raise Unavailable(str(exc)) from None
 
     def new_command_id(self) -> str:
         return f"web-{uuid.uuid4().hex[:12]}"
