@@ -1,5 +1,12 @@
 """``gridpilot up``: the broker and every service as separate OS processes, restarted with
-back-off when they die, with a live summary of their health."""
+back-off when they die, with a live summary of their health.
+
+The supervisor also keeps them alive in the sense a Kubernetes liveness probe does: a child
+whose heartbeat went stale (a hung or stopped process) is killed and started again, and the
+embedded nats-server is started again on the same ports and JetStream store when it dies.
+Every restart of a child is reported as a ``service_restarted`` condition (monitoring raises
+the alarm), active until the new process beats.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect, ensure_edge_source, ensure_jetstream
-from gridpilot.core.errors import ConfigError
-from gridpilot.core.schemas import Heartbeat
+from gridpilot.core.errors import BusError, ConfigError
+from gridpilot.core.schemas import (
+    CONDITION_REPEAT_S,
+    AlarmKind,
+    Condition,
+    Heartbeat,
+    Severity,
+    encode,
+)
 from gridpilot.model import distribution
 from gridpilot.platform import permissions
 from gridpilot.platform.broker import (
@@ -49,6 +64,18 @@ BACKOFF_MAX_S = 10.0
 STABLE_AFTER_S = 30.0  # a child that ran this long starts its back-off afresh
 STOP_GRACE_S = 5.0
 EDGE_SOURCE_RETRY_S = 5.0
+# Liveness. Services beat every second once set up. A child that has beaten and is then silent
+# for STALE_AFTER_S (15 missed beats; a Kubernetes probe's usual 3 failures x 5 s) is hung.
+# Its first beat may take STARTUP_GRACE_S: Python and the imports take up to ~10 s on a loaded
+# 2-core machine, and setting up a large grid (mvlv_rural, 5,479 buses: model, estimator,
+# device registry) tens of seconds more. Ages count only while the supervisor's own connection
+# is up, and from when it last came up: after a broker outage every child needs a moment to
+# reconnect.
+STALE_AFTER_S = 15.0
+STARTUP_GRACE_S = 120.0
+BROKER_RETRY_FIRST_S = 0.5  # a broker that would not come back is tried again, doubling to
+BROKER_RETRY_MAX_S = 10.0
+CONDITION_SOURCE = "supervisor"
 
 
 @dataclass
@@ -64,6 +91,10 @@ class Child:
     last_exit: int | None = None
     heartbeat: Heartbeat | None = None
     heartbeat_at: float = field(default=0.0)
+    kill_reason: str = ""  # why the supervisor killed it (a stale heartbeat)
+    # the service_restarted condition, while active (until the new process beats)
+    condition: Condition | None = None
+    condition_sent_at: float = 0.0
 
     def start(self, grid: str) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +108,21 @@ class Child:
         )
         out.close()
         self.started_at = time.monotonic()
+        self.heartbeat = None
+        self.heartbeat_at = 0.0
+        self.kill_reason = ""
         log.info("started", extra={"child": self.name, "pid": self.proc.pid})
+
+    def silence(
+        self, now: float, bus_up_since: float, *, stale_after_s: float, startup_grace_s: float
+    ) -> tuple[float, float] | None:
+        """(how long it has been silent, how long it may be) when that is too long, else
+        None. Silence counts from its last beat, its start or the bus's return, the latest."""
+        if self.proc is None:
+            return None
+        allowed = startup_grace_s if self.heartbeat is None else stale_after_s
+        silent = now - max(self.heartbeat_at, self.started_at, bus_up_since)
+        return (silent, allowed) if silent > allowed else None
 
 
 class Supervisor:
@@ -96,13 +141,22 @@ class Supervisor:
         leaf_listen: tuple[str, int] | None = None,
         leaf_tls: LeafTls | None = None,
         hub_ca: Path | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        startup_grace_s: float = STARTUP_GRACE_S,
     ) -> None:
         """``edge`` (a name) with ``hub`` (its URL): this site's broker is a leaf node of the
         hub's, in JetStream domain ``edge-<name>``, and runs the field side (EDGE_SERVICES);
         a ``tls://`` hub is verified against ``hub_ca`` (else the system's roots).
         ``leaf_listen`` (host, port): this site is a hub that accepts edges there, over TLS
-        only with ``leaf_tls``. Every file is checked here, before anything starts."""
+        only with ``leaf_tls``. Every file is checked here, before anything starts.
+        ``stale_after_s`` and ``startup_grace_s``: the liveness limits (see STALE_AFTER_S)."""
         self.grid_name = grid
+        if not 0 < stale_after_s <= startup_grace_s:
+            raise ConfigError(
+                f"need 0 < stale_after_s <= startup_grace_s, not {stale_after_s}, {startup_grace_s}"
+            )
+        self.stale_after_s = stale_after_s
+        self.startup_grace_s = startup_grace_s
         self.data_dir = data_dir.resolve()
         self.speed = speed
         self.external_url = nats_url
@@ -144,6 +198,10 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.grid = ""
+        self.broker_restarts = 0
+        self._broker_retry_at = 0.0
+        self._broker_retry_s = BROKER_RETRY_FIRST_S
+        self._bus_up_since: float | None = None  # None while the supervisor's link is down
 
     def stop(self) -> None:
         self._stop.set()
@@ -193,7 +251,10 @@ class Supervisor:
         endpoints = {**endpoints, "supervisor_pid": str(os.getpid())}
         write_endpoints(self.data_dir, endpoints)
         self.endpoints = endpoints
-        nc = await connect(url, user=user, password=password, name="supervisor")
+        nc = await connect(
+            url, user=user, password=password, name="supervisor", on_event=self._on_bus_event
+        )
+        self._bus_up_since = time.monotonic()
         await ensure_jetstream(nc)
         self.url = url
         self.nc = nc
@@ -303,6 +364,12 @@ class Supervisor:
             child.start(self.grid)
             self.children[name] = child
 
+    def _on_bus_event(self, event: str, _error: BaseException | None) -> None:
+        if event == "disconnected":
+            self._bus_up_since = None
+        elif event == "reconnected":
+            self._bus_up_since = time.monotonic()
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
             hb = msgspec.json.decode(msg.data, type=Heartbeat)
@@ -314,6 +381,15 @@ class Supervisor:
         if child is not None and child.proc is not None and child.proc.pid == hb.pid:
             child.heartbeat = hb
             child.heartbeat_at = time.monotonic()
+            if child.condition is not None:  # the restarted process is alive: clear it
+                ended = msgspec.structs.replace(
+                    child.condition,
+                    active=False,
+                    t_ns=time.time_ns(),
+                    message=f"{child.condition.message}; running again (pid {hb.pid})",
+                )
+                child.condition = None
+                await self._send_condition(ended)
 
     async def _watch(self) -> None:
         last_line = 0.0
@@ -325,7 +401,10 @@ class Supervisor:
             live.start()
         try:
             while not self._stop.is_set():
+                await self._keep_broker()
+                self._check_liveness()
                 self._reap()
+                await self._repeat_conditions()
                 now = time.monotonic()
                 if live is not None:
                     live.update(self.table())
@@ -338,11 +417,106 @@ class Supervisor:
             if live is not None:
                 live.stop()
 
+    async def _keep_broker(self) -> None:
+        """Start the embedded nats-server again, on its ports and store, when it died."""
+        broker = self.broker
+        now = time.monotonic()
+        if broker is None or broker.is_running() or now < self._broker_retry_at:
+            return
+        code = broker.exit_code
+        self._say(f"nats-server died (exit code {code}); restarting it on the same ports")
+        log.warning("broker died", extra={"code": code, "url": broker.url})
+        try:
+            await asyncio.to_thread(broker.restart)
+        except BusError as exc:
+            self._broker_retry_at = time.monotonic() + self._broker_retry_s
+            self._say(f"nats-server did not restart: {exc}; retrying in {self._broker_retry_s} s")
+            self._broker_retry_s = min(BROKER_RETRY_MAX_S, self._broker_retry_s * 2)
+            return
+        self._broker_retry_s = BROKER_RETRY_FIRST_S
+        self.broker_restarts += 1
+        took = time.monotonic() - now
+        self._say(f"nats-server restarted in {took:.1f} s (pid {broker.pid}, {broker.url})")
+        log.info("broker restarted", extra={"pid": broker.pid, "took_s": round(took, 2)})
+
+    def _check_liveness(self) -> None:
+        """Kill a child whose heartbeat is stale; ``_reap`` starts it again."""
+        if self._bus_up_since is None:
+            return  # no heartbeat reaches us: nothing to judge by
+        now = time.monotonic()
+        for child in self.children.values():
+            stale = child.silence(
+                now,
+                self._bus_up_since,
+                stale_after_s=self.stale_after_s,
+                startup_grace_s=self.startup_grace_s,
+            )
+            if stale is None or child.proc is None or child.kill_reason:
+                continue
+            silent, allowed = stale
+            if child.heartbeat is None:
+                child.kill_reason = f"no heartbeat {silent:.0f} s after its start"
+            else:
+                child.kill_reason = (
+                    f"heartbeat {silent:.0f} s old (limit {allowed:.0f} s, "
+                    f"last state {child.heartbeat.state})"
+                )
+            self._say(f"{child.name} (pid {child.proc.pid}): {child.kill_reason}; restarting it")
+            log.warning(
+                "child unresponsive; killing it",
+                extra={"child": child.name, "pid": child.proc.pid, "reason": child.kill_reason},
+            )
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()  # SIGKILL: a stopped or hung process handles nothing else
+
+    def _restarted(self, child: Child, why: str, value: float) -> None:
+        """Report a child's restart as an active service_restarted condition."""
+        child.condition = Condition(
+            grid=self.grid,
+            kind=AlarmKind.SERVICE_RESTARTED,
+            mrid=child.name,
+            active=True,
+            t_ns=time.time_ns(),
+            severity=Severity.WARNING,
+            value=value,
+            message=f"service {child.name} {why}; restarted (restart {child.restarts + 1})",
+            reporter=CONDITION_SOURCE,
+        )
+        child.condition_sent_at = 0.0  # due now
+
+    async def _repeat_conditions(self) -> None:
+        """Send active conditions when due: at once, then every CONDITION_REPEAT_S."""
+        now = time.monotonic()
+        for child in self.children.values():
+            cond = child.condition
+            if cond is not None and now - child.condition_sent_at >= CONDITION_REPEAT_S:
+                child.condition_sent_at = now
+                await self._send_condition(cond)
+
+    async def _send_condition(self, cond: Condition) -> None:
+        # the broker may be down: the publish is buffered or dropped (counted), never raises
+        # for that; the repeat brings an active one across
+        subject = subjects.CONDITION.format(grid=self.grid, source=CONDITION_SOURCE)
+        try:
+            await self.nc.publish(subject, encode(cond))
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            return  # shutting down
+        log.info(
+            "condition",
+            extra={"kind": str(cond.kind), "mrid": cond.mrid, "active": cond.active},
+        )
+
     def _reap(self) -> None:
         now = time.monotonic()
         for child in self.children.values():
             if child.proc is not None and child.proc.poll() is not None:
                 child.last_exit = child.proc.returncode
+                if child.kill_reason:
+                    self._restarted(child, f"was unresponsive ({child.kill_reason})", -1.0)
+                else:
+                    self._restarted(
+                        child, f"exited with code {child.last_exit}", float(child.last_exit)
+                    )
                 ran = now - child.started_at
                 child.backoff_s = (
                     BACKOFF_FIRST_S
