@@ -239,6 +239,7 @@ class Service:
             self.log.info("running")
             await self._heartbeats()
         finally:
+            self._stop.set()  # from here on a closed connection is ours (drain), not a loss
             self.state = s.ServiceState.STOPPING
             self.log.info("stopping", extra={"counters": self.all_counters()})
             for t in self._tasks:
