@@ -23,6 +23,7 @@ from nats.js import api
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect
 from gridpilot.core.schemas import Heartbeat, MeasurementSet
+from gridpilot.core.service import ENV_PENDING_BYTES
 from gridpilot.platform import permissions
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.platform.catalog import SERVICES
@@ -33,7 +34,10 @@ pytestmark = pytest.mark.slow
 
 GRID = "cigre_mv"
 KILLS = 3
-OUTAGE_S = 60.0  # the issue's: nats-py's 2 MiB buffer of the PMU gateway overflows by then
+OUTAGE_S = 60.0  # the issue's
+# what each service keeps for the broker meanwhile: small, so that the minute overflows it
+# (cigre_mv's gateways publish less than 2 MiB, nats-py's default, in a minute)
+PENDING_BYTES = 64 * 1024
 
 
 async def until(cond: Callable[[], bool], within_s: float, what: str) -> None:
@@ -187,6 +191,7 @@ async def test_a_minute_without_broker_ends_no_service(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")},
         permissions.ENV_USER: permissions.ADMIN,
         permissions.ENV_PASSWORD: permissions.service_password(data_dir, permissions.ADMIN),
+        ENV_PENDING_BYTES: str(PENDING_BYTES),
     }
     try:
         with gridpilot_up(tmp_path, "--nats-url", broker.url, env=env):
@@ -214,9 +219,8 @@ async def _ride_out_an_outage(data_dir: Path, broker: EmbeddedNats) -> None:
         assert after == pids, "a service was restarted during the outage"
         dropped = {name: hb.counters.get("dropped_outage", 0) for name, hb in watch.beats.items()}
         print(f"dropped during a {OUTAGE_S:.0f} s outage: {dropped}")
-        # the outage overflowed someone's buffer (the simulator's, publishing the twin's
-        # state 10 times a second): dropped and counted, not a crash
-        assert sum(dropped.values()) > 0
+        # the field side overflowed its buffer: dropped and counted, not a crash
+        assert all(dropped[g] > 0 for g in ("gateway_c37118", "gateway_iec104", "simulator"))
         assert all(hb.counters["bus_reconnects"] >= 1 for hb in watch.beats.values())
     finally:
         await nc.close()

@@ -32,6 +32,7 @@ from gridpilot.core import bus, subjects
 from gridpilot.core import schemas as s
 from gridpilot.core.bus import connect
 from gridpilot.core.config import ServiceConfig
+from gridpilot.core.errors import ConfigError
 from gridpilot.core.logs import setup_logging
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -41,6 +42,23 @@ MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 # the server closed it, e.g. for a protocol violation): living on without a connection would
 # look alive to ``ps`` and do nothing.
 EXIT_BUS_CLOSED = 3
+# Overrides Service.pending_bytes: how much a service keeps for the broker while it is away
+# (memory against what an outage costs); the supervisor passes it on to its children.
+ENV_PENDING_BYTES = "GRIDPILOT_NATS_PENDING_BYTES"
+
+
+def pending_bytes(default: int) -> int:
+    """``GRIDPILOT_NATS_PENDING_BYTES`` if set (a ConfigError unless a positive integer)."""
+    text = os.environ.get(ENV_PENDING_BYTES, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{ENV_PENDING_BYTES} must be a positive number of bytes, not {text!r}")
+    return value
 
 
 class Service:
@@ -230,7 +248,7 @@ class Service:
             password=self.config.password,
             name=f"{self.name}-{self.instance}",
             on_event=self._on_bus_event,
-            pending_bytes=self.pending_bytes,
+            pending_bytes=pending_bytes(self.pending_bytes),
         )
         self.log.info("connected", extra={"url": self.config.nats_url})
         try:

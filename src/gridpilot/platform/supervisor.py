@@ -39,6 +39,7 @@ from gridpilot.core.schemas import (
     Severity,
     encode,
 )
+from gridpilot.core.service import ENV_PENDING_BYTES
 from gridpilot.model import distribution
 from gridpilot.platform import permissions
 from gridpilot.platform.broker import (
@@ -332,7 +333,10 @@ class Supervisor:
         )
 
     def _start_children(self) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+        passed = (ENV_PENDING_BYTES,)  # the operator's settings every service reads
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_") or k in passed
+        }
         base.update(
             GRIDPILOT_NATS_URL=self.url,
             GRIDPILOT_GRID=self.grid,
