@@ -119,6 +119,8 @@ async def test_killed_broker_is_restarted_estimates_resume_and_the_historian_mis
     await watch.attach(nc)
     try:
         await until(lambda: len(watch.states) > 20, 90, "estimates after 'up'")
+        await until(lambda: set(watch.beats) >= set(SERVICES), 30, "every service beating")
+        pids = {name: hb.pid for name, hb in watch.beats.items()}
         resumed: list[float] = []
         for _ in range(KILLS):
             pid = int((data_dir / "nats" / "nats.pid").read_text())
@@ -132,6 +134,9 @@ async def test_killed_broker_is_restarted_estimates_resume_and_the_historian_mis
             resumed.append(took)
             assert int((data_dir / "nats" / "nats.pid").read_text()) != pid
             await asyncio.sleep(5)  # estimates flow for a while before the next kill
+        watch.beats.clear()
+        await until(lambda: set(watch.beats) >= set(SERVICES), 30, "every service beating")
+        assert {name: hb.pid for name, hb in watch.beats.items()} == pids, "a service restarted"
         print(
             f"broker SIGKILL -> first estimate: {', '.join(f'{t:.2f}' for t in resumed)} s "
             f"(median {statistics.median(resumed):.2f}, max {max(resumed):.2f})"

@@ -31,6 +31,9 @@ class ModbusGatewayService(Service):
     name = "gateway_modbus"
 
     async def setup(self) -> None:
+        # pymodbus warns of every refused connect itself ("Failed to connect", "Repeating"):
+        # the poller reports each failure, quietly while an inverter has not been read yet
+        logging.getLogger("pymodbus.logging").setLevel(logging.ERROR)
         pkg = await distribution.wait_for(
             self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
         )
