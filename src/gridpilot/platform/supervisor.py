@@ -93,6 +93,7 @@ class Child:
     heartbeat: Heartbeat | None = None
     heartbeat_at: float = field(default=0.0)
     kill_reason: str = ""  # why the supervisor killed it (a stale heartbeat)
+    kill_silent_s: tuple[float, float] = (0.0, 0.0)  # then: silent for, allowed
     # the service_restarted condition, while active (until the new process beats)
     condition: Condition | None = None
     condition_sent_at: float = 0.0
@@ -458,13 +459,11 @@ class Supervisor:
             if stale is None or child.proc is None or child.kill_reason:
                 continue
             silent, allowed = stale
+            child.kill_silent_s = stale
             if child.heartbeat is None:
                 child.kill_reason = f"no heartbeat {silent:.0f} s after its start"
             else:
-                child.kill_reason = (
-                    f"heartbeat {silent:.0f} s old (limit {allowed:.0f} s, "
-                    f"last state {child.heartbeat.state})"
-                )
+                child.kill_reason = f"heartbeat {silent:.0f} s old (limit {allowed:.0f} s)"
             self._say(f"{child.name} (pid {child.proc.pid}): {child.kill_reason}; restarting it")
             log.warning(
                 "child unresponsive; killing it",
@@ -473,8 +472,9 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()  # SIGKILL: a stopped or hung process handles nothing else
 
-    def _restarted(self, child: Child, why: str, value: float) -> None:
-        """Report a child's restart as an active service_restarted condition."""
+    def _restarted(self, child: Child, why: str, value: float, limit: float = 0.0) -> None:
+        """Report a child's restart as an active service_restarted condition; ``value`` is
+        its exit code, or how long it was silent (``limit``: how long it could be)."""
         child.condition = Condition(
             grid=self.grid,
             kind=AlarmKind.SERVICE_RESTARTED,
@@ -483,6 +483,7 @@ class Supervisor:
             t_ns=time.time_ns(),
             severity=Severity.WARNING,
             value=value,
+            limit=limit,
             message=f"service {child.name} {why}; restarted (restart {child.restarts + 1})",
             reporter=CONDITION_SOURCE,
         )
@@ -516,7 +517,9 @@ class Supervisor:
             if child.proc is not None and child.proc.poll() is not None:
                 child.last_exit = child.proc.returncode
                 if child.kill_reason:
-                    self._restarted(child, f"was unresponsive ({child.kill_reason})", -1.0)
+                    silent, allowed = child.kill_silent_s
+                    why = f"was unresponsive: {child.kill_reason}"
+                    self._restarted(child, why, round(silent, 1), allowed)
                 else:
                     self._restarted(
                         child, f"exited with code {child.last_exit}", float(child.last_exit)
