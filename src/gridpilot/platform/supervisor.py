@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,7 @@ from nats.aio.msg import Msg
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect, ensure_edge_source, ensure_jetstream
 from gridpilot.core.errors import BusError, ConfigError
-from gridpilot.core.schemas import (
-    CONDITION_REPEAT_S,
-    AlarmKind,
-    Condition,
-    Heartbeat,
-    Severity,
-    encode,
-)
+from gridpilot.core.schemas import CONDITION_REPEAT_S, Condition, Heartbeat, encode
 from gridpilot.core.service import ENV_PENDING_BYTES
 from gridpilot.model import distribution
 from gridpilot.platform import permissions
@@ -56,75 +48,20 @@ from gridpilot.platform.broker import (
     write_endpoints,
 )
 from gridpilot.platform.catalog import EDGE_SERVICES, HUB_SERVICES, SERVICES
+from gridpilot.platform.children import (
+    CONDITION_SOURCE,
+    STALE_AFTER_S,
+    STARTUP_GRACE_S,
+    Child,
+)
 from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
 
-BACKOFF_FIRST_S = 0.25
-BACKOFF_MAX_S = 10.0
-STABLE_AFTER_S = 30.0  # a child that ran this long starts its back-off afresh
 STOP_GRACE_S = 5.0
 EDGE_SOURCE_RETRY_S = 5.0
-# Liveness. Services beat every second once set up. A child that has beaten and is then silent
-# for STALE_AFTER_S (15 missed beats; a Kubernetes probe's usual 3 failures x 5 s) is hung.
-# Its first beat may take STARTUP_GRACE_S: Python and the imports take up to ~10 s on a loaded
-# 2-core machine, and setting up a large grid (mvlv_rural, 5,479 buses: model, estimator,
-# device registry) tens of seconds more. Ages count only while the supervisor's own connection
-# is up, and from when it last came up: after a broker outage every child needs a moment to
-# reconnect.
-STALE_AFTER_S = 15.0
-STARTUP_GRACE_S = 120.0
 BROKER_RETRY_FIRST_S = 0.5  # a broker that would not come back is tried again, doubling to
 BROKER_RETRY_MAX_S = 10.0
-CONDITION_SOURCE = "supervisor"
-
-
-@dataclass
-class Child:
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    backoff_s: float = BACKOFF_FIRST_S
-    started_at: float = 0.0
-    start_at: float = 0.0
-    last_exit: int | None = None
-    heartbeat: Heartbeat | None = None
-    heartbeat_at: float = field(default=0.0)
-    kill_reason: str = ""  # why the supervisor killed it (a stale heartbeat)
-    kill_silent_s: tuple[float, float] = (0.0, 0.0)  # then: silent for, allowed
-    # the service_restarted condition, while active (until the new process beats)
-    condition: Condition | None = None
-    condition_sent_at: float = 0.0
-
-    def start(self, grid: str) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridpilot", "run", self.name, "--grid", grid],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children
-        )
-        out.close()
-        self.started_at = time.monotonic()
-        self.heartbeat = None
-        self.heartbeat_at = 0.0
-        self.kill_reason = ""
-        log.info("started", extra={"child": self.name, "pid": self.proc.pid})
-
-    def silence(
-        self, now: float, bus_up_since: float, *, stale_after_s: float, startup_grace_s: float
-    ) -> tuple[float, float] | None:
-        """(how long it has been silent, how long it may be) when that is too long, else
-        None. Silence counts from its last beat, its start or the bus's return, the latest."""
-        if self.proc is None:
-            return None
-        allowed = startup_grace_s if self.heartbeat is None else stale_after_s
-        silent = now - max(self.heartbeat_at, self.started_at, bus_up_since)
-        return (silent, allowed) if silent > allowed else None
 
 
 class Supervisor:
@@ -458,36 +395,9 @@ class Supervisor:
             )
             if stale is None or child.proc is None or child.kill_reason:
                 continue
-            silent, allowed = stale
-            child.kill_silent_s = stale
-            if child.heartbeat is None:
-                child.kill_reason = f"no heartbeat {silent:.0f} s after its start"
-            else:
-                child.kill_reason = f"heartbeat {silent:.0f} s old (limit {allowed:.0f} s)"
-            self._say(f"{child.name} (pid {child.proc.pid}): {child.kill_reason}; restarting it")
-            log.warning(
-                "child unresponsive; killing it",
-                extra={"child": child.name, "pid": child.proc.pid, "reason": child.kill_reason},
-            )
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.kill()  # SIGKILL: a stopped or hung process handles nothing else
-
-    def _restarted(self, child: Child, why: str, value: float, limit: float = 0.0) -> None:
-        """Report a child's restart as an active service_restarted condition; ``value`` is
-        its exit code, or how long it was silent (``limit``: how long it could be)."""
-        child.condition = Condition(
-            grid=self.grid,
-            kind=AlarmKind.SERVICE_RESTARTED,
-            mrid=child.name,
-            active=True,
-            t_ns=time.time_ns(),
-            severity=Severity.WARNING,
-            value=value,
-            limit=limit,
-            message=f"service {child.name} {why}; restarted (restart {child.restarts + 1})",
-            reporter=CONDITION_SOURCE,
-        )
-        child.condition_sent_at = 0.0  # due now
+            pid = child.proc.pid
+            child.kill(*stale)
+            self._say(f"{child.name} (pid {pid}): {child.kill_reason}; restarting it")
 
     async def _repeat_conditions(self) -> None:
         """Send active conditions when due: at once, then every CONDITION_REPEAT_S."""
@@ -515,33 +425,7 @@ class Supervisor:
         now = time.monotonic()
         for child in self.children.values():
             if child.proc is not None and child.proc.poll() is not None:
-                child.last_exit = child.proc.returncode
-                if child.kill_reason:
-                    silent, allowed = child.kill_silent_s
-                    why = f"was unresponsive: {child.kill_reason}"
-                    self._restarted(child, why, round(silent, 1), allowed)
-                else:
-                    self._restarted(
-                        child, f"exited with code {child.last_exit}", float(child.last_exit)
-                    )
-                ran = now - child.started_at
-                child.backoff_s = (
-                    BACKOFF_FIRST_S
-                    if ran >= STABLE_AFTER_S
-                    else min(
-                        BACKOFF_MAX_S, child.backoff_s * 2 if child.restarts else child.backoff_s
-                    )
-                )
-                child.start_at = now + child.backoff_s
-                child.proc = None
-                log.warning(
-                    "child exited",
-                    extra={
-                        "child": child.name,
-                        "code": child.last_exit,
-                        "restart_in_s": child.backoff_s,
-                    },
-                )
+                child.exited(now, grid=self.grid)
             if child.proc is None and now >= child.start_at:
                 child.restarts += 1
                 child.start(self.grid)
@@ -569,22 +453,7 @@ class Supervisor:
     # -- presentation -------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        out = []
-        for c in self.children.values():
-            hb = c.heartbeat
-            out.append(
-                {
-                    "service": c.name,
-                    "pid": c.proc.pid if c.proc else None,
-                    "state": hb.state.value
-                    if hb and c.proc
-                    else ("restarting" if not c.proc else "starting"),
-                    "heartbeat_age_s": round(now - c.heartbeat_at, 1) if hb else None,
-                    "restarts": c.restarts,
-                    "info": dict(hb.info) if hb else {},
-                }
-            )
-        return out
+        return [c.row(now) for c in self.children.values()]
 
     def table(self) -> Any:
         from rich.table import Table
