@@ -1,5 +1,6 @@
-"""Thin async helpers over nats-py: a resilient connection that reports refusals, and the JetStream
-streams, key-value buckets and object stores of the subject catalogue."""
+"""Thin async helpers over nats-py: a resilient connection that reports refusals and outlives
+broker outages, and the JetStream streams, key-value buckets and object stores of the subject
+catalogue."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ class BusStats:
     permission_denied: int = 0
     disconnects: int = 0
     reconnects: int = 0
+    # publishes dropped because the broker was away and the pending buffer was full
+    dropped_outage: int = 0
+    # refused here because payload and headers exceed the server's limit (which would close
+    # the connection)
+    dropped_oversize: int = 0
     denied: deque[tuple[int, PermissionDeniedError]] = field(
         default_factory=lambda: deque(maxlen=64)
     )
@@ -60,6 +66,68 @@ class BusStats:
 
 
 _STATS: WeakKeyDictionary[Client, BusStats] = WeakKeyDictionary()
+
+# What a client keeps for the broker while it is away (nats-py's default is 2 MiB): about a
+# minute of a mid-size grid's field data; beyond it publishes are dropped and counted.
+PENDING_BYTES = 2 * 1024 * 1024
+
+
+def _headers_size(headers: dict[str, str] | None) -> int:
+    """The bytes nats-py puts on the wire for ``headers`` (NATS/1.0 line, one line each, blank
+    line), which the server counts against its maximum payload."""
+    if not headers:
+        return 0
+    return len(b"NATS/1.0\r\n\r\n") + sum(
+        len(k.encode()) + len(str(v).encode()) + 4 for k, v in headers.items()
+    )
+
+
+class BusClient(Client):
+    """A nats-py client whose publishes never raise for an outage.
+
+    While the broker is away, nats-py keeps publishes in its pending buffer (``PENDING_BYTES``)
+    and sends them on reconnect; once the buffer is full it raises OutboundBufferLimitError,
+    which ended every publisher's loop (the PMU gateway died after a 60 s outage). Here such a
+    publish is dropped and counted (``stats(nc).dropped_outage``), so a service outlives an
+    outage of any length and what it buffered still goes out. A message whose payload and
+    headers exceed the server's limit raises MaxPayloadError here, counted, instead of being
+    sent: the server would answer with a protocol violation and close the connection.
+    """
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        st = stats(self)
+        if self.is_connected and headers:
+            limit = self.max_payload
+            if limit and len(payload) + _headers_size(headers) > limit:
+                st.dropped_oversize += 1
+                log.warning(
+                    "bus event=oversize client=%s subject=%s bytes=%d limit=%d",
+                    self.options.get("name"),
+                    subject,
+                    len(payload) + _headers_size(headers),
+                    limit,
+                )
+                raise nats.errors.MaxPayloadError
+        try:
+            await super().publish(subject, payload, reply=reply, headers=headers)
+        except nats.errors.OutboundBufferLimitError:
+            st.dropped_outage += 1
+            if st.dropped_outage == 1 or st.dropped_outage % 1000 == 0:
+                log.warning(
+                    "bus event=dropping client=%s dropped=%d reason=%s",
+                    self.options.get("name"),
+                    st.dropped_outage,
+                    "broker away and pending buffer full",
+                )
+        except nats.errors.MaxPayloadError:
+            st.dropped_oversize += 1
+            raise
 
 
 def stats(nc: Client) -> BusStats:
@@ -91,18 +159,25 @@ async def connect(
     on_event: EventCallback | None = None,
     connect_timeout: float = 2.0,
     startup_timeout: float | None = 30.0,
+    pending_bytes: int = PENDING_BYTES,
 ) -> Client:
     """Connect, retrying until ``startup_timeout`` (None: forever), then reconnect forever.
+
+    The client is a :class:`BusClient`: while the broker is away it buffers up to
+    ``pending_bytes`` of publishes, then drops and counts them instead of raising. If the
+    connection is closed for good (the server closed it for a protocol violation, say)
+    ``on_event`` hears ``closed``: the caller should end, so that its supervisor restarts it.
 
     ``url`` may list several servers separated by commas (the members of a cluster): the
     client fails over between them (it also learns the others from the server it reaches).
     A wrong user or password fails at once with PermissionDeniedError instead of retrying.
     """
-    nc = Client()
+    nc = BusClient()
     st = stats(nc)
     loop = asyncio.get_running_loop()
     deadline = None if startup_timeout is None else loop.time() + startup_timeout
     started = False
+    quiet = [False]  # the current outage's refusals were said once already
 
     def emit(event: str, err: BaseException | None) -> None:
         if on_event is not None:
@@ -134,7 +209,13 @@ async def connect(
             emit("permission_denied", denied)
             return
         st.errors += 1
-        log.warning("bus event=error client=%s error=%r", name, e)
+        if nc.is_reconnecting and isinstance(e, OSError):
+            # the broker is away: one line per outage, not one per attempt every 0.5 s
+            if not quiet[0]:
+                quiet[0] = True
+                log.warning("bus event=reconnecting client=%s url=%s error=%r", name, url, e)
+        else:
+            log.warning("bus event=error client=%s error=%r", name, e)
         emit("error", e)
 
     async def disconnected_cb() -> None:
@@ -146,13 +227,20 @@ async def connect(
 
     async def reconnected_cb() -> None:
         st.reconnects += 1
-        log.info("bus event=reconnected client=%s url=%s", name, nc.connected_url)
+        quiet[0] = False
+        log.info(
+            "bus event=reconnected client=%s url=%s dropped_outage=%d",
+            name,
+            nc.connected_url,
+            st.dropped_outage,
+        )
         emit("reconnected", None)
 
     async def closed_cb() -> None:
         if started:
-            log.info("bus event=closed client=%s", name)
-            emit("closed", None)
+            # nats-py's last error says why (a protocol violation the server closed it for)
+            log.info("bus event=closed client=%s error=%r", name, nc.last_error)
+            emit("closed", nc.last_error)
 
     try:
         servers = [u.strip() for u in url.split(",") if u.strip()]
@@ -169,6 +257,7 @@ async def connect(
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as float
             connect_timeout=connect_timeout,  # type: ignore[arg-type]
+            pending_size=pending_bytes,
         )
     except BaseException:
         await nc.close()

@@ -1,6 +1,10 @@
 """The service base: connect with the service's own credentials, heartbeat, typed subscriptions
 that count and drop bad messages, structured logs, graceful shutdown on SIGTERM/SIGINT.
 
+Publishes outlive broker outages (see ``gridpilot.core.bus.BusClient``: what cannot be
+buffered is dropped and counted as ``dropped_outage``); a connection the server closed for good
+ends the process with ``EXIT_BUS_CLOSED``, so that its supervisor starts it afresh.
+
 A service subclasses ``Service``, sets ``name`` and implements ``setup`` (subscribe, start
 tasks); ``gridpilot run NAME`` calls ``Service.main()``.
 """
@@ -24,21 +28,45 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from gridpilot.core import bus, subjects
 from gridpilot.core import schemas as s
-from gridpilot.core import subjects
 from gridpilot.core.bus import connect
 from gridpilot.core.config import ServiceConfig
+from gridpilot.core.errors import ConfigError
 from gridpilot.core.logs import setup_logging
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+# The exit code of a service whose bus connection was closed for good (nats-py gives up after
+# the server closed it, e.g. for a protocol violation): living on without a connection would
+# look alive to ``ps`` and do nothing.
+EXIT_BUS_CLOSED = 3
+# Overrides Service.pending_bytes: how much a service keeps for the broker while it is away
+# (memory against what an outage costs); the supervisor passes it on to its children.
+ENV_PENDING_BYTES = "GRIDPILOT_NATS_PENDING_BYTES"
+
+
+def pending_bytes(default: int) -> int:
+    """``GRIDPILOT_NATS_PENDING_BYTES`` if set (a ConfigError unless a positive integer)."""
+    text = os.environ.get(ENV_PENDING_BYTES, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{ENV_PENDING_BYTES} must be a positive number of bytes, not {text!r}")
+    return value
 
 
 class Service:
     """Base of every GridPilot service process."""
 
     name: ClassVar[str] = "service"
+    # what the connection buffers while the broker is away, before publishes are dropped
+    pending_bytes: ClassVar[int] = bus.PENDING_BYTES
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
@@ -55,6 +83,7 @@ class Service:
         self.nc: Client
         self._kv_services: KeyValue | None = None
         self._heartbeat_errors: set[str] = set()
+        self.bus_closed = False  # the connection was closed for good, not by us
 
     # -- for subclasses -----------------------------------------------------------------------
     async def setup(self) -> None:
@@ -102,8 +131,13 @@ class Service:
         await msg.respond(s.encode(obj))
 
     async def publish(self, subject: str, obj: msgspec.Struct) -> None:
+        """Publish; while the broker is away the message is buffered, or dropped and counted
+        (``dropped_outage`` in the heartbeat) once the buffer is full: never an error."""
+        st = bus.stats(self.nc)
+        dropped = st.dropped_outage
         await self.nc.publish(subject, s.encode(obj))
-        self.counters["msgs_out"] += 1
+        if st.dropped_outage == dropped:
+            self.counters["msgs_out"] += 1
 
     async def command_result(
         self, cmd: s.Command, *, ok: bool, change: str = "", error: str = ""
@@ -157,7 +191,7 @@ class Service:
             state=self.state,
             t_ns=time.time_ns(),
             uptime_s=round(time.monotonic() - self.started, 1),
-            counters=dict(self.counters),
+            counters=self.all_counters(),
             info=dict(self.info),
         )
         data = s.encode(hb)
@@ -167,6 +201,27 @@ class Service:
                 await self._kv_services.put(self.heartbeat_key, data)
             except Exception as exc:  # the broker may be restarting; the next beat retries
                 self.log.debug("heartbeat KV put failed", extra={"error": str(exc)})
+
+    def all_counters(self) -> dict[str, int]:
+        """The service's counters and its connection's: outages and what they cost."""
+        st = bus.stats(self.nc)
+        return {
+            **self.counters,
+            "bus_disconnects": st.disconnects,
+            "bus_reconnects": st.reconnects,
+            "dropped_outage": st.dropped_outage,
+            "dropped_oversize": st.dropped_oversize,
+        }
+
+    def _on_bus_event(self, event: str, error: BaseException | None) -> None:
+        if event == "closed" and not self._stop.is_set():
+            # nats-py will not reconnect: end, so that the supervisor starts us afresh
+            self.bus_closed = True
+            self.log.error(
+                "bus connection closed for good; exiting",
+                extra={"error": repr(error), "exit_code": EXIT_BUS_CLOSED},
+            )
+            self._stop.set()
 
     async def _heartbeats(self) -> None:
         while not self._stop.is_set():
@@ -192,6 +247,8 @@ class Service:
             user=self.config.user,
             password=self.config.password,
             name=f"{self.name}-{self.instance}",
+            on_event=self._on_bus_event,
+            pending_bytes=pending_bytes(self.pending_bytes),
         )
         self.log.info("connected", extra={"url": self.config.nats_url})
         try:
@@ -200,8 +257,9 @@ class Service:
             self.log.info("running")
             await self._heartbeats()
         finally:
+            self._stop.set()  # from here on a closed connection is ours (drain), not a loss
             self.state = s.ServiceState.STOPPING
-            self.log.info("stopping", extra={"counters": dict(self.counters)})
+            self.log.info("stopping", extra={"counters": self.all_counters()})
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -218,4 +276,11 @@ class Service:
         setup_logging(service=cls.name, grid=config.grid)
         service = cls(config)
         asyncio.run(service.run())
-        return 1 if service.counters["task_failures"] else 0
+        return service.exit_code()
+
+    def exit_code(self) -> int:
+        """What the process should exit with once ``run`` returned: non-zero tells the
+        supervisor to start it again."""
+        if self.bus_closed:
+            return EXIT_BUS_CLOSED
+        return 1 if self.counters["task_failures"] else 0

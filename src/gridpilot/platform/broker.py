@@ -376,25 +376,7 @@ class EmbeddedNats:
                 taken.append(pick_port(self.host, preferred, taken))
             client, monitor, mqtt = taken
             self._ports = (client, monitor, mqtt)
-            text = render_config(
-                data_dir=self.data_dir,
-                host=self.host,
-                port=client,
-                monitor_port=monitor,
-                mqtt_port=mqtt,
-                name=f"gridpilot-{client}",
-                cluster=self.cluster,
-                leaf_port=self.leaf_port,
-                leaf_host=self.leaf_host,
-                hub_url=self.hub_url,
-                domain=self.domain,
-                leaf_tls=self.leaf_tls,
-                hub_ca=self.hub_ca,
-            )
-            # The config holds every password: only the owner may read it.
-            fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            self._write_config()
             try:
                 self._spawn(binary)
                 self._wait_ready()
@@ -408,6 +390,53 @@ class EmbeddedNats:
             break
         log.info("nats-server running pid=%s url=%s", self.pid, self.url)
         return self
+
+    def restart(self) -> EmbeddedNats:
+        """Start the server again after it died (a crash, a SIGKILL): the same ports, config
+        and JetStream store, so that clients reconnect to the URL they know and find their
+        streams. A BusError when it does not come up (a port taken meanwhile: try again
+        later rather than move, which no client would find)."""
+        if self._ports is None:
+            return self.start()
+        if self.is_running():
+            return self
+        self.stop()  # reaps the dead process, closes its log
+        self._write_config()  # unchanged ports; the passwords as they are now
+        try:
+            self._spawn(nats_server_binary())
+            self._wait_ready()
+        except BusError:
+            self.stop()
+            raise
+        log.info("nats-server restarted pid=%s url=%s", self.pid, self.url)
+        return self
+
+    @property
+    def exit_code(self) -> int | None:
+        """How the server process ended (negative: the signal), None while it runs."""
+        return None if self._proc is None else self._proc.poll()
+
+    def _write_config(self) -> None:
+        client, monitor, mqtt = self._port(0), self._port(1), self._port(2)
+        text = render_config(
+            data_dir=self.data_dir,
+            host=self.host,
+            port=client,
+            monitor_port=monitor,
+            mqtt_port=mqtt,
+            name=f"gridpilot-{client}",
+            cluster=self.cluster,
+            leaf_port=self.leaf_port,
+            leaf_host=self.leaf_host,
+            hub_url=self.hub_url,
+            domain=self.domain,
+            leaf_tls=self.leaf_tls,
+            hub_ca=self.hub_ca,
+        )
+        # The config holds every password: only the owner may read it.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
     def _spawn(self, binary: Path) -> None:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())

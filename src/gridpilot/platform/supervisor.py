@@ -1,5 +1,12 @@
 """``gridpilot up``: the broker and every service as separate OS processes, restarted with
-back-off when they die, with a live summary of their health."""
+back-off when they die, with a live summary of their health.
+
+The supervisor also keeps them alive in the sense a Kubernetes liveness probe does: a child
+whose heartbeat went stale (a hung or stopped process) is killed and started again, and the
+embedded nats-server is started again on the same ports and JetStream store when it dies.
+Every restart of a child is reported as a ``service_restarted`` condition (monitoring raises
+the alarm), active until the new process beats.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +19,19 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect, ensure_edge_source, ensure_jetstream
-from gridpilot.core.errors import ConfigError
-from gridpilot.core.schemas import Heartbeat
+from gridpilot.core.errors import BusError, ConfigError
+from gridpilot.core.schemas import CONDITION_REPEAT_S, Condition, Heartbeat, encode
+from gridpilot.core.service import ENV_PENDING_BYTES
 from gridpilot.model import distribution
 from gridpilot.platform import permissions
 from gridpilot.platform.broker import (
@@ -40,44 +48,20 @@ from gridpilot.platform.broker import (
     write_endpoints,
 )
 from gridpilot.platform.catalog import EDGE_SERVICES, HUB_SERVICES, SERVICES
+from gridpilot.platform.children import (
+    CONDITION_SOURCE,
+    STALE_AFTER_S,
+    STARTUP_GRACE_S,
+    Child,
+)
 from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
 
-BACKOFF_FIRST_S = 0.25
-BACKOFF_MAX_S = 10.0
-STABLE_AFTER_S = 30.0  # a child that ran this long starts its back-off afresh
 STOP_GRACE_S = 5.0
 EDGE_SOURCE_RETRY_S = 5.0
-
-
-@dataclass
-class Child:
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    backoff_s: float = BACKOFF_FIRST_S
-    started_at: float = 0.0
-    start_at: float = 0.0
-    last_exit: int | None = None
-    heartbeat: Heartbeat | None = None
-    heartbeat_at: float = field(default=0.0)
-
-    def start(self, grid: str) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridpilot", "run", self.name, "--grid", grid],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children
-        )
-        out.close()
-        self.started_at = time.monotonic()
-        log.info("started", extra={"child": self.name, "pid": self.proc.pid})
+BROKER_RETRY_FIRST_S = 0.5  # a broker that would not come back is tried again, doubling to
+BROKER_RETRY_MAX_S = 10.0
 
 
 class Supervisor:
@@ -96,13 +80,22 @@ class Supervisor:
         leaf_listen: tuple[str, int] | None = None,
         leaf_tls: LeafTls | None = None,
         hub_ca: Path | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        startup_grace_s: float = STARTUP_GRACE_S,
     ) -> None:
         """``edge`` (a name) with ``hub`` (its URL): this site's broker is a leaf node of the
         hub's, in JetStream domain ``edge-<name>``, and runs the field side (EDGE_SERVICES);
         a ``tls://`` hub is verified against ``hub_ca`` (else the system's roots).
         ``leaf_listen`` (host, port): this site is a hub that accepts edges there, over TLS
-        only with ``leaf_tls``. Every file is checked here, before anything starts."""
+        only with ``leaf_tls``. Every file is checked here, before anything starts.
+        ``stale_after_s`` and ``startup_grace_s``: the liveness limits (see STALE_AFTER_S)."""
         self.grid_name = grid
+        if not 0 < stale_after_s <= startup_grace_s:
+            raise ConfigError(
+                f"need 0 < stale_after_s <= startup_grace_s, not {stale_after_s}, {startup_grace_s}"
+            )
+        self.stale_after_s = stale_after_s
+        self.startup_grace_s = startup_grace_s
         self.data_dir = data_dir.resolve()
         self.speed = speed
         self.external_url = nats_url
@@ -144,6 +137,10 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.grid = ""
+        self.broker_restarts = 0
+        self._broker_retry_at = 0.0
+        self._broker_retry_s = BROKER_RETRY_FIRST_S
+        self._bus_up_since: float | None = None  # None while the supervisor's link is down
 
     def stop(self) -> None:
         self._stop.set()
@@ -193,7 +190,10 @@ class Supervisor:
         endpoints = {**endpoints, "supervisor_pid": str(os.getpid())}
         write_endpoints(self.data_dir, endpoints)
         self.endpoints = endpoints
-        nc = await connect(url, user=user, password=password, name="supervisor")
+        nc = await connect(
+            url, user=user, password=password, name="supervisor", on_event=self._on_bus_event
+        )
+        self._bus_up_since = time.monotonic()
         await ensure_jetstream(nc)
         self.url = url
         self.nc = nc
@@ -271,7 +271,10 @@ class Supervisor:
         )
 
     def _start_children(self) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+        passed = (ENV_PENDING_BYTES,)  # the operator's settings every service reads
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_") or k in passed
+        }
         base.update(
             GRIDPILOT_NATS_URL=self.url,
             GRIDPILOT_GRID=self.grid,
@@ -303,6 +306,12 @@ class Supervisor:
             child.start(self.grid)
             self.children[name] = child
 
+    def _on_bus_event(self, event: str, _error: BaseException | None) -> None:
+        if event == "disconnected":
+            self._bus_up_since = None
+        elif event == "reconnected":
+            self._bus_up_since = time.monotonic()
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
             hb = msgspec.json.decode(msg.data, type=Heartbeat)
@@ -314,6 +323,15 @@ class Supervisor:
         if child is not None and child.proc is not None and child.proc.pid == hb.pid:
             child.heartbeat = hb
             child.heartbeat_at = time.monotonic()
+            if child.condition is not None:  # the restarted process is alive: clear it
+                ended = msgspec.structs.replace(
+                    child.condition,
+                    active=False,
+                    t_ns=time.time_ns(),
+                    message=f"{child.condition.message}; running again (pid {hb.pid})",
+                )
+                child.condition = None
+                await self._send_condition(ended)
 
     async def _watch(self) -> None:
         last_line = 0.0
@@ -325,7 +343,10 @@ class Supervisor:
             live.start()
         try:
             while not self._stop.is_set():
+                await self._keep_broker()
+                self._check_liveness()
                 self._reap()
+                await self._repeat_conditions()
                 now = time.monotonic()
                 if live is not None:
                     live.update(self.table())
@@ -338,29 +359,73 @@ class Supervisor:
             if live is not None:
                 live.stop()
 
+    async def _keep_broker(self) -> None:
+        """Start the embedded nats-server again, on its ports and store, when it died."""
+        broker = self.broker
+        now = time.monotonic()
+        if broker is None or broker.is_running() or now < self._broker_retry_at:
+            return
+        code = broker.exit_code
+        self._say(f"nats-server died (exit code {code}); restarting it on the same ports")
+        log.warning("broker died", extra={"code": code, "url": broker.url})
+        try:
+            await asyncio.to_thread(broker.restart)
+        except BusError as exc:
+            self._broker_retry_at = time.monotonic() + self._broker_retry_s
+            self._say(f"nats-server did not restart: {exc}; retrying in {self._broker_retry_s} s")
+            self._broker_retry_s = min(BROKER_RETRY_MAX_S, self._broker_retry_s * 2)
+            return
+        self._broker_retry_s = BROKER_RETRY_FIRST_S
+        self.broker_restarts += 1
+        took = time.monotonic() - now
+        self._say(f"nats-server restarted in {took:.1f} s (pid {broker.pid}, {broker.url})")
+        log.info("broker restarted", extra={"pid": broker.pid, "took_s": round(took, 2)})
+
+    def _check_liveness(self) -> None:
+        """Kill a child whose heartbeat is stale; ``_reap`` starts it again."""
+        if self._bus_up_since is None:
+            return  # no heartbeat reaches us: nothing to judge by
+        now = time.monotonic()
+        for child in self.children.values():
+            stale = child.silence(
+                now,
+                self._bus_up_since,
+                stale_after_s=self.stale_after_s,
+                startup_grace_s=self.startup_grace_s,
+            )
+            if stale is None or child.proc is None or child.kill_reason:
+                continue
+            pid = child.proc.pid
+            child.kill(*stale)
+            self._say(f"{child.name} (pid {pid}): {child.kill_reason}; restarting it")
+
+    async def _repeat_conditions(self) -> None:
+        """Send active conditions when due: at once, then every CONDITION_REPEAT_S."""
+        now = time.monotonic()
+        for child in self.children.values():
+            cond = child.condition
+            if cond is not None and now - child.condition_sent_at >= CONDITION_REPEAT_S:
+                child.condition_sent_at = now
+                await self._send_condition(cond)
+
+    async def _send_condition(self, cond: Condition) -> None:
+        # the broker may be down: the publish is buffered or dropped (counted), never raises
+        # for that; the repeat brings an active one across
+        subject = subjects.CONDITION.format(grid=self.grid, source=CONDITION_SOURCE)
+        try:
+            await self.nc.publish(subject, encode(cond))
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            return  # shutting down
+        log.info(
+            "condition",
+            extra={"kind": str(cond.kind), "mrid": cond.mrid, "active": cond.active},
+        )
+
     def _reap(self) -> None:
         now = time.monotonic()
         for child in self.children.values():
             if child.proc is not None and child.proc.poll() is not None:
-                child.last_exit = child.proc.returncode
-                ran = now - child.started_at
-                child.backoff_s = (
-                    BACKOFF_FIRST_S
-                    if ran >= STABLE_AFTER_S
-                    else min(
-                        BACKOFF_MAX_S, child.backoff_s * 2 if child.restarts else child.backoff_s
-                    )
-                )
-                child.start_at = now + child.backoff_s
-                child.proc = None
-                log.warning(
-                    "child exited",
-                    extra={
-                        "child": child.name,
-                        "code": child.last_exit,
-                        "restart_in_s": child.backoff_s,
-                    },
-                )
+                child.exited(now, grid=self.grid)
             if child.proc is None and now >= child.start_at:
                 child.restarts += 1
                 child.start(self.grid)
@@ -388,22 +453,7 @@ class Supervisor:
     # -- presentation -------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        out = []
-        for c in self.children.values():
-            hb = c.heartbeat
-            out.append(
-                {
-                    "service": c.name,
-                    "pid": c.proc.pid if c.proc else None,
-                    "state": hb.state.value
-                    if hb and c.proc
-                    else ("restarting" if not c.proc else "starting"),
-                    "heartbeat_age_s": round(now - c.heartbeat_at, 1) if hb else None,
-                    "restarts": c.restarts,
-                    "info": dict(hb.info) if hb else {},
-                }
-            )
-        return out
+        return [c.row(now) for c in self.children.values()]
 
     def table(self) -> Any:
         from rich.table import Table

@@ -31,7 +31,7 @@ from gridpilot.gateways.c37118.events import (
     PdcStats,
 )
 from gridpilot.gateways.feed import EventFeed
-from gridpilot.gateways.reconnect import keep_connected
+from gridpilot.gateways.reconnect import LINK_RETRY_MAX_S, keep_connected
 from gridpilot.protocols.c37118 import (
     AnyFrame,
     BadSyncError,
@@ -80,7 +80,7 @@ class PdcClient:
         header_timeout_s: float = 2.0,
         data_timeout_s: float = 5.0,
         reconnect_min_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
+        reconnect_max_s: float = LINK_RETRY_MAX_S,
         max_pending_events: int = 10_000,
         clock: Callable[[], int] = time.time_ns,
         opener: Opener = asyncio.open_connection,
@@ -146,7 +146,7 @@ class PdcClient:
             backoff=self._backoff,
             worked=lambda: self.state is ConnectionState.STREAMING,
             on_down=self._down,
-            name=f"PDC client for {self.host}:{self.port}",
+            name=f"PDC client for {self.host}:{self.port} (ID code {self.idcode})",
         )
 
     def _down(self, reason: str, retry_in_s: float) -> None:
@@ -154,15 +154,8 @@ class PdcClient:
             self.stats.connect_failures += 1
         if self.state in (ConnectionState.CONNECTED, ConnectionState.STREAMING):
             self.stats.disconnects += 1
+        # keep_connected logs it, quietly while the PMU has not been reached yet
         self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=retry_in_s)
-        log.warning(
-            "C37.118 link to %s:%s down: %s; retry in %.1f s",
-            self.host,
-            self.port,
-            reason,
-            retry_in_s,
-            extra={"pmu": f"{self.host}:{self.port}", "idcode": self.idcode},
-        )
 
     async def _connection(self) -> str:
         self._set_state(ConnectionState.CONNECTING)

@@ -34,7 +34,7 @@ from gridpilot.gateways.iec104.events import (
     SinglePointUpdate,
 )
 from gridpilot.gateways.iec104.link import StreamLink
-from gridpilot.gateways.reconnect import keep_connected
+from gridpilot.gateways.reconnect import LINK_RETRY_MAX_S, keep_connected
 from gridpilot.protocols.iec104 import (
     Asdu,
     AsduReceived,
@@ -102,7 +102,7 @@ class Iec104Master:
         t2: float = 10.0,
         t3: float = 20.0,
         reconnect_min_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
+        reconnect_max_s: float = LINK_RETRY_MAX_S,
         max_pending_events: int = 10_000,
     ) -> None:
         if not host:
@@ -158,20 +158,14 @@ class Iec104Master:
             backoff=self._backoff,
             worked=lambda: self.state is ConnectionState.STARTED,
             on_down=self._down,
-            name=f"IEC 104 master to {self.host}:{self.port}",
+            name=f"IEC 104 master to {self.host}:{self.port} (common address "
+            f"{self.common_address})",
         )
 
     def _down(self, reason: str, retry_in_s: float) -> None:
         self._drop_waiters()
+        # keep_connected logs it, quietly while the RTU has not been reached yet
         self._set_state(ConnectionState.DISCONNECTED, reason=reason, retry_in_s=retry_in_s)
-        log.warning(
-            "IEC 104 link to %s:%s down: %s; retry in %.1f s",
-            self.host,
-            self.port,
-            reason,
-            retry_in_s,
-            extra={"rtu": f"{self.host}:{self.port}", "common_address": self.common_address},
-        )
 
     async def _connection(self) -> str:
         self._set_state(ConnectionState.CONNECTING)

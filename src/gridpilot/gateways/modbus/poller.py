@@ -27,6 +27,7 @@ from gridpilot.gateways.modbus.events import (
     UnitHealth,
 )
 from gridpilot.gateways.modbus.link import ModbusLink
+from gridpilot.gateways.reconnect import LINK_RETRY_MAX_S
 from gridpilot.protocols import sunspec
 from gridpilot.protocols.sunspec import (
     BASE_ADDRESS,
@@ -69,7 +70,7 @@ class DerPoller:
         period_s: float = 1.0,
         timeout_s: float = 1.0,
         backoff_min_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = LINK_RETRY_MAX_S,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.units = list(dict.fromkeys(units))
@@ -105,7 +106,8 @@ class DerPoller:
         try:
             await self._connect()
         except ModbusError as exc:  # not fatal: the first poll reports it and backs off
-            log.warning("DER server unreachable", extra={"error": str(exc)})
+            # info: at start-up the devices may not listen yet (gateways/reconnect.py)
+            log.info("DER server not reachable yet", extra={"error": str(exc)})
         return self
 
     async def __aexit__(
@@ -210,7 +212,8 @@ class DerPoller:
         if not u.available:
             return None
         u.available = False
-        log.warning(
+        log.log(
+            logging.WARNING if u.readings else logging.INFO,  # lost, or not read yet
             "DER unit unavailable",
             extra={"unit": u.unit, "port": self.port, "kind": str(kind), "error": reason},
         )

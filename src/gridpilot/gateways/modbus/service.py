@@ -5,6 +5,7 @@ with read-back verification, publishing each command's result."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 
 from nats.aio.msg import Msg
@@ -30,6 +31,9 @@ class ModbusGatewayService(Service):
     name = "gateway_modbus"
 
     async def setup(self) -> None:
+        # pymodbus warns of every refused connect itself ("Failed to connect", "Repeating"):
+        # the poller reports each failure, quietly while an inverter has not been read yet
+        logging.getLogger("pymodbus.logging").setLevel(logging.ERROR)
         pkg = await distribution.wait_for(
             self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
         )
@@ -39,6 +43,7 @@ class ModbusGatewayService(Service):
             by_server[(der.host, der.port)].append(der)
         self.pollers: dict[tuple[str, int], DerPoller] = {}
         self.seq = 0
+        self.read: set[str] = set()  # inverters read at least once
         self.info["inverters"] = len(self.ders)
         for (host, port), ders in by_server.items():
             poller = DerPoller(host=host, port=port, units=[d.unit for d in ders])
@@ -54,11 +59,15 @@ class ModbusGatewayService(Service):
                 der = units[event.unit]
                 if isinstance(event, DerUnavailable):
                     self.counters["der_unavailable"] += 1
-                    self.log.warning(
-                        "inverter unavailable",
+                    # a warning once it had been read; before, it may not listen yet
+                    lost = der.device in self.read
+                    self.log.log(
+                        logging.WARNING if lost else logging.INFO,
+                        "inverter unavailable" if lost else "waiting for inverter",
                         extra={"device": der.device, "kind": str(event.kind), "error": event.error},
                     )
                     continue
+                self.read.add(der.device)
                 assert isinstance(event, DerReading)
                 self.seq += 1
                 m = Measurement(
