@@ -53,6 +53,7 @@ class SimulatorService(Service):
             speed=self.config.speed,
             mqtt_url=self.config.mqtt_url,
             mqtt_password=self.config.mqtt_password,
+            service=self,  # devices whose port is taken: state, heartbeat info, conditions
         )
         await self.field.start()
         self.info["protocol_devices"] = len(self.field.protocol_devices)
