@@ -131,7 +131,7 @@ def describe_bind_error(exc: OSError) -> str:
 class Used:
     """Ports and identities that data dirs on this machine record, and where."""
 
-    ports: dict[int, str] = field(default_factory=dict)  # port -> "<device> in <registry>"
+    ports: dict[int, tuple[str, Path]] = field(default_factory=dict)  # -> (device, registry)
     idcodes: set[int] = field(default_factory=set)
     common_addresses: set[int] = field(default_factory=set)
     sites: set[str] = field(default_factory=set)
@@ -150,7 +150,7 @@ class Used:
         for kind in ("pmu", "rtu", "der"):
             for dev in _tables(data.get(kind)):
                 if isinstance(dev.get("port"), int):
-                    self.ports.setdefault(dev["port"], f"{dev.get('device', '?')} in {path}")
+                    self.ports.setdefault(dev["port"], (str(dev.get("device", "?")), path))
                 if isinstance(dev.get("idcode"), int):
                     self.idcodes.add(dev["idcode"])
                 if isinstance(dev.get("common_address"), int):
@@ -221,10 +221,16 @@ def used_elsewhere(index: Path | None, data_dir: Path, own: Path) -> tuple[Used,
 
 
 def recorded_by(port: int, own: Path) -> str | None:
-    """Which other registry of this machine records ``port`` ("<device> in <path>")."""
+    """Which other registry of this machine records ``port``: "<device> in <path>, another
+    data dir" (or another grid's of the same data dir)."""
+    data_dir = own.parent.parent
     with machine_lock() as index:
-        used, _ = used_elsewhere(index, own.parent.parent, own)
-    return used.ports.get(port)
+        used, _ = used_elsewhere(index, data_dir, own)
+    if port not in used.ports:
+        return None
+    device, path = used.ports[port]
+    mine = path.resolve().parent.parent == data_dir.resolve()
+    return f"{device} in {path}, " + ("this data dir's other grid" if mine else "another data dir")
 
 
 # -- a new registry ------------------------------------------------------------------------------
@@ -401,7 +407,7 @@ def check_listen(registry: DeviceRegistry, path: Path) -> None:
         if why is None:
             continue
         owner = recorded_by(port, path)
-        hint = f" ({owner}, another data dir)" if owner else ""
+        hint = f" ({owner})" if owner else ""
         problems.append(f"  {what}: {host}:{port}: {why}{hint}")
     if problems:
         raise ConfigError(
