@@ -34,7 +34,9 @@ def own_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The grid, converted once for every data dir of this module."""
     folder = tmp_path_factory.mktemp("models")
-    distribution.prepare(GRID, folder)
+    with pytest.MonkeyPatch.context() as patch:  # before own_index: not the developer's either
+        patch.setenv("XDG_STATE_HOME", str(folder / "state"))
+        distribution.prepare(GRID, folder)
     return folder / "models"
 
 
