@@ -20,27 +20,34 @@ from tests.modbus.conftest import FAST, events_until
 MEASURED_MS = 1_795_000_000_123  # unit 1's clock; unit 2 has none (Tms 0)
 
 
-def inverter_registers(t_ms: int) -> list[SimData]:
+def inverter_registers(t_ms: int, unit: int) -> list[SimData]:
     """A 250 kW inverter per the table in gridpilot.protocols.sunspec.points, written out."""
-    i16, u16, regs = DataType.INT16, DataType.UINT16, DataType.REGISTERS
+    i16, u16, regs, text = DataType.INT16, DataType.UINT16, DataType.REGISTERS, DataType.STRING
     return [
         SimData(address=40000, values=[0x5375, 0x6E53], datatype=regs),  # "SunS"
-        SimData(address=40002, values=[64900, 25], datatype=u16),  # ID, L
-        SimData(address=40004, values=[12345, -321], datatype=i16),  # W, VAr
-        SimData(address=40006, values=20400, datatype=u16),  # PhV: 204.00 V
-        SimData(address=40007, values=49.98, datatype=DataType.FLOAT32),  # Hz
-        SimData(address=40009, values=4_000_000_000, datatype=DataType.UINT32),  # WH
-        SimData(address=40011, values=5, datatype=u16),  # St: throttled
-        SimData(address=40012, values=[1, 1, -2, 0], datatype=i16),  # W, VAr, V, WH _SF
-        SimData(address=40016, values=25, datatype=u16),  # WRtg: 25 * 10**4 W
-        SimData(address=40017, values=4, datatype=i16),  # WRtg_SF
-        SimData(address=40018, values=20000, datatype=u16),  # VRef: 200.00 V
-        SimData(address=40019, values=[8000, 1], datatype=u16),  # WMaxLimPct 80.00 %, Ena
-        SimData(address=40021, values=-500, datatype=i16),  # VArPct -5.00 %
-        SimData(address=40022, values=0, datatype=u16),  # VArPct_Ena
-        SimData(address=40023, values=[-2, -2], datatype=i16),  # setpoint SFs: 0.01 %
-        SimData(address=40025, values=t_ms, datatype=DataType.UINT64),  # Tms
-        SimData(address=40029, values=[0xFFFF, 0], datatype=regs),  # end of the chain
+        SimData(address=40002, values=[1, 66], datatype=u16),  # common model: ID, L
+        SimData(address=40004, values="Acme Solar".ljust(32, "\0"), datatype=text),  # Mn
+        SimData(address=40020, values="AS-250".ljust(32, "\0"), datatype=text),  # Md
+        SimData(address=40036, values="\0" * 16, datatype=text),  # Opt
+        SimData(address=40044, values="1.2.3".ljust(16, "\0"), datatype=text),  # Vr
+        SimData(address=40052, values=f"SN-{unit:04d}".ljust(32, "\0"), datatype=text),  # SN
+        SimData(address=40068, values=[unit, 0x8000], datatype=regs),  # DA, Pad
+        SimData(address=40070, values=[64900, 25], datatype=u16),  # ID, L
+        SimData(address=40072, values=[12345, -321], datatype=i16),  # W, VAr
+        SimData(address=40074, values=20400, datatype=u16),  # PhV: 204.00 V
+        SimData(address=40075, values=49.98, datatype=DataType.FLOAT32),  # Hz
+        SimData(address=40077, values=4_000_000_000, datatype=DataType.UINT32),  # WH
+        SimData(address=40079, values=5, datatype=u16),  # St: throttled
+        SimData(address=40080, values=[1, 1, -2, 0], datatype=i16),  # W, VAr, V, WH _SF
+        SimData(address=40084, values=25, datatype=u16),  # WRtg: 25 * 10**4 W
+        SimData(address=40085, values=4, datatype=i16),  # WRtg_SF
+        SimData(address=40086, values=20000, datatype=u16),  # VRef: 200.00 V
+        SimData(address=40087, values=[8000, 1], datatype=u16),  # WMaxLimPct 80.00 %, Ena
+        SimData(address=40089, values=-500, datatype=i16),  # VArPct -5.00 %
+        SimData(address=40090, values=0, datatype=u16),  # VArPct_Ena
+        SimData(address=40091, values=[-2, -2], datatype=i16),  # setpoint SFs: 0.01 %
+        SimData(address=40093, values=t_ms, datatype=DataType.UINT64),  # Tms
+        SimData(address=40097, values=[0xFFFF, 0], datatype=regs),  # end of the chain
     ]
 
 
@@ -53,7 +60,7 @@ async def clamp_at_half(
     set_values: list[int] | list[bool] | None,
 ) -> ExcCodes | None:
     # a device that silently caps the active power limit at 50 %: it acknowledges the write
-    if set_values and address == 40019:
+    if set_values and address == 40087:
         set_values[0] = min(int(set_values[0]), 5000)
     return None
 
@@ -61,8 +68,8 @@ async def clamp_at_half(
 @pytest.fixture
 async def peer_port() -> AsyncIterator[int]:
     devices = [
-        SimDevice(id=1, simdata=inverter_registers(MEASURED_MS)),
-        SimDevice(id=2, simdata=inverter_registers(0), action=clamp_at_half),
+        SimDevice(id=1, simdata=inverter_registers(MEASURED_MS, 1)),
+        SimDevice(id=2, simdata=inverter_registers(0, 2), action=clamp_at_half),
     ]
     server = ModbusTcpServer(devices, address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
@@ -88,6 +95,9 @@ async def test_poller_reads_a_hand_laid_map(peer_port: int) -> None:
     assert state.rated_mw == pytest.approx(0.25)
     assert state.p_limit_mw == pytest.approx(0.2)
     assert state.q_set_mvar is None
+    identity = (state.manufacturer, state.device_model, state.version)
+    assert identity == ("Acme Solar", "AS-250", "1.2.3")
+    assert (state.serial, state.device_address, other.state.serial) == ("SN-0001", 1, "SN-0002")
 
 
 async def test_setpoint_uses_the_devices_scale_factors(peer_port: int) -> None:

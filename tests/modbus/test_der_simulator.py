@@ -6,7 +6,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from gridpilot.gateways.modbus import DerEvent, DerPoller, DerReading, DerUnavailable, FailureKind
-from gridpilot.protocols.sunspec import BASE_ADDRESS, CONTROLS_ADDRESS, InverterStatus
+from gridpilot.protocols.sunspec import BASE_ADDRESS, BY_NAME, CONTROLS_ADDRESS, InverterStatus
 from gridpilot.simulator.der_modbus import InverterSpec, VirtualDerServer
 from tests.modbus.conftest import FAST, FakeTwin, events_until
 
@@ -91,7 +91,7 @@ async def test_read_only_and_unknown_units_get_modbus_exceptions(
     client = AsyncModbusTcpClient("127.0.0.1", port=der_server.port, timeout=2, retries=0)
     await client.connect()
     try:
-        measured = await client.write_registers(BASE_ADDRESS + 4, [1], device_id=1)
+        measured = await client.write_registers(BY_NAME["W"].address, [1], device_id=1)
         assert measured.isError() and measured.exception_code == 2  # illegal data address
         partly = await client.write_registers(CONTROLS_ADDRESS - 1, [0, 500], device_id=1)
         assert partly.isError() and partly.exception_code == 2

@@ -164,24 +164,43 @@ def test_encode_refuses_what_the_map_cannot_carry() -> None:
 
 def test_decode_refuses_other_devices_and_unimplemented_points() -> None:
     regs = sunspec.encode(make_state())
+
+    def with_(name: str, raw: int) -> list[int]:
+        at = BY_NAME[name].offset
+        return [*regs[:at], raw, *regs[at + 1 :]]
+
     with pytest.raises(SunSpecError, match=r"SunS: .* no GridPilot DER map"):
         sunspec.decode([0, 0, *regs[2:]])
+    with pytest.raises(SunSpecError, match="C_ID"):
+        sunspec.decode(with_("C_ID", 103))
     with pytest.raises(SunSpecError, match="ID"):
-        sunspec.decode([*regs[:2], 103, *regs[3:]])
+        sunspec.decode(with_("ID", 103))
     with pytest.raises(SunSpecError, match=r"W: .*not implemented"):
-        sunspec.decode([*regs[:4], 0x8000, *regs[5:]])
+        sunspec.decode(with_("W", 0x8000))
     with pytest.raises(SunSpecError, match="unknown operating state 42"):
-        sunspec.decode([*regs[:11], 42, *regs[12:]])
-    with pytest.raises(SunSpecError, match="expected 31 registers"):
+        sunspec.decode(with_("St", 42))
+    with pytest.raises(SunSpecError, match=f"expected {BLOCK_SIZE} registers"):
         sunspec.decode(regs[:-1])
+
+
+def test_the_common_model_says_who_the_device_is() -> None:
+    state = make_state(serial="a1b2c3-der_wka_7", device_address=7, version="0.1")
+    back = sunspec.decode(sunspec.encode(state))
+    assert (back.serial, back.device_address, back.version) == ("a1b2c3-der_wka_7", 7, "0.1")
+    assert (back.manufacturer, back.device_model) == ("GridPilot", "virtual DER inverter")
+    assert BY_NAME["C_L"].const == BY_NAME["ID"].offset - BY_NAME["C_L"].offset - 1
+    with pytest.raises(SunSpecError, match=r"SN: .* longer than 32"):
+        sunspec.encode(make_state(serial="x" * 33))
+    with pytest.raises(SunSpecError, match=r"SN: .* not ASCII"):
+        sunspec.encode(make_state(serial="Zähler"))
 
 
 def test_check_write_answers_like_an_inverter() -> None:
     regs = sunspec.encode(make_state())
     assert sunspec.check_write(regs, CONTROLS_ADDRESS, [500, 1, (-200) & 0xFFFF, 0]) == []
-    [read_only] = sunspec.check_write(regs, BASE_ADDRESS + 4, [1])
+    [read_only] = sunspec.check_write(regs, BY_NAME["W"].address, [1])
     assert (read_only.point, read_only.read_only) == ("W", True)
-    [outside] = sunspec.check_write(regs, BASE_ADDRESS + 100, [1])
+    [outside] = sunspec.check_write(regs, BASE_ADDRESS + BLOCK_SIZE, [1])
     assert (outside.point, outside.read_only) == ("", True)
     [too_high] = sunspec.check_write(regs, CONTROLS_ADDRESS, [1001])
     assert too_high.point == "WMaxLimPct" and "100.1 % outside 0..100" in too_high.reason

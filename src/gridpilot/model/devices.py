@@ -2,6 +2,13 @@
 which measurement — PMU id code and channel, common address and IOA, Modbus unit and
 register, MQTT device and component — mapped to CIM mRIDs. One readable TOML file per grid,
 generated from the placement on first start and validated with errors that name the line.
+
+It also says who each device is, so that a gateway refuses a device it did not expect (another
+platform's on the same machine, a mis-wired one): a PMU's ID code and station name, an RTU's
+common address, an inverter's unit id and serial number. ``site`` is a random id of the data
+dir the registry belongs to; station names and serial numbers carry it, so two platforms of
+the same grid never share them (``gridpilot.model.allocation`` picks the ports and identities
+of a new registry).
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ class Pmu(msgspec.Struct, frozen=True, kw_only=True):
     idcode: int
     data_rate: int  # frames per second
     channels: list[PmuChannel]
+    # STN of its configuration frames, at most 16 ASCII characters; "" accepts any station
+    station: str = ""
 
 
 class Rtu(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +80,8 @@ class Der(msgspec.Struct, frozen=True, kw_only=True):
     port: int
     unit: int  # Modbus unit id; registers per gridpilot.protocols.sunspec
     generator: str  # generator mRID
+    # SN of its SunSpec common model, at most 32 ASCII characters; "" accepts any serial
+    serial: str = ""
 
 
 class MeterComponent(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +97,7 @@ class Meter(msgspec.Struct, frozen=True, kw_only=True):
 
 class DeviceRegistry(msgspec.Struct, frozen=True, kw_only=True):
     grid: str
+    site: str = ""  # the data dir's random id, in station names and serial numbers
     pmu: list[Pmu] = []
     rtu: list[Rtu] = []
     der: list[Der] = []
@@ -94,6 +106,24 @@ class DeviceRegistry(msgspec.Struct, frozen=True, kw_only=True):
 
 REMOTE_CONTROL_MIN_KV = 1.0
 CHANNEL_NAME_LEN = 16  # CHNAM of IEEE C37.118.2 configuration frames
+STATION_NAME_LEN = 16  # STN, likewise
+SERIAL_LEN = 32  # SN of the SunSpec common model
+
+
+def station_name(site: str, device: str) -> str:
+    """A PMU's station name: the site, then as much of the device id's end as fits, without
+    its "pmu_" (the end tells a grid's PMUs apart: ``pmu_mv1_101_bus_12`` -> ``a1b2c3-
+    01_bus_12``, ``pmu_bus_12`` -> ``a1b2c3-bus_12``)."""
+    if not site:
+        return ""
+    room = STATION_NAME_LEN - len(site) - 1
+    name = device.removeprefix("pmu_")
+    return f"{site}-{name[-room:]}" if room > 0 else site[:STATION_NAME_LEN]
+
+
+def serial_number(site: str, device: str) -> str:
+    """An inverter's serial number: the site and its device id."""
+    return f"{site}-{device}"[:SERIAL_LEN] if site else ""
 
 
 def _channel_name(prefix: str, index: int, mrid: str) -> str:
@@ -107,10 +137,12 @@ def _channel_name(prefix: str, index: int, mrid: str) -> str:
 
 
 def default_registry(
-    placement: Placement, model: GridModel, *, host: str = "127.0.0.1"
+    placement: Placement, model: GridModel, *, host: str = "127.0.0.1", site: str = ""
 ) -> DeviceRegistry:
-    """Addresses for every device of a placement: PMUs and RTUs each on their own port, DER
-    inverters as units of one Modbus server, meters by device id."""
+    """Addresses for every device of a placement: PMUs and RTUs each on their own port (from
+    the base ports up), DER inverters as units of one Modbus server, meters by device id; ID
+    codes and common addresses from 1. With a ``site``, station names and serial numbers that
+    carry it."""
     pmus: list[Pmu] = []
     rtus: list[Rtu] = []
     ders: list[Der] = []
@@ -151,6 +183,7 @@ def default_registry(
                     idcode=len(pmus) + 1,
                     data_rate=max(1, round(1 / dev.period_s)),
                     channels=channels,
+                    station=station_name(site, dev.id),
                 )
             )
         elif dev.kind is DeviceKind.DER and len(dev.points) == 1 and dev.points[0].mrid in gens:
@@ -161,6 +194,7 @@ def default_registry(
                     port=DER_PORT,
                     unit=len(ders) + 1,
                     generator=dev.points[0].mrid,
+                    serial=serial_number(site, dev.id),
                 )
             )
         elif dev.kind is DeviceKind.RTU:
@@ -227,7 +261,9 @@ def default_registry(
                     ],
                 )
             )
-    return DeviceRegistry(grid=placement.grid, pmu=pmus, rtu=rtus, der=ders, meter=meters)
+    return DeviceRegistry(
+        grid=placement.grid, site=site, pmu=pmus, rtu=rtus, der=ders, meter=meters
+    )
 
 
 def validate_registry(
@@ -262,6 +298,7 @@ def validate_registry(
 
     for pmu in registry.pmu:
         _endpoint(endpoints, problems, pmu.device, pmu.host, pmu.port)
+        _identity(problems, pmu.device, "station", pmu.station, STATION_NAME_LEN)
         if device(pmu.device):
             names = [c.channel for c in pmu.channels]
             if len(set(names)) != len(names):
@@ -290,10 +327,17 @@ def validate_registry(
                         f"device {rtu.device!r} IOA {cmd.ioa}: no switch {cmd.switch!r}"
                     )
     units: set[tuple[str, int, int]] = set()
+    serials: dict[str, str] = {}
     for der in registry.der:
         if (der.host, der.port, der.unit) in units:
             problems.append(f"device {der.device!r}: unit {der.unit} is used twice")
         units.add((der.host, der.port, der.unit))
+        _identity(problems, der.device, "serial", der.serial, SERIAL_LEN)
+        if der.serial and der.serial in serials:
+            problems.append(
+                f"device {der.device!r}: serial {der.serial!r} is already {serials[der.serial]!r}'s"
+            )
+        serials.setdefault(der.serial, der.device)
         if device(der.device) and der.generator not in gens:
             problems.append(f"device {der.device!r}: no generator {der.generator!r}")
     for meter in registry.meter:
@@ -312,6 +356,11 @@ def validate_registry(
     return problems
 
 
+def _identity(problems: list[str], dev: str, what: str, value: str, most: int) -> None:
+    if not value.isascii() or len(value) > most:
+        problems.append(f"device {dev!r}: {what} {value!r} is not {most} ASCII characters or fewer")
+
+
 def _endpoint(
     taken: dict[tuple[str, int], str], problems: list[str], dev: str, host: str, port: int
 ) -> None:
@@ -328,6 +377,10 @@ HEADER = """\
 #      p.u.; commands: IOA -> switch, double command with select before operate).
 # der: Modbus TCP inverter (unit id -> generator), registers per gridpilot.protocols.sunspec.
 # meter: MQTT device publishing on gp/<grid>/meter/<device>; components -> loads/generators.
+# Identity: a gateway only takes data from the device it expects: a PMU's idcode and station
+# (its STN, "" for any), an RTU's common_address, an inverter's unit and serial ("" for any).
+# Ports and identities were chosen free for this data dir (site) on its first start and are
+# kept: edit them here (then restart), e.g. when another program needs a port.
 """
 
 

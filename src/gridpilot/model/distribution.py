@@ -18,11 +18,11 @@ from nats.js.errors import NotFoundError
 
 from gridpilot.core.backoff import wait_until_there
 from gridpilot.core.errors import ConfigError, ModelError
+from gridpilot.model import allocation
 from gridpilot.model.devices import (
     DeviceRegistry,
     default_registry,
     load_registry,
-    registry_to_toml,
 )
 from gridpilot.model.grid import GridModel
 from gridpilot.model.placement import (
@@ -61,7 +61,11 @@ def devices_path(data_dir: Path, grid: str) -> Path:
 def prepare(name: str, data_dir: Path, *, field_host: str = "127.0.0.1") -> GridPackage:
     """Load a grid (cached under the data dir), its placement and its device registry; the two
     files are written with their defaults on first use, for the operator to edit (the field
-    devices at ``field_host``: the simulator's host name when services run in containers)."""
+    devices at ``field_host``: the simulator's host name when services run in containers).
+
+    A new device registry gets ports and identities of its own on this machine
+    (``allocation``); an existing one is kept as it is, ports included, so a restart listens
+    where the last start did."""
     from gridpilot.model.registry import load_grid
 
     model = load_grid(name, cache_dir=data_dir / "models")
@@ -73,11 +77,19 @@ def prepare(name: str, data_dir: Path, *, field_host: str = "127.0.0.1") -> Grid
     placement = load_placement(path, model)
     dpath = devices_path(data_dir, model.name)
     if not dpath.exists():
-        dpath.parent.mkdir(parents=True, exist_ok=True)
-        dpath.write_text(registry_to_toml(default_registry(placement, model, host=field_host)))
-        log.info("wrote default device registry", extra={"path": str(dpath)})
+        allocation.new_registry(placement, model, data_dir, dpath, host=field_host)
+        log.info("wrote the device registry", extra={"path": str(dpath)})
     devices = load_registry(dpath, placement, model)
+    if not devices.site:
+        devices = allocation.upgrade(devices, data_dir, dpath)
     return GridPackage(model=model, placement=placement, devices=devices)
+
+
+def check_listen(pkg: GridPackage, data_dir: Path) -> None:
+    """Before the simulator starts: ConfigError naming every virtual device that cannot listen
+    on its port (another platform has it?) and what to do, so ``gridpilot up`` says so in the
+    terminal instead of leaving a simulator that serves only part of its devices."""
+    allocation.check_listen(pkg.devices, devices_path(data_dir, pkg.model.name))
 
 
 def package(model: GridModel, placement: Placement) -> GridPackage:

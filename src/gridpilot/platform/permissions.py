@@ -231,13 +231,21 @@ PERMISSIONS: dict[str, Permissions] = {
         subscribe=(_under(sj.METER_RAW), _INBOX),
     ),
     # Polls DER inverters and carries setpoints to them; reports each command's outcome.
+    # Each gateway reports conditions of its devices (a wrong device at a device's port).
     GATEWAY_MODBUS: Permissions(
-        publish=_dedup(*_service(GATEWAY_MODBUS), _under(sj.MEAS), sj.COMMAND_RESULT.wildcard()),
+        publish=_dedup(
+            *_service(GATEWAY_MODBUS),
+            _under(sj.MEAS),
+            sj.COMMAND_RESULT.wildcard(),
+            sj.CONDITION.wildcard(source=GATEWAY_MODBUS),
+        ),
         subscribe=(_under(sj.COMMAND), _INBOX),
     ),
     # The PDC of the PMUs: measurements in, nothing out.
     GATEWAY_C37118: Permissions(
-        publish=_dedup(*_service(GATEWAY_C37118), _under(sj.MEAS)),
+        publish=_dedup(
+            *_service(GATEWAY_C37118), _under(sj.MEAS), sj.CONDITION.wildcard(source=GATEWAY_C37118)
+        ),
         subscribe=(_INBOX,),
     ),
     # The operator HMI and API: reads everything an operator sees, sends what operators do
@@ -273,7 +281,12 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     # Masters of the RTUs: measurements in, switching commands out, outcomes reported.
     GATEWAY_IEC104: Permissions(
-        publish=_dedup(*_service(GATEWAY_IEC104), _under(sj.MEAS), sj.COMMAND_RESULT.wildcard()),
+        publish=_dedup(
+            *_service(GATEWAY_IEC104),
+            _under(sj.MEAS),
+            sj.COMMAND_RESULT.wildcard(),
+            sj.CONDITION.wildcard(source=GATEWAY_IEC104),
+        ),
         subscribe=(_under(sj.COMMAND), _INBOX),
     ),
 }

@@ -260,6 +260,8 @@ class Supervisor:
     async def _publish_model(self, nc: Client) -> None:
         self._say(f"loading grid {self.grid_name} ...")
         pkg = await asyncio.to_thread(distribution.prepare, self.grid_name, self.data_dir)
+        if "simulator" in self.services:  # a device port taken: say so here, start nothing
+            await asyncio.to_thread(distribution.check_listen, pkg, self.data_dir)
         await distribution.publish(nc, pkg)
         model, placement = pkg.model, pkg.placement
         self.grid = model.name

@@ -27,6 +27,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gridpilot.core.errors import ConfigError
+from gridpilot.model.allocation import PortTakenError, describe_bind_error, listen_problem
 from gridpilot.protocols import sunspec
 from gridpilot.protocols.sunspec import BASE_ADDRESS, BLOCK_SIZE, InverterStatus
 
@@ -46,6 +47,7 @@ class InverterSpec:
     rated_mw: float
     v_ref_kv: float = 0.4  # the inverter measures at its own terminals
     f_hz: float = 50.0
+    serial: str = ""  # its serial number in the common model, what the gateway checks
 
     def __post_init__(self) -> None:
         if not self.rated_mw > 0 or not self.v_ref_kv > 0:
@@ -69,6 +71,8 @@ class _Inverter:
             status=InverterStatus.OFF,
             rated_w=spec.rated_mw * 1e6,
             v_ref_v=spec.v_ref_kv * 1e3,
+            serial=spec.serial,
+            device_address=unit,
         )
         self.image = sunspec.encode(self.controls)
 
@@ -92,6 +96,8 @@ class _Inverter:
             q_set_pct=c.q_set_pct,
             q_set_enabled=c.q_set_enabled,
             t_ms=self.owner.clock_ns() // 1_000_000,
+            serial=self.spec.serial,
+            device_address=self.unit,
         )
         self.image = sunspec.encode(state)
 
@@ -238,6 +244,7 @@ class VirtualDerServer:
                 inverter.failing = False
 
     async def start(self) -> None:
+        """Listen; PortTakenError when the port is not free (``start`` may then be retried)."""
         if self._server is not None:
             raise RuntimeError("server already started")
         self.refresh()
@@ -250,10 +257,11 @@ class VirtualDerServer:
         server = ModbusTcpServer(devices, address=(self.host, self._port))
         try:
             await server.serve_forever(background=True)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot listen for Modbus on {self.host}:{self._port} (in use?): {exc}"
-            ) from None
+        except OSError as exc:  # the caller names the devices and says what to do
+            raise PortTakenError(self.host, self._port, describe_bind_error(exc)) from None
+        except RuntimeError as exc:  # pymodbus logs why the listen failed and says only this
+            reason = listen_problem(self.host, self._port) or str(exc)
+            raise PortTakenError(self.host, self._port, reason) from None
         self._server = server
         self._port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._task = asyncio.create_task(self._refresh_loop(), name="der-modbus-refresh")

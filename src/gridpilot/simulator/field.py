@@ -1,7 +1,12 @@
-"""The twin's devices that speak real field protocols: RTUs as IEC 60870-5-104 servers, DER
-inverters as a Modbus TCP server, smart meters over MQTT. Measurements of these devices reach
-the bus only through their gateways; the simulator publishes the rest (PMUs) itself until
-their protocol is wired in."""
+"""The twin's devices that speak real field protocols: PMUs as C37.118 servers, RTUs as
+IEC 60870-5-104 servers, DER inverters as a Modbus TCP server, smart meters over MQTT.
+Measurements of these devices reach the bus only through their gateways; the simulator
+publishes the rest itself.
+
+A device whose port is taken (another platform's devices, another program) does not stop the
+others nor the simulator: it is reported — the service's state is degraded, the heartbeat
+names the devices, a comm_loss condition per device says what to do — and its server tries
+to listen again every few seconds, so it comes up once the port is free."""
 
 from __future__ import annotations
 
@@ -9,14 +14,28 @@ import asyncio
 import cmath
 import contextlib
 import functools
-import ipaddress
 import logging
 import math
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from gridpilot.core.schemas import Command, CommandKind, Terminal
+from gridpilot.core import subjects
+from gridpilot.core.schemas import (
+    CONDITION_REPEAT_S,
+    AlarmKind,
+    Command,
+    CommandKind,
+    Condition,
+    ServiceState,
+    Terminal,
+)
+from gridpilot.core.service import Service
+from gridpilot.model import distribution
+from gridpilot.model.allocation import PortTakenError, advice, listen_address
 from gridpilot.model.devices import DeviceRegistry, Pmu, Rtu
 from gridpilot.model.placement import Placement
 from gridpilot.protocols.c37118 import PhasorChannel, PhasorKind, PmuConfig, PmuData
@@ -31,22 +50,22 @@ from gridpilot.simulator.twin import Twin
 log = logging.getLogger("gridpilot.simulator")
 _PMU_ERROR = 0x4000  # STAT bits 15-14 = 01: PMU error, no information about the data
 
+__all__ = ["FieldDevices", "listen_address"]
 
-def listen_address(host: str) -> str:
-    """Where a virtual device listens, given the host the registry tells the gateways.
+LISTEN_RETRY_S = 5.0  # a device whose port is taken tries again this often (wall clock)
+REPORT_EVERY_S = 1.0
 
-    An address (or ``localhost``) is listened on as such. A name is the simulator's host or
-    container as the gateways know it (``gridpilot init --field-host simulator``): the devices
-    listen on every interface, as a name need not resolve inside its own container when it
-    starts (podman's DNS, measured here) and the container's network bounds who reaches them.
-    """
-    if host == "localhost":
-        return host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return "0.0.0.0"
-    return host
+
+@dataclass
+class _Listener:
+    """One device server and whether it listens."""
+
+    what: str  # "PMU pmu_bus_1 (ID code 4711)"
+    devices: list[str]  # the devices it serves (several inverters share a Modbus server)
+    host: str
+    port: int
+    start: Callable[[], Awaitable[None]]
+    problem: str = ""  # why it does not listen; "" while it does
 
 
 class FieldDevices:
@@ -62,10 +81,14 @@ class FieldDevices:
         mqtt_url: str = "",
         mqtt_password: str | None = None,
         on_switched: Callable[[str, bool, str], None] | None = None,
+        service: Service | None = None,
     ) -> None:
+        """``service`` (the simulator's) is told about devices that cannot listen: its state,
+        heartbeat info and conditions."""
         self.twin = twin
         # told (switch, closed, what it did to the grid) after an RTU operated a switch
         self.on_switched = on_switched
+        self.service = service
         self.grid = grid
         self.registry = registry
         self.devices = {d.id: d for d in placement.devices}
@@ -87,19 +110,25 @@ class FieldDevices:
         self._cache: dict[str, tuple[int, dict[tuple[str, str, str], float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._outages: dict[str, asyncio.Future[None]] = {}  # device -> its reconnect
+        self._listeners: dict[str, _Listener] = {}  # device -> its server's
+        self._degraded = False  # the service's state is degraded because of us
+        self._raised: dict[str, float] = {}  # device -> when its condition was last sent
 
     async def start(self) -> None:
         model = self.twin.model
         kv = {b.id: b.vn_kv for b in model.buses}
         gens = {g.id: g for g in model.generators}
         by_server: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)
+        serials = {d.device: d.serial for d in self.registry.der}
         for der in self.registry.der:
             by_server[(der.host, der.port)][der.unit] = der.device
         for (host, port), units in by_server.items():
             specs = {}
             for unit, device in units.items():
                 gen = gens[self.devices[device].points[0].mrid]
-                specs[unit] = InverterSpec(rated_mw=max(abs(gen.p_mw), 1e-3), v_ref_kv=kv[gen.bus])
+                specs[unit] = InverterSpec(
+                    rated_mw=max(abs(gen.p_mw), 1e-3), v_ref_kv=kv[gen.bus], serial=serials[device]
+                )
             server = VirtualDerServer(
                 units=specs,
                 state=functools.partial(self._der_state, units),
@@ -112,11 +141,16 @@ class FieldDevices:
                 gen_id = self.devices[device].points[0].mrid
                 if gen_id in self.twin.setpoints:
                     server.restore_setpoint(unit, *self.twin.setpoints[gen_id])
-            await server.start()
             self._servers.append(server)
-            log.info(
-                "DER inverters listening", extra={"modbus": f"{host}:{port}", "units": len(units)}
-            )
+            label = "DER inverter" if len(units) == 1 else "DER inverters"
+            names = ", ".join(f"{d} (unit {u})" for u, d in units.items())
+            if await self._listen(
+                _Listener(f"{label} {names}", list(units.values()), host, port, server.start)
+            ):
+                log.info(
+                    "DER inverters listening",
+                    extra={"modbus": f"{host}:{port}", "units": len(units)},
+                )
         for rtu in self.registry.rtu:
             points = {p.ioa: PointType.FLOAT for p in rtu.points}
             points |= {c.ioa: PointType.DOUBLE for c in rtu.commands}
@@ -131,14 +165,15 @@ class FieldDevices:
                 clock_ns=lambda: self.twin.t_ns,
                 cyclic_s=max(0.1, period_s / self.speed),
             )
-            await rtu_server.start()
             self._rtus.append(rtu_server)
             self._server_of[rtu.device] = rtu_server
+            what = f"RTU {rtu.device} (common address {rtu.common_address})"
+            await self._listen(_Listener(what, [rtu.device], rtu.host, rtu.port, rtu_server.start))
         if self._rtus:
-            log.info("RTUs listening", extra={"rtus": len(self._rtus)})
+            log.info("RTUs started", extra={"rtus": len(self._rtus)})
         for pmu in self.registry.pmu:
             station = PmuConfig(
-                station=pmu.device[:16],
+                station=pmu.station or pmu.device[:16],
                 idcode=pmu.idcode,
                 phasors=tuple(
                     PhasorChannel(
@@ -159,9 +194,10 @@ class FieldDevices:
                 # frames carry the time of the power flow they show: the truth's time
                 clock=lambda: self.twin.t_ns,
             )
-            await pmu_server.start()
             self._pmus.append(pmu_server)
             self._server_of[pmu.device] = pmu_server
+            what = f"PMU {pmu.device} (ID code {pmu.idcode})"
+            await self._listen(_Listener(what, [pmu.device], pmu.host, pmu.port, pmu_server.start))
         meters = [m for m in self.registry.meter if m.device in self.protocol_devices]
         if meters:
             period_s = min(self.devices[m.device].period_s for m in meters)
@@ -178,6 +214,100 @@ class FieldDevices:
                 period_s=period_s,
             )
             self._tasks.append(asyncio.ensure_future(self._run_fleet(fleet)))
+        self._tasks.append(asyncio.ensure_future(self._watch_listeners()))
+
+    # -- devices whose port is taken ------------------------------------------------------------
+
+    @property
+    def not_listening(self) -> dict[str, str]:
+        """Device -> why its server does not listen (its port is taken, ...)."""
+        return {d: lst.problem for d, lst in self._listeners.items() if lst.problem}
+
+    def _registry_path(self) -> str:
+        if self.service is not None:
+            return str(distribution.devices_path(self.service.config.data_dir, self.grid))
+        return f"devices/{self.grid}.toml in the data dir"
+
+    async def _listen(self, listener: _Listener) -> bool:
+        """Start a device server; a taken port is reported and retried, never raised."""
+        for device in listener.devices:
+            self._listeners[device] = listener
+        try:
+            await listener.start()
+        except PortTakenError as exc:
+            problem = (
+                f"{listener.what} cannot listen on {listener.host}:{listener.port}: "
+                f"{exc.reason}; {advice(Path(self._registry_path()))}"
+            )
+            if problem != listener.problem:
+                log.error("device cannot listen", extra={"problem": problem})
+            listener.problem = problem
+            return False
+        if listener.problem:
+            log.info("device listening now", extra={"device": listener.what, "port": listener.port})
+        listener.problem = ""
+        return True
+
+    async def _watch_listeners(self) -> None:
+        """Retry the servers that could not listen; report them to the service."""
+        next_try = time.monotonic() + LISTEN_RETRY_S
+        while True:
+            if time.monotonic() >= next_try:
+                next_try = time.monotonic() + LISTEN_RETRY_S
+                waiting = {id(lst): lst for lst in self._listeners.values() if lst.problem}
+                for listener in waiting.values():
+                    await self._listen(listener)
+            if self.service is not None:
+                await self._report(self.service)
+            await asyncio.sleep(REPORT_EVERY_S)
+
+    async def _report(self, service: Service) -> None:
+        problems = self.not_listening
+        if problems:
+            service.state = ServiceState.DEGRADED
+            self._degraded = True
+            shown = sorted(
+                {f"{lst.host}:{lst.port}" for lst in self._listeners.values() if lst.problem}
+            )
+            service.info["devices_not_listening"] = len(problems)
+            service.info["ports_taken"] = ", ".join(shown[:5]) + (", ..." * (len(shown) > 5))
+        elif self._degraded:
+            self._degraded = False
+            if service.state is ServiceState.DEGRADED:
+                service.state = ServiceState.RUNNING
+            service.info.pop("devices_not_listening", None)
+            service.info.pop("ports_taken", None)
+        now = time.monotonic()
+        for device, problem in problems.items():
+            if now - self._raised.get(device, -math.inf) >= CONDITION_REPEAT_S:
+                self._raised[device] = now
+                await self._condition(service, device, problem, active=True)
+        for device in [d for d in self._raised if d not in problems]:
+            del self._raised[device]
+            await self._condition(service, device, f"{device} listens again", active=False)
+
+    async def _condition(
+        self, service: Service, device: str, message: str, *, active: bool
+    ) -> None:
+        try:
+            await service.publish(
+                subjects.CONDITION.format(grid=self.grid, source=service.name),
+                Condition(
+                    grid=self.grid,
+                    kind=AlarmKind.COMM_LOSS,
+                    mrid=device,
+                    active=active,
+                    t_ns=time.time_ns(),
+                    message=message,
+                    reporter=service.name,
+                ),
+            )
+        except Exception as exc:  # the broker is away: the next report tries again
+            log.warning("condition not sent", extra={"device": device, "error": str(exc)})
+            if active:
+                self._raised.pop(device, None)
+            else:
+                self._raised[device] = 0.0  # still to be cleared
 
     async def disconnect(self, device: str, duration_s: float) -> bool:
         """A communication outage of a PMU or RTU: its server goes away for ``duration_s``
@@ -198,16 +328,16 @@ class FieldDevices:
         for device, task in list(self._outages.items()):
             task.cancel()
             self._outages.pop(device, None)
-            await self._server_of[device].start()
-            log.info("device back (outage cleared)", extra={"device": device})
+            if await self._listen(self._listeners[device]):
+                log.info("device back (outage cleared)", extra={"device": device})
 
     async def _reconnect(
         self, device: str, server: PmuServer | RtuServer, duration_s: float
     ) -> None:
         await asyncio.sleep(duration_s / self.speed)
         self._outages.pop(device, None)
-        await server.start()
-        log.info("device back", extra={"device": device})
+        if await self._listen(self._listeners[device]):
+            log.info("device back", extra={"device": device})
 
     async def _run_fleet(self, fleet: MqttMeterFleet) -> None:
         while True:  # the broker may restart: reconnect, as a head-end system would

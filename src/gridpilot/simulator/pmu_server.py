@@ -5,7 +5,9 @@
         ...
 
 Each connection has its own state (``FakePmu``): it answers HDR, CFG-1/2/3 and turn on/off
-commands that carry the stream's IDCODE, and ignores others.
+commands that carry the stream's IDCODE, and ignores others, except that a configuration
+request for another IDCODE gets this stream's configuration (``reveal_config``): a PDC that
+reached the wrong PMU learns which one it reached, and says so, instead of timing out.
 One ticker samples the values once per frame period, for the connections that have
 transmission on. Frame times are multiples of 1/data_rate of ``clock``, and a frame goes out
 when ``clock`` enters its slot: a simulation clock that runs fast skips slots (no bursts), one
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gridpilot.core.errors import ConfigError
+from gridpilot.model.allocation import PortTakenError, describe_bind_error
 from gridpilot.protocols.c37118 import (
     C37118Error,
     ConfigFrame,
@@ -69,6 +72,7 @@ class PmuServer:
         header: str = "GridPilot virtual PMU",
         clock: Callable[[], int] = time.time_ns,
         max_backlog_bytes: int = 1 << 20,
+        reveal_config: bool = True,
     ) -> None:
         if not stations:
             raise ConfigError("a PMU stream needs at least one station")
@@ -88,6 +92,7 @@ class PmuServer:
         self.host = host
         self._port = port
         self._max_backlog = max_backlog_bytes
+        self.reveal_config = reveal_config
         self.stats = PmuServerStats()
         self._clients: set[_Client] = set()
         self._server: asyncio.Server | None = None
@@ -110,9 +115,13 @@ class PmuServer:
         await self.stop()
 
     async def start(self) -> None:
+        """Listen (again, after ``stop``); PortTakenError when the port is not free."""
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self._port)
+        except OSError as exc:  # the caller names the device and says what to do
+            raise PortTakenError(self.host, self._port, describe_bind_error(exc)) from None
         self._port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.create_task(self._stream(), name=f"pmu-server-{self._port}")
         log.info(
@@ -148,7 +157,12 @@ class PmuServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        pmu = FakePmu(config=self.config, header=self.header, clock=self.clock)
+        pmu = FakePmu(
+            config=self.config,
+            header=self.header,
+            clock=self.clock,
+            reveal_config=self.reveal_config,
+        )
         client = _Client(pmu, writer, task)
         self._clients.add(client)
         self.stats.connections += 1

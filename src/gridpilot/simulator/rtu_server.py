@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from gridpilot.gateways.iec104.link import StreamLink
+from gridpilot.model.allocation import PortTakenError, describe_bind_error
 from gridpilot.protocols.iec104 import (
     QOI_STATION,
     Asdu,
@@ -163,7 +164,13 @@ class RtuServer:
         await self.close()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._requested_port)
+        """Listen (again, after ``close``); PortTakenError when the port is not free."""
+        try:
+            self._server = await asyncio.start_server(self._serve, self._host, self._requested_port)
+        except OSError as exc:  # the caller names the device and says what to do
+            raise PortTakenError(
+                self._host, self._requested_port, describe_bind_error(exc)
+            ) from None
         if self._cyclic_s is not None:
             self._spawn(self._cyclic(self._cyclic_s))
 

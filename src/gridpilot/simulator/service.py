@@ -92,6 +92,7 @@ class SimulatorService(Service):
             mqtt_url=self.config.mqtt_url,
             mqtt_password=self.config.mqtt_password,
             on_switched=self._on_field_switch,
+            service=self,  # devices whose port is taken: state, heartbeat info, conditions
         )
         await self.field.start()
         for device, until in list(self.field_outages.items()):  # outages that were running

@@ -6,6 +6,14 @@ from gridpilot.gateways.c37118.events import (
     ConnectionStateChanged,
     PdcEvent,
     PdcStats,
+    WrongDevice,
 )
 
-__all__ = ["ConnectionState", "ConnectionStateChanged", "PdcClient", "PdcEvent", "PdcStats"]
+__all__ = [
+    "ConnectionState",
+    "ConnectionStateChanged",
+    "PdcClient",
+    "PdcEvent",
+    "PdcStats",
+    "WrongDevice",
+]

@@ -13,6 +13,11 @@ On each connection the client asks for the configuration (CFG-2, or CFG-3), then
 one request at a time, then turns transmission on. Lost connections, silence and PMUs that
 do not answer lead to a new connection after an exponential back-off; malformed frames are
 counted and dropped.
+
+The configuration also says who answered: a stream whose ID code (or, when one is expected,
+station name) is not the expected PMU's is refused before transmission is turned on — the
+connection is closed, counted, reported as ``WrongDevice`` and retried with the back-off — so
+a PDC pointed at another PMU's port (another platform's, a mis-wired one) never takes its data.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from gridpilot.gateways.c37118.events import (
     ConnectionStateChanged,
     PdcEvent,
     PdcStats,
+    WrongDevice,
 )
 from gridpilot.gateways.feed import EventFeed
 from gridpilot.gateways.reconnect import LINK_RETRY_MAX_S, keep_connected
@@ -64,6 +70,7 @@ class _Link:
         self.writer = writer
         self.framer = FrameBuffer(follow_config=True)
         self.config_requested = False  # a re-request is under way: do not repeat it
+        self.wrong: str | None = None  # why the stream is not the PMU expected
 
 
 class PdcClient:
@@ -73,6 +80,7 @@ class PdcClient:
         host: str,
         port: int = 4712,
         idcode: int,
+        station: str = "",
         cfg_type: FrameType = FrameType.CFG2,
         request_header: bool = True,
         connect_timeout_s: float = 5.0,
@@ -97,6 +105,7 @@ class PdcClient:
         if min(timeouts) <= 0:
             raise ValueError("timeouts must be positive")
         self.host, self.port, self.idcode = host, port, idcode
+        self.station = station  # the expected station name (STN); "" accepts any
         self.cfg_type = cfg_type
         self.request_header = request_header
         self._timeouts = timeouts
@@ -172,6 +181,8 @@ class PdcClient:
             )
             if not await self._request(link, config_command, ConfigFrame, answer_s):
                 raise TimeoutError(f"no {self.cfg_type.name} within {answer_s} s")
+            if link.wrong is not None:
+                return link.wrong
             if self.request_header and not await self._request(
                 link, Command.SEND_HDR, HeaderFrame, header_s
             ):
@@ -187,6 +198,8 @@ class PdcClient:
                 if not data:
                     return "connection closed by the PMU"
                 self._receive(link, data)
+                if link.wrong is not None:  # a new configuration of another PMU
+                    return link.wrong
         finally:
             self._link = None
             writer.close()
@@ -219,6 +232,8 @@ class PdcClient:
         skipped = framer.skipped_bytes
         frames: list[AnyFrame] = []
         for item in framer.feed(data):
+            if link.wrong is not None:
+                break  # nothing more of a stream that is not the PMU expected
             if isinstance(item, C37118Error):
                 self._on_error(link, item)
                 continue
@@ -240,19 +255,36 @@ class PdcClient:
             return  # CFG-1 says what the PMU could send, not what it sends
         self.stats.config_frames += 1
         link.config_requested = False
+        stations = [pmu.station for pmu in config.pmus]
+        if config.idcode != self.idcode or (self.station and self.station not in stations):
+            self._refuse(link, config.idcode, stations)
+            return
         previous = self.config
         if previous is not None and _content(previous) != _content(config):
             self.stats.config_changes += 1
             log.info("configuration of %s:%s changed", self.host, self.port)
-        if config.idcode != self.idcode:
-            log.warning(
-                "stream %s:%s has IDCODE %s, not %s",
-                self.host,
-                self.port,
-                config.idcode,
-                self.idcode,
-            )
         self.config = config
+
+    def _refuse(self, link: _Link, idcode: int, stations: list[str]) -> None:
+        """The stream is another PMU's: say which, and end the connection."""
+        expected = f"ID code {self.idcode}"
+        found = f"ID code {idcode}"
+        if self.station:
+            expected += f" station {self.station!r}"
+            found += f" station {', '.join(map(repr, stations))}"
+        message = f"wrong device at {self.host}:{self.port}: expected {expected}, found {found}"
+        link.wrong = message
+        self.stats.wrong_device += 1
+        log.warning(
+            "%s; refusing the connection",
+            message,
+            extra={"pmu": f"{self.host}:{self.port}", "expected": expected, "found": found},
+        )
+        self._emit(
+            WrongDevice(
+                host=self.host, port=self.port, expected=expected, found=found, message=message
+            )
+        )
 
     def _on_error(self, link: _Link, error: C37118Error) -> None:
         if isinstance(error, BadSyncError):

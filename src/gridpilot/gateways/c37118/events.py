@@ -26,7 +26,19 @@ class ConnectionStateChanged:
     retry_in_s: float | None = None
 
 
-PdcEvent = DataFrame | ConnectionStateChanged
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrongDevice:
+    """The stream at host:port is not the PMU expected (its ID code or station differs): the
+    connection was refused and closed, and is retried with back-off."""
+
+    host: str
+    port: int
+    expected: str  # "ID code 7 station 'a1b2c3-pmu_bus_1'"
+    found: str
+    message: str  # "wrong device at HOST:PORT: expected ..., found ..."
+
+
+PdcEvent = DataFrame | ConnectionStateChanged | WrongDevice
 
 
 @dataclass(slots=True)
@@ -43,3 +55,4 @@ class PdcStats:
     skipped_bytes: int = 0  # garbage between frames
     frames_without_config: int = 0  # data frames before any configuration: dropped
     dropped_events: int = 0  # the consumer fell more than max_pending_events behind
+    wrong_device: int = 0  # connections refused: another ID code or station than expected

@@ -16,7 +16,13 @@ from gridpilot.core.schemas import (
     Terminal,
 )
 from gridpilot.core.service import Service
-from gridpilot.gateways.c37118 import ConnectionState, ConnectionStateChanged, PdcClient
+from gridpilot.gateways.c37118 import (
+    ConnectionState,
+    ConnectionStateChanged,
+    PdcClient,
+    WrongDevice,
+)
+from gridpilot.gateways.identity import WrongDevices
 from gridpilot.model import distribution
 from gridpilot.model.devices import Pmu
 from gridpilot.protocols.c37118 import DataFrame
@@ -32,8 +38,9 @@ class C37118GatewayService(Service):
         self.kv = {b.id: b.vn_kv for b in pkg.model.buses}
         self.seq = 0
         self.streaming: set[str] = set()
+        self.wrong = WrongDevices(self)
         for pmu in pkg.devices.pmu:
-            client = PdcClient(host=pmu.host, port=pmu.port, idcode=pmu.idcode)
+            client = PdcClient(host=pmu.host, port=pmu.port, idcode=pmu.idcode, station=pmu.station)
             self.spawn(self._read(pmu, client), name=pmu.device)
         self.info["pmus"] = len(pkg.devices.pmu)
 
@@ -46,9 +53,13 @@ class C37118GatewayService(Service):
                     self.counters[f"pmu_{event.state}"] += 1
                     if event.state is ConnectionState.STREAMING:
                         self.streaming.add(pmu.device)
+                        await self.wrong.right(pmu.device)  # its identity was checked
                     else:
                         self.streaming.discard(pmu.device)
                     self.info["pmus_streaming"] = len(self.streaming)
+                    continue
+                if isinstance(event, WrongDevice):
+                    await self.wrong.wrong(pmu.device, event.message)
                     continue
                 if isinstance(event, DataFrame):
                     await self._publish(pmu, event, volt.channel, v_base)

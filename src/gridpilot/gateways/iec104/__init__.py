@@ -13,6 +13,8 @@ from gridpilot.gateways.iec104.events import (
     PointUpdate,
     ScaledValueUpdate,
     SinglePointUpdate,
+    StationVerified,
+    WrongDevice,
 )
 from gridpilot.gateways.iec104.master import Iec104Master, MasterStats
 
@@ -31,4 +33,6 @@ __all__ = [
     "PointUpdate",
     "ScaledValueUpdate",
     "SinglePointUpdate",
+    "StationVerified",
+    "WrongDevice",
 ]

@@ -66,7 +66,28 @@ class InterrogationFinished:
     common_address: int
 
 
-MasterEvent = PointUpdate | ConnectionStateChanged | InterrogationFinished
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StationVerified:
+    """The station answered with the expected common address: it is the RTU expected."""
+
+    common_address: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrongDevice:
+    """The station at host:port is not the RTU expected (another common address): the
+    connection was refused and closed, and is retried with back-off."""
+
+    host: str
+    port: int
+    expected: str  # "common address 7"
+    found: str
+    message: str  # "wrong device at HOST:PORT: expected ..., found ..."
+
+
+MasterEvent = (
+    PointUpdate | ConnectionStateChanged | InterrogationFinished | StationVerified | WrongDevice
+)
 
 
 class CommandOutcome(StrEnum):

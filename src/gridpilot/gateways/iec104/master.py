@@ -6,6 +6,15 @@ Usage::
         result = await master.double_command(100, on=False)
         async for event in master:
             ...
+
+Each connection checks that the station is the RTU expected: the first ASDU it sends must
+carry the expected common address (``StationVerified``). A station that first reports
+another common address, or refuses ours (negative confirmation, cause "unknown common
+address"), is another RTU — another platform's on this port, a mis-wired one: the connection
+is refused and closed, counted, reported as ``WrongDevice`` and retried with the back-off.
+To name the station found when it only refused ours, the master asks it once with the
+broadcast address, which a station answers with its own. Once verified, ASDUs of other
+common addresses on the same link (a station with several) are counted and dropped as ever.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from gridpilot.gateways.iec104.events import (
     PointUpdate,
     ScaledValueUpdate,
     SinglePointUpdate,
+    StationVerified,
+    WrongDevice,
 )
 from gridpilot.gateways.iec104.link import StreamLink
 from gridpilot.gateways.reconnect import LINK_RETRY_MAX_S, keep_connected
@@ -65,6 +76,8 @@ from gridpilot.protocols.iec104 import (
 log = logging.getLogger(__name__)
 
 _REFUSING_COTS = {Cot.UNKNOWN_TYPE_ID, Cot.UNKNOWN_COT, Cot.UNKNOWN_CA, Cot.UNKNOWN_IOA}
+BROADCAST_CA = 0xFFFF
+WHO_ARE_YOU_S = 2.0  # how long a station that refused our address has to say its own
 
 
 @dataclass(slots=True)
@@ -74,6 +87,7 @@ class MasterStats:
     malformed_frames: int = 0  # dropped, never fatal
     foreign_asdus: int = 0  # another common address, or a reply nobody waited for
     dropped_events: int = 0  # the consumer fell more than max_pending_events behind
+    wrong_device: int = 0  # connections refused: the station is not the RTU expected
 
 
 class Iec104Master:
@@ -130,6 +144,10 @@ class Iec104Master:
         self._link: StreamLink | None = None
         self._waiters: dict[tuple[TypeId, int], asyncio.Queue[Asdu | None]] = {}
         self._task: asyncio.Task[None] | None = None
+        # this connection's check of the station: verified, or why it is another
+        self._verified = False
+        self._wrong: str | None = None
+        self._who: asyncio.TimerHandle | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -156,7 +174,7 @@ class Iec104Master:
         await keep_connected(
             self._connection,
             backoff=self._backoff,
-            worked=lambda: self.state is ConnectionState.STARTED,
+            worked=lambda: self.state is ConnectionState.STARTED and self._wrong is None,
             on_down=self._down,
             name=f"IEC 104 master to {self.host}:{self.port} (common address "
             f"{self.common_address})",
@@ -183,13 +201,18 @@ class Iec104Master:
         )
         link = StreamLink(session=session, reader=reader, writer=writer)
         self.stats.connects += 1
+        self._verified, self._wrong = False, None
         self._set_state(ConnectionState.CONNECTED)
         try:
             self._link = link
             session.start()
             link.flush()
-            return await link.run(self._on_event)
+            reason = await link.run(self._on_event)
+            return self._wrong or reason
         finally:
+            if self._who is not None:
+                self._who.cancel()
+                self._who = None
             self._link = None
             await link.close()
 
@@ -210,6 +233,10 @@ class Iec104Master:
             log.warning("IEC 104 link to %s:%s closing: %s", self.host, self.port, event.reason)
 
     def _on_asdu(self, asdu: Asdu) -> None:
+        if self._wrong is not None:
+            return  # refused: nothing of it counts
+        if not self._verified and not self._identify(asdu):
+            return
         if asdu.common_address != self.common_address:
             self.stats.foreign_asdus += 1
             return
@@ -227,6 +254,61 @@ class Iec104Master:
             self._emit(InterrogationFinished(common_address=asdu.common_address))
         elif waiter is None and not isinstance(first, Interrogation):
             self.stats.foreign_asdus += 1
+
+    def _identify(self, asdu: Asdu) -> bool:
+        """Check the station by the first ASDU it sends; False: refused (or being asked)."""
+        ca = asdu.common_address
+        if ca == self.common_address:
+            if asdu.negative and asdu.cot is Cot.UNKNOWN_CA:
+                self._who_are_you()
+                return False
+            self._verified = True
+            self._emit(StationVerified(common_address=ca))
+            return True
+        if ca == BROADCAST_CA:
+            return False  # not an answer that says who it is
+        self._refuse(f"common address {ca}")
+        return False
+
+    def _who_are_you(self) -> None:
+        """The station does not serve our common address: ask it with the broadcast address
+        (it answers with its own), and refuse it anyway if it does not say in time."""
+        if self._who is not None or self._link is None:
+            return
+        link = self._link
+        link.send(
+            Asdu(
+                cot=Cot.ACTIVATION,
+                common_address=BROADCAST_CA,
+                originator=self.originator,
+                objects=(Interrogation(),),
+            )
+        )
+        self._who = asyncio.get_running_loop().call_later(
+            WHO_ARE_YOU_S,
+            self._refuse,
+            f"a station that does not serve common address {self.common_address}",
+        )
+
+    def _refuse(self, found: str) -> None:
+        """The station is another RTU: say which, and close the connection."""
+        if self._wrong is not None or self._link is None:
+            return
+        expected = f"common address {self.common_address}"
+        message = f"wrong device at {self.host}:{self.port}: expected {expected}, found {found}"
+        self._wrong = message
+        self.stats.wrong_device += 1
+        log.warning(
+            "%s; refusing the connection",
+            message,
+            extra={"rtu": f"{self.host}:{self.port}", "expected": expected, "found": found},
+        )
+        self._emit(
+            WrongDevice(
+                host=self.host, port=self.port, expected=expected, found=found, message=message
+            )
+        )
+        self._link.abort()
 
     def _emit(self, event: MasterEvent) -> None:
         if self._events.put(event):

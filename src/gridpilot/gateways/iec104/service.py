@@ -20,12 +20,15 @@ from gridpilot.core.schemas import (
     Terminal,
 )
 from gridpilot.core.service import Service
+from gridpilot.gateways.identity import WrongDevices
 from gridpilot.gateways.iec104 import (
     CommandOutcome,
     ConnectionState,
     ConnectionStateChanged,
     FloatValueUpdate,
     Iec104Master,
+    StationVerified,
+    WrongDevice,
 )
 from gridpilot.model import distribution
 from gridpilot.model.devices import Rtu, RtuPoint
@@ -44,6 +47,7 @@ class Iec104GatewayService(Service):
         self.switches: dict[str, tuple[Rtu, int]] = {}
         self.seq = 0
         self.rtus_up: set[str] = set()  # RTUs with data transfer on
+        self.wrong = WrongDevices(self)
         for rtu in registry.rtu:
             master = Iec104Master(host=rtu.host, port=rtu.port, common_address=rtu.common_address)
             self.masters[rtu.device] = master
@@ -75,6 +79,12 @@ class Iec104GatewayService(Service):
                             "reason": event.reason,
                         },
                     )
+                    continue
+                if isinstance(event, WrongDevice):
+                    await self.wrong.wrong(rtu.device, event.message)
+                    continue
+                if isinstance(event, StationVerified):
+                    await self.wrong.right(rtu.device)
                     continue
                 if not isinstance(event, FloatValueUpdate) or event.ioa not in points:
                     continue

@@ -17,6 +17,7 @@ class FailureKind(StrEnum):
     BAD_DATA = "bad_data"  # registers that do not hold the SunSpec map
     INVALID = "invalid"  # a setpoint the map cannot carry; nothing was written
     MISMATCH = "mismatch"  # the device holds other values than were written
+    WRONG_DEVICE = "wrong_device"  # another serial number or unit id than expected
 
 
 # Modbus exception codes, in the words of the Modbus application protocol specification

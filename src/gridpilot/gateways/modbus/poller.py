@@ -3,6 +3,13 @@ write their setpoints with read-back verification.
 
 A failing unit is reported once, marked unavailable and retried with back-off; a lost
 connection is re-established with back-off; neither ever ends the iteration.
+
+Every read includes the SunSpec common model, so every poll checks who answered: a unit whose
+serial number or device address is not the one expected (another platform's inverter on this
+port, a mis-wired one) is refused — its values are dropped, it is reported unavailable with
+``FailureKind.WRONG_DEVICE`` (again whenever what is found changes), counted, and no setpoint
+is written to it. When no unit of a poll is the one expected, the connection is closed and
+opened again after the back-off.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -51,6 +58,8 @@ class _Unit:
     readings: int = 0
     last_error: str = ""
     retry_at: float = 0.0  # loop time before which an unavailable unit is left alone
+    serial: str = ""  # the serial number expected; "" accepts any device
+    wrong: str = ""  # what was found instead of it, while so
 
 
 class DerPoller:
@@ -58,7 +67,8 @@ class DerPoller:
     ``async for event in poller`` yields a ``DerReading`` per successful poll of a unit and a
     ``DerUnavailable`` when a unit stops answering, until the poller is closed;
     ``await poller.write_setpoint(...)`` may run alongside (requests share the connection one
-    at a time). ``counters`` and ``health()`` feed a service's heartbeat.
+    at a time). ``counters`` and ``health()`` feed a service's heartbeat. ``serials`` (unit ->
+    serial number) makes each poll check that the unit is the inverter expected.
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class DerPoller:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = LINK_RETRY_MAX_S,
         clock: Callable[[], int] = time.time_ns,
+        serials: Mapping[int, str] | None = None,
     ) -> None:
         self.units = list(dict.fromkeys(units))
         if not self.units:
@@ -93,10 +104,12 @@ class DerPoller:
         self.period_s = period_s
         self.timeout_s = timeout_s
         self._clock = clock
-        self._units = {u: _Unit(u) for u in self.units}
+        serials = serials or {}
+        self._units = {u: _Unit(u, serial=serials.get(u, "")) for u in self.units}
         self._link: ModbusLink | None = None
         self._connect_lock = asyncio.Lock()
         self._connect_failures = 0
+        self._wrong_links = 0  # connections in a row on which no unit was the one expected
         self.counters: Counter[str] = Counter()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -155,13 +168,19 @@ class DerPoller:
                     await asyncio.sleep(self._backoff(self._connect_failures))
                     next_cycle = loop.time()
                     continue
-            polled = timeouts = 0
+            polled = timeouts = wrong = right = 0
             for u in self._units.values():
                 if not u.available and loop.time() < u.retry_at:
                     continue
                 polled += 1
                 try:
                     state = sunspec.decode(await link.read(u.unit, BASE_ADDRESS, BLOCK_SIZE))
+                    if (found := self._stranger(u, state)) is not None:
+                        wrong += 1
+                        if (event := self._wrong_device(u, found)) is not None:
+                            yield event
+                        continue
+                    right += 1
                 except ModbusError as exc:
                     if exc.kind is FailureKind.TIMEOUT:
                         timeouts += 1
@@ -182,6 +201,16 @@ class DerPoller:
                 # nothing answered: more likely a dead link than every unit at once
                 self.counters["link_resets"] += 1
                 link.close()
+            if wrong and not right:
+                # another server than expected: hang up, and call again after the back-off
+                self.counters["wrong_device_links"] += 1
+                self._wrong_links += 1
+                link.close()
+                await asyncio.sleep(self._backoff(self._wrong_links))
+                next_cycle = loop.time()
+                continue
+            if right:
+                self._wrong_links = 0
             next_cycle += self.period_s
             delay = next_cycle - loop.time()
             if delay < 0:
@@ -189,9 +218,38 @@ class DerPoller:
                 next_cycle, delay = loop.time(), 0.0
             await asyncio.sleep(delay)
 
+    def _stranger(self, u: _Unit, state: sunspec.DerState) -> str | None:
+        """What answered instead of the unit expected (None: it is the one)."""
+        if not u.serial or (state.serial == u.serial and state.device_address == u.unit):
+            return None
+        return f"unit {state.device_address} serial {state.serial!r}"
+
+    def _wrong_message(self, unit: int, found: str) -> str:
+        expected = f"unit {unit} serial {self._units[unit].serial!r}"
+        return f"wrong device at {self.host}:{self.port}: expected {expected}, found {found}"
+
+    def _wrong_device(self, u: _Unit, found: str) -> DerUnavailable | None:
+        """Refuse a unit that is another device; an event when what is found is news."""
+        message = self._wrong_message(u.unit, found)
+        self.counters["wrong_device"] += 1
+        news = u.wrong != message
+        u.wrong = message
+        event = self._failed(u, FailureKind.WRONG_DEVICE, message)
+        if event is None and news:  # already unavailable for another reason: say this too
+            event = DerUnavailable(
+                unit=u.unit, t_ns=self._clock(), kind=FailureKind.WRONG_DEVICE, error=message
+            )
+        if news:
+            log.warning(
+                "wrong device; refused",
+                extra={"unit": u.unit, "port": self.port, "problem": message},
+            )
+        return event
+
     def _succeeded(self, u: _Unit) -> None:
         self.counters["readings"] += 1
         u.readings += 1
+        u.wrong = ""
         u.consecutive_failures = 0
         if not u.available:
             u.available = True
@@ -291,6 +349,9 @@ class DerPoller:
             # a fresh read: the device's own rating and scale factors, and its other setpoint
             before = await link.read(unit, BASE_ADDRESS, BLOCK_SIZE)
             state = sunspec.decode(before)
+            if (found := self._stranger(self._units[unit], state)) is not None:
+                self.counters["wrong_device"] += 1
+                return failed(FailureKind.WRONG_DEVICE, self._wrong_message(unit, found))
             if state.rated_w <= 0:
                 return failed(FailureKind.BAD_DATA, "the device reports a rating of 0 W")
             sf = sunspec.read_scale_factors(before)

@@ -21,7 +21,8 @@ from gridpilot.core.schemas import (
     Terminal,
 )
 from gridpilot.core.service import Service
-from gridpilot.gateways.modbus.events import DerReading, DerUnavailable
+from gridpilot.gateways.identity import WrongDevices
+from gridpilot.gateways.modbus.events import DerReading, DerUnavailable, FailureKind
 from gridpilot.gateways.modbus.poller import DerPoller
 from gridpilot.model import distribution
 from gridpilot.model.devices import Der
@@ -45,8 +46,14 @@ class ModbusGatewayService(Service):
         self.seq = 0
         self.read: set[str] = set()  # inverters read at least once
         self.info["inverters"] = len(self.ders)
+        self.wrong = WrongDevices(self)
         for (host, port), ders in by_server.items():
-            poller = DerPoller(host=host, port=port, units=[d.unit for d in ders])
+            poller = DerPoller(
+                host=host,
+                port=port,
+                units=[d.unit for d in ders],
+                serials={d.unit: d.serial for d in ders},
+            )
             self.pollers[(host, port)] = poller
             self.spawn(self._poll(poller, {d.unit: d for d in ders}), name=f"{host}:{port}")
         await self.subscribe(
@@ -58,6 +65,9 @@ class ModbusGatewayService(Service):
             async for event in poller:
                 der = units[event.unit]
                 if isinstance(event, DerUnavailable):
+                    if event.kind is FailureKind.WRONG_DEVICE:
+                        await self.wrong.wrong(der.device, event.error)
+                        continue
                     self.counters["der_unavailable"] += 1
                     # a warning once it had been read; before, it may not listen yet
                     lost = der.device in self.read
@@ -69,6 +79,7 @@ class ModbusGatewayService(Service):
                     continue
                 self.read.add(der.device)
                 assert isinstance(event, DerReading)
+                await self.wrong.right(der.device)  # its identity was checked
                 self.seq += 1
                 m = Measurement(
                     mrid=der.generator,

@@ -45,7 +45,9 @@ class FakePmu:
     """The PMU end of one connection to a stream (one or more PMUs) described by ``config``.
 
     CFG-1, CFG-2 and CFG-3 requests are all answered from ``config`` (CFG-1 from ``cfg1``
-    when given). Commands for another IDCODE are ignored and counted, as a PMU would do.
+    when given). Commands for another IDCODE are ignored and counted, as a PMU would do;
+    with ``reveal_config``, configuration requests for another IDCODE are answered with its
+    own configuration (some PMUs do: a PDC that reached the wrong stream learns which one).
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class FakePmu:
         header: str = "GridPilot virtual PMU",
         cfg1: ConfigFrame | None = None,
         clock: Callable[[], int] = time.time_ns,
+        reveal_config: bool = False,
     ) -> None:
         self.config = config
+        self.reveal_config = reveal_config
         self.cfg1 = cfg1
         self.header = header
         self.sample = sample
@@ -80,6 +84,13 @@ class FakePmu:
                 self.errors.append(item)
             elif isinstance(item, CommandFrame) and item.idcode == self.config.idcode:
                 self.commands.append(item)
+                replies.append(self.answer(item))
+            elif (
+                isinstance(item, CommandFrame)
+                and self.reveal_config
+                and item.command in _CONFIG_COMMANDS
+            ):
+                self.ignored += 1  # not ours: only says who we are
                 replies.append(self.answer(item))
             else:
                 self.ignored += 1

@@ -1,7 +1,8 @@
 """SunSpec-like Modbus register map of a DER inverter, and its sans-IO codec.
 
-The map (addresses, types, scale factors) is documented in ``points``; ``codec`` turns a
-``DerState`` into registers and back, and checks writes as a device would.
+The map (addresses, types, scale factors) is documented in ``points``: the SunSpec common
+model (who the device is: its serial number and unit id) and the inverter's block; ``codec``
+turns a ``DerState`` into registers and back, and checks writes as a device would.
 """
 
 from gridpilot.protocols.sunspec.codec import (
@@ -10,9 +11,11 @@ from gridpilot.protocols.sunspec.codec import (
     WriteProblem,
     check_write,
     decode,
+    decode_string,
     decode_value,
     encode,
     encode_controls,
+    encode_string,
     encode_value,
     read_scale_factors,
     scale_factors,
@@ -49,9 +52,11 @@ __all__ = [
     "WriteProblem",
     "check_write",
     "decode",
+    "decode_string",
     "decode_value",
     "encode",
     "encode_controls",
+    "encode_string",
     "encode_value",
     "point_at",
     "read_scale_factors",

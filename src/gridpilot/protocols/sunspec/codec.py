@@ -50,6 +50,13 @@ class DerState:
     q_set_pct: float = 0.0  # of rated_w
     q_set_enabled: bool = False
     t_ms: int = 0  # when the values were measured, ms since 1970 UTC; 0: the device has no clock
+    # the common model: who the device is
+    serial: str = ""  # SN, what a gateway checks against its device registry
+    device_address: int = 0  # DA, the Modbus unit id the device answers to
+    manufacturer: str = "GridPilot"
+    device_model: str = "virtual DER inverter"
+    options: str = ""
+    version: str = ""
 
     @property
     def p_mw(self) -> float:
@@ -152,6 +159,24 @@ def decode_value(point: Point, registers: Sequence[int], sf: int = 0) -> float:
     return _scale(raw, sf)
 
 
+def encode_string(point: Point, text: str) -> list[int]:
+    """The registers of a string point: ASCII, two characters a register, NUL-padded."""
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise SunSpecError(f"{text!r} is not ASCII", point=point.name) from None
+    if len(raw) > 2 * point.size:
+        raise SunSpecError(f"{text!r} is longer than {2 * point.size} characters", point=point.name)
+    raw = raw.ljust(2 * point.size, b"\0")
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+
+
+def decode_string(registers: Sequence[int]) -> str:
+    """The text of a string point; what follows the first NUL is padding."""
+    raw = b"".join(word.to_bytes(2, "big") for word in registers)
+    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+
+
 def _digits_needed(magnitude: float, limit: int, *, lowest: int) -> int:
     """The smallest scale factor (>= lowest) at which ``magnitude`` fits ``limit`` raw units."""
     for sf in range(lowest, 11):  # a sunssf is at most 10
@@ -198,6 +223,8 @@ def encode(state: DerState, sf: Mapping[str, int] | None = None) -> list[int]:
             raw = _raw_const(point, point.const)
         elif point.field is None:
             raw = encode_value(point, sf[point.name])
+        elif point.type is PointType.STRING:
+            raw = encode_string(point, getattr(state, point.field))
         else:
             value = float(getattr(state, point.field))
             raw = encode_value(point, value, sf[point.sf] if point.sf else 0)
@@ -220,9 +247,13 @@ def decode(registers: Sequence[int]) -> DerState:
     _check_length(registers, BLOCK_SIZE)
     sf = read_scale_factors(registers)
     v: dict[str, float] = {}
+    text: dict[str, str] = {}
     for point in POINTS:
         raw = list(registers[point.offset : point.offset + point.size])
-        if point.const is not None:
+        if point.type is PointType.STRING:
+            assert point.field is not None
+            text[point.field] = decode_string(raw)
+        elif point.const is not None:
             if raw != _raw_const(point, point.const):
                 found = " ".join(f"{r:#06x}" for r in raw)
                 raise SunSpecError(
@@ -252,6 +283,12 @@ def decode(registers: Sequence[int]) -> DerState:
         q_set_pct=v["q_set_pct"],
         q_set_enabled=bool(v["q_set_enabled"]),
         t_ms=int(v["t_ms"]),
+        serial=text["serial"],
+        device_address=int(v["device_address"]),
+        manufacturer=text["manufacturer"],
+        device_model=text["device_model"],
+        options=text["options"],
+        version=text["version"],
     )
 
 
