@@ -54,6 +54,7 @@ from gridpilot.platform.children import (
     STARTUP_GRACE_S,
     Child,
 )
+from gridpilot.platform.datadir import lock_data_dir
 from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
@@ -151,9 +152,13 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # before anything starts or is written: a second `up` on this data dir, or a device
+        # port another platform holds, must leave the running platform's files alone
+        self._lock = lock_data_dir(self.data_dir)
         try:
+            pkg = await self._prepare_model()
             nc = await self._start_backbone()
-            await self._publish_model(nc)
+            await self._publish_model(nc, pkg)
             self._start_children()
             await nc.subscribe(subjects.HEARTBEAT.wildcard(), cb=self._on_heartbeat)
             await self._watch()
@@ -257,11 +262,14 @@ class Supervisor:
             )
             return
 
-    async def _publish_model(self, nc: Client) -> None:
+    async def _prepare_model(self) -> distribution.GridPackage:
         self._say(f"loading grid {self.grid_name} ...")
         pkg = await asyncio.to_thread(distribution.prepare, self.grid_name, self.data_dir)
         if "simulator" in self.services:  # a device port taken: say so here, start nothing
             await asyncio.to_thread(distribution.check_listen, pkg, self.data_dir)
+        return pkg
+
+    async def _publish_model(self, nc: Client, pkg: distribution.GridPackage) -> None:
         await distribution.publish(nc, pkg)
         model, placement = pkg.model, pkg.placement
         self.grid = model.name
@@ -450,6 +458,7 @@ class Supervisor:
             await self.nc.drain()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
+        self._lock.release()
         self._say("stopped")
 
     # -- presentation -------------------------------------------------------------------------
