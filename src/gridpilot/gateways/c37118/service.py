@@ -17,6 +17,7 @@ from gridpilot.core.schemas import (
 )
 from gridpilot.core.service import Service
 from gridpilot.gateways.c37118 import ConnectionState, ConnectionStateChanged, PdcClient
+from gridpilot.gateways.quality import from_c37118_stat
 from gridpilot.model import distribution
 from gridpilot.model.devices import Pmu
 from gridpilot.protocols.c37118 import DataFrame
@@ -61,6 +62,7 @@ class C37118GatewayService(Service):
             self.counters["pmu_frames_without_voltage"] += 1
             return
         t_ns = frame.t_ns
+        quality = from_c37118_stat(frame.pmus[0].stat)
         ms = []
         for ch in pmu.channels:
             value = phasors.get(ch.channel)
@@ -76,6 +78,7 @@ class C37118GatewayService(Service):
                         source=pmu.device,
                         v_pu=abs(value) / v_base,
                         va_deg=math.degrees(cmath.phase(value)),
+                        quality=quality,
                     )
                 )
             else:
@@ -89,6 +92,7 @@ class C37118GatewayService(Service):
                         source=pmu.device,
                         p_mw=s.real,
                         q_mvar=s.imag,
+                        quality=quality,
                     )
                 )
         self.seq += 1
