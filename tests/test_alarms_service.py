@@ -21,6 +21,7 @@ from nats.js.errors import KeyNotFoundError
 
 from gridpilot.core import bus, subjects
 from gridpilot.core.config import ServiceConfig
+from gridpilot.core.errors import BusError
 from gridpilot.core.schemas import (
     Alarm,
     AlarmKind,
@@ -43,6 +44,7 @@ from gridpilot.core.schemas import (
 from gridpilot.model import distribution
 from gridpilot.model.placement import Device, default_placement
 from gridpilot.platform.broker import EmbeddedNats
+from gridpilot.platform.ops import health
 from gridpilot.platform.permissions import ADMIN, SIMULATOR, load_credentials
 from gridpilot.services.monitoring import baddata
 from gridpilot.services.monitoring.comm import allowance_s
@@ -194,6 +196,7 @@ async def test_pmu_silence_raises_comm_loss_within_three_periods_and_data_clears
     await stream(admin_nc, pmu, 3)
     await alarms.wait_for(lambda a: len(a) >= 2)
     assert alarms.items[1].id == alarm_id and alarms.items[1].state is AlarmState.CLEARED
+    assert f"{pmu.id} reports again after" in alarms.items[1].message
     assert pmu.id not in monitoring.comm.lost
 
 
@@ -476,6 +479,9 @@ async def test_the_stored_table_survives_a_read_during_a_broker_outage(tmp_path:
         loading = asyncio.create_task(store.load())
         await until(lambda: store.read_retries >= 2)
         assert not loading.done()
+        # the health probe, too, calls an outage an outage, not "no heartbeat yet"
+        with pytest.raises(BusError, match="cannot read the heartbeats of monitoring"):
+            await health(admin, "monitoring", max_age_s=5)
         restarted = EmbeddedNats(data_dir=tmp_path, port=port, monitor_port=0, mqtt_port=0)
         await asyncio.to_thread(restarted.start)
         assert await asyncio.wait_for(loading, 30) == stored

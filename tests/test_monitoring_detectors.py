@@ -49,7 +49,10 @@ def test_comm_loss_raised_after_three_periods_and_cleared_on_return() -> None:
     assert v.kind is AlarmKind.COMM_LOSS and v.id == f"comm_loss:{pmu.id}"
     assert "silent for 0.3 s" in v.message and pmu.points[0].mrid in v.message
     assert watch.check(t + 0.5) == []  # raised once
-    assert watch.heard(pmu.id, t + 0.6, valid=True) == f"comm_loss:{pmu.id}"
+    assert watch.heard(pmu.id, t + 0.6, valid=True) == (
+        f"comm_loss:{pmu.id}",
+        f"PMU {pmu.id} reports again after 0.6 s",
+    )
     assert watch.heard(pmu.id, t + 0.7, valid=True) is None
     assert pmu.id not in watch.lost
 
@@ -143,6 +146,10 @@ def test_service_down_when_heartbeats_stop_and_back_when_they_resume() -> None:
     assert watch.check(STALE_S + 1) == []
     assert watch.beat(_hb("historian", ServiceState.STOPPING), 7.0) is None  # not alive
     assert watch.beat(_hb("historian"), 8.0) == "service_down:historian"
+    # a service that fails in its start only ever sends its stopping beat
+    watch.beat(_hb("simulator", ServiceState.STOPPING), 10.0)
+    watch.beat(_hb("historian"), 10.0 + STALE_S)
+    assert [v.mrid for v in watch.check(10.0 + STALE_S + 0.1)] == ["simulator"]
 
 
 def test_broker_watch_measures_outages_and_blips() -> None:

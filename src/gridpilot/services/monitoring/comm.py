@@ -88,20 +88,23 @@ class CommWatch:
         their first valid report clears it."""
         self.lost |= devices & set(self.devices)
 
-    def heard(self, source: str, now: float, *, valid: bool) -> str | None:
-        """A report from ``source``; returns the id of the comm_loss alarm to clear when a lost
-        device is back, else None. Unknown sources: KeyError."""
+    def heard(self, source: str, now: float, *, valid: bool) -> tuple[str, str] | None:
+        """A report from ``source``; when a lost device is back, the id of its comm_loss
+        alarm to clear and what to say, else None. Unknown sources: KeyError."""
         state = self.devices[source]
         state.last_report = now
         if not valid:
             return None
         first = not state.ever
+        gap_s = now - state.last_valid
         state.last_valid = now
         state.ever = True
         if source in self.lost:
             self.lost.discard(source)
             heapq.heappush(self._heap, (now + state.allowance_s, source))
-            return f"{AlarmKind.COMM_LOSS}:{source}"
+            name = _NAMES.get(state.device.kind, str(state.device.kind))
+            after = f" after {gap_s:.1f} s" if not first else ""
+            return f"{AlarmKind.COMM_LOSS}:{source}", f"{name} {source} reports again{after}"
         if first:  # its deadline moves before the start-up grace's: an entry for it
             heapq.heappush(self._heap, (now + state.allowance_s, source))
         return None

@@ -40,7 +40,11 @@ class ServiceWatch:
         if hb.grid not in (self.grid, SHARED_GRID) or hb.service == self.me:
             return None
         if hb.state is ServiceState.STOPPING:
-            return None  # its last beat: it stops being alive now
+            # Its last beat: it is not alive from now on. A service first heard this way
+            # failed in its start (a crash loop never beats running): watch it from now.
+            if hb.service not in self.services:
+                self.services[hb.service] = _Beat(now, hb.pid, hb.instance)
+            return None
         self.services[hb.service] = _Beat(now, hb.pid, hb.instance)
         if hb.service in self.down:
             self.down.discard(hb.service)

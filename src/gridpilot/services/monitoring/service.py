@@ -133,7 +133,8 @@ class MonitoringService(Service):
             self.counters["reports_unknown_source"] += 1
             return
         if back is not None:
-            cleared = self.table.clear(back, time.time_ns())
+            alarm_id, message = back
+            cleared = self.table.clear(alarm_id, time.time_ns(), message=message)
             if cleared is not None:
                 await self._publish([cleared])
 
