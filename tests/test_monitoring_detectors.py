@@ -145,7 +145,10 @@ def test_service_down_when_heartbeats_stop_and_back_when_they_resume() -> None:
     assert "pid 42" in v.message
     assert watch.check(STALE_S + 1) == []
     assert watch.beat(_hb("historian", ServiceState.STOPPING), 7.0) is None  # not alive
-    assert watch.beat(_hb("historian"), 8.0) == "service_down:historian"
+    assert watch.beat(_hb("historian"), 8.0) == (
+        "service_down:historian",
+        "service historian beats again (pid 42, instance i1)",
+    )
     # a service that fails in its start only ever sends its stopping beat
     watch.beat(_hb("simulator", ServiceState.STOPPING), 10.0)
     watch.beat(_hb("historian"), 10.0 + STALE_S)

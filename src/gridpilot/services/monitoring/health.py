@@ -35,8 +35,9 @@ class ServiceWatch:
         """Services whose service_down alarm is still raised (a restarted monitoring)."""
         self.down |= services
 
-    def beat(self, hb: Heartbeat, now: float) -> str | None:
-        """A heartbeat; returns the id of the service_down alarm to clear, if it was down."""
+    def beat(self, hb: Heartbeat, now: float) -> tuple[str, str] | None:
+        """A heartbeat; when the service was down, the id of its service_down alarm to clear
+        and what to say."""
         if hb.grid not in (self.grid, SHARED_GRID) or hb.service == self.me:
             return None
         if hb.state is ServiceState.STOPPING:
@@ -48,7 +49,8 @@ class ServiceWatch:
         self.services[hb.service] = _Beat(now, hb.pid, hb.instance)
         if hb.service in self.down:
             self.down.discard(hb.service)
-            return f"{AlarmKind.SERVICE_DOWN}:{hb.service}"
+            message = f"service {hb.service} beats again (pid {hb.pid}, instance {hb.instance})"
+            return f"{AlarmKind.SERVICE_DOWN}:{hb.service}", message
         return None
 
     def excuse(self, now: float) -> None:

@@ -156,7 +156,8 @@ class MonitoringService(Service):
     async def on_heartbeat(self, hb: Heartbeat, _msg: Msg) -> None:
         back = self.services.beat(hb, time.monotonic())
         if back is not None:
-            cleared = self.table.clear(back, time.time_ns())
+            alarm_id, message = back
+            cleared = self.table.clear(alarm_id, time.time_ns(), message=message)
             if cleared is not None:
                 await self._publish([cleared])
 
