@@ -116,6 +116,9 @@ async def stop(svc: MonitoringService, task: asyncio.Task[None]) -> None:
     svc.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 10)
+    # a stop cut short must not leave its subscriptions behind to answer the next test
+    if hasattr(svc, "nc") and not svc.nc.is_closed:
+        await svc.nc.close()
 
 
 @pytest.fixture
@@ -274,7 +277,7 @@ async def test_bad_data_raised_after_consecutive_estimates_and_cleared_after_n_c
         await admin_nc.publish(subject, encode(_estimate([bad])))
     await alarms.wait_for(lambda a: bool(a))
     [alarm] = alarms.items
-    assert alarm.id == "bad_data:rtu_trafo_0" and alarm.value == 37.5
+    assert alarm.id == "bad_data:rtu_trafo_0" and alarm.value == 37.5, alarms.items
     assert "line_1_2" in alarm.message and "r_norm 37.5" in alarm.message
     sent = baddata.RAISE_AFTER
     for _ in range(baddata.CLEAR_AFTER - 1):
@@ -370,6 +373,54 @@ async def test_a_service_whose_heartbeats_stop_raises_service_down(
     await beat(1)
     await alarms.wait_for(lambda a: len(a) >= 2)
     assert alarms.items[1].state is AlarmState.CLEARED
+
+
+async def test_a_restarted_monitoring_keeps_its_table_and_clears_what_it_adopted(
+    admin_nc: Client, nats_server: EmbeddedNats, credentials: dict[str, str], tmp_path: Path
+) -> None:
+    """The stored table is the start: a cleared alarm waits for its acknowledgement, a lost
+    device that reports clears its alarm, one no longer in the placement is cleared at once."""
+    model = grid(GRID)
+    await distribution.publish(admin_nc, distribution.package(model, default_placement(model)))
+    pmu = _device(DeviceKind.PMU)
+
+    def stored(kind: AlarmKind, mrid: str, state: AlarmState) -> Alarm:
+        return Alarm(
+            id=f"{kind}:{mrid}", grid=GRID, kind=kind, mrid=mrid, state=state,
+            severity=Severity.WARNING, value=1.0, limit=0.3, raised_t_ns=1, t_ns=2,
+        )  # fmt: skip
+
+    table = [
+        stored(AlarmKind.VOLTAGE_HIGH, "bus_5", AlarmState.CLEARED),
+        stored(AlarmKind.COMM_LOSS, pmu.id, AlarmState.RAISED),
+        stored(AlarmKind.COMM_LOSS, "pmu_removed", AlarmState.RAISED),
+    ]
+    kv = await admin_nc.jetstream().key_value("gp_alarms")
+    await kv.put(GRID, msgspec.json.encode(table))
+    alarms = await alarms_of(admin_nc)
+    svc, task = start_monitoring(nats_server.url, credentials["monitoring"], tmp_path)
+    try:
+        await alarms.wait_for(lambda _: bool(alarms.of("comm_loss:pmu_removed")))
+        [gone] = alarms.of("comm_loss:pmu_removed")
+        assert gone.state is AlarmState.CLEARED and "no longer in the placement" in gone.message
+        await until(lambda: svc.state is ServiceState.RUNNING)
+        await stream(admin_nc, pmu, 2)
+        await alarms.wait_for(lambda _: bool(alarms.of(f"comm_loss:{pmu.id}")))
+        assert alarms.of(f"comm_loss:{pmu.id}")[0].state is AlarmState.CLEARED
+        deadline = time.monotonic() + 10
+        while True:
+            entry = await kv.get(GRID)
+            now = {a.id: a.state for a in msgspec.json.decode(entry.value or b"", type=list[Alarm])}
+            if now == {
+                "voltage_high:bus_5": AlarmState.CLEARED,
+                f"comm_loss:{pmu.id}": AlarmState.CLEARED,
+                "comm_loss:pmu_removed": AlarmState.CLEARED,
+            }:
+                break
+            assert time.monotonic() < deadline, now
+            await asyncio.sleep(0.05)
+    finally:
+        await stop(svc, task)
 
 
 async def test_cli_lists_active_and_unacknowledged_alarms(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from gridpilot.core.schemas import (
+    CONDITION_REPEAT_S,
     AlarmKind,
     BadData,
+    Condition,
     DeviceKind,
     EstimateStatus,
     Heartbeat,
@@ -16,6 +18,7 @@ from gridpilot.core.schemas import (
 from gridpilot.model.placement import default_placement
 from gridpilot.services.monitoring.baddata import CLEAR_AFTER, RAISE_AFTER, BadDataWatch
 from gridpilot.services.monitoring.comm import START_GRACE_S, CommWatch, allowance_s
+from gridpilot.services.monitoring.conditions import EXPIRE_S, ConditionWatch
 from gridpilot.services.monitoring.health import STALE_S, BrokerWatch, ServiceWatch
 from tests.pipeline import grid
 
@@ -162,3 +165,22 @@ def test_broker_watch_measures_outages_and_blips() -> None:
     assert watch.check(False, 1, 5.00) is None
     assert watch.check(True, 1, 5.05) == (0.05, 5.05)
     assert watch.check(True, 2, 5.10) == (5.05, 5.10)  # down and up between two checks
+
+
+def _condition(active: bool, kind: AlarmKind = AlarmKind.TWIN_DIVERGED) -> Condition:
+    return Condition(grid="g", kind=kind, mrid="g", active=active, t_ns=0, reporter="simulator")
+
+
+def test_conditions_expire_when_no_longer_re_sent() -> None:
+    watch = ConditionWatch()
+    assert watch.report(_condition(True), 0.0).id == "twin_diverged:g"
+    assert watch.expired(EXPIRE_S) == []
+    watch.report(_condition(True), CONDITION_REPEAT_S)  # the repeat
+    assert watch.expired(EXPIRE_S + 1.0) == []
+    [(alarm_id, why)] = watch.expired(CONDITION_REPEAT_S + EXPIRE_S + 0.1)
+    assert alarm_id == "twin_diverged:g" and "no longer reported by simulator" in why
+    watch.report(_condition(True), 100.0)
+    watch.report(_condition(False), 101.0)  # ended: nothing left to expire
+    assert watch.expired(1000.0) == []
+    watch.adopt({"de_energised:bus_12"}, 0.0)  # from the stored table after a restart
+    assert [i for i, _ in watch.expired(EXPIRE_S + 0.1)] == ["de_energised:bus_12"]

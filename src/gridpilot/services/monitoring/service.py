@@ -37,10 +37,11 @@ from gridpilot.core.service import Service
 from gridpilot.model import distribution
 from gridpilot.services.monitoring.baddata import BadDataWatch
 from gridpilot.services.monitoring.comm import CommWatch
+from gridpilot.services.monitoring.conditions import ConditionWatch
 from gridpilot.services.monitoring.health import BrokerWatch, ServiceWatch, broker_outage
 from gridpilot.services.monitoring.limits import EstimateCheck
 from gridpilot.services.monitoring.store import OUTAGE_ERRORS, AlarmStore
-from gridpilot.services.monitoring.table import AlarmTable, Violation
+from gridpilot.services.monitoring.table import LIMIT_KINDS, AlarmTable, Violation
 
 # How often silence is checked. A PMU is lost after 0.3 s (three frames at 10/s); checking
 # every 50 ms raises the alarm at most 50 ms after that. A check that runs late because this
@@ -49,6 +50,13 @@ from gridpilot.services.monitoring.table import AlarmTable, Violation
 TICK_S = 0.05
 STALL_S = 0.1
 _INVALID = int(Quality.INVALID)
+# The kinds monitoring's own detectors raise and clear; every other kind comes from conditions.
+OWN_KINDS = LIMIT_KINDS | {
+    AlarmKind.BAD_DATA,
+    AlarmKind.COMM_LOSS,
+    AlarmKind.SERVICE_DOWN,
+    AlarmKind.BROKER_OUTAGE,
+}
 
 
 class _Quality(msgspec.Struct):
@@ -78,11 +86,10 @@ class MonitoringService(Service):
         self.store = AlarmStore(await self._bucket(), self.grid, log=self.log)
         stored = await self.store.load()
         self.table = AlarmTable(self.grid, stored)
-        self.comm.adopt_lost({a.mrid for a in self.table.raised(AlarmKind.COMM_LOSS)})
-        self.bad_data.adopt_raised({a.mrid for a in self.table.raised(AlarmKind.BAD_DATA)})
-        self.services.adopt_down({a.mrid for a in self.table.raised(AlarmKind.SERVICE_DOWN)})
-        self.broker = BrokerWatch(bus.stats(self.nc).disconnects, now)
+        self.conditions = ConditionWatch()
         self._dirty = asyncio.Event()
+        adopted = self._adopt(now)
+        self.broker = BrokerWatch(bus.stats(self.nc).disconnects, now)
         self.info["active_alarms"] = len(self.table.alarms)
         self.log.info("alarm table loaded", extra={"active": len(stored)})
         g = self.grid
@@ -95,6 +102,27 @@ class MonitoringService(Service):
         await self.subscribe(subjects.HEARTBEAT.wildcard(), Heartbeat, self.on_heartbeat)
         self.spawn(self._checks(), name="checks")
         self.spawn(self._persist(), name="persist")
+        await self._publish(adopted)
+
+    def _adopt(self, now: float) -> list[Alarm]:
+        """Hand the raised alarms of the stored table to the detectors that clear them; the
+        ones cleared at once (a lost device no longer in the placement: nothing would)."""
+        changed = []
+        lost = {a.mrid for a in self.table.raised(AlarmKind.COMM_LOSS)}
+        gone = lost - set(self.comm.devices)
+        for device in gone:
+            message = f"{device} is no longer in the placement"
+            cleared = self.table.clear(
+                f"{AlarmKind.COMM_LOSS}:{device}", time.time_ns(), message=message
+            )
+            if cleared is not None:
+                changed.append(cleared)
+        self.comm.adopt_lost(lost - gone)
+        self.bad_data.adopt_raised({a.mrid for a in self.table.raised(AlarmKind.BAD_DATA)})
+        self.services.adopt_down({a.mrid for a in self.table.raised(AlarmKind.SERVICE_DOWN)})
+        reported = {a.id for a in self.table.alarms.values() if a.kind not in OWN_KINDS}
+        self.conditions.adopt(reported & self.table.raised_ids(), now)
+        return changed
 
     async def _bucket(self) -> KeyValue:
         """KV gp_alarms; retried while the broker does not answer (not when it is missing)."""
@@ -143,9 +171,7 @@ class MonitoringService(Service):
             self.counters["conditions_other_grid"] += 1
             return
         self.counters["conditions"] += 1
-        violation = Violation(
-            cond.kind, cond.mrid, cond.value, cond.limit, cond.severity, cond.message
-        )
+        violation = self.conditions.report(cond, time.monotonic())
         if cond.active:
             changed = self.table.activate(violation, cond.t_ns)
         else:
@@ -209,6 +235,10 @@ class MonitoringService(Service):
         else:
             changed += self._activate(self.comm.check(now), t_ns)
             changed += self._activate(self.services.check(now), t_ns)
+            for alarm_id, why in self.conditions.expired(now):
+                cleared = self.table.clear(alarm_id, t_ns, message=why)
+                if cleared is not None:
+                    changed.append(cleared)
         self.info["devices_lost"] = len(self.comm.lost)
         self.info["services_down"] = len(self.services.down)
         await self._publish(changed)
