@@ -218,6 +218,33 @@ async def test_a_device_reporting_only_invalid_values_raises_comm_loss(
     assert "reports only invalid values" in alarms.items[0].message
 
 
+async def test_on_a_hub_without_measurements_the_estimates_missing_sources_tell(
+    monitoring: MonitoringService, admin_nc: Client
+) -> None:
+    """A hub gets no measurement messages (they reach its stream by sourcing): a device the
+    estimates list missing for its allowance is lost, and back once they no longer do."""
+    alarms = await alarms_of(admin_nc)
+    pmu = _device(DeviceKind.PMU)
+    subject = subjects.STATE.format(grid=GRID)
+
+    async def estimates(n: int, missing: list[str]) -> None:
+        for _ in range(n):
+            est = msgspec.structs.replace(_estimate(), missing_sources=missing)
+            await admin_nc.publish(subject, encode(est))
+            await asyncio.sleep(0.1)
+
+    await estimates(5, [])
+    task = asyncio.create_task(estimates(100, [pmu.id]))
+    try:
+        await alarms.wait_for(lambda a: bool(a))
+    finally:
+        task.cancel()
+    assert [(a.id, a.state) for a in alarms.items] == [(f"comm_loss:{pmu.id}", AlarmState.RAISED)]
+    await estimates(2, [])
+    await alarms.wait_for(lambda a: len(a) >= 2)
+    assert alarms.items[1].state is AlarmState.CLEARED
+
+
 def _estimate(
     bad: list[BadData] | None = None, status: EstimateStatus = EstimateStatus.CONVERGED, n: int = 40
 ) -> StateEstimate:

@@ -49,6 +49,10 @@ from gridpilot.services.monitoring.table import LIMIT_KINDS, AlarmTable, Violati
 # that arrived meanwhile wait in the socket and would otherwise look missing.
 TICK_S = 0.05
 STALL_S = 0.1
+# A hub (gridpilot up --leafnodes) sees no measurement messages: the edge's leaf link denies
+# gp.*.meas.> and the hub's stream sources them instead. Without any report for this long,
+# each estimate stands for its devices: those not in its missing_sources delivered data.
+REPORTS_QUIET_S = 2.0
 _INVALID = int(Quality.INVALID)
 # The kinds monitoring's own detectors raise and clear; every other kind comes from conditions.
 OWN_KINDS = LIMIT_KINDS | {
@@ -90,6 +94,7 @@ class MonitoringService(Service):
         self._dirty = asyncio.Event()
         adopted = self._adopt(now)
         self.broker = BrokerWatch(bus.stats(self.nc).disconnects, now)
+        self._last_report = float("-inf")  # no report yet
         self.info["active_alarms"] = len(self.table.alarms)
         self.log.info("alarm table loaded", extra={"active": len(stored)})
         g = self.grid
@@ -144,7 +149,14 @@ class MonitoringService(Service):
 
     async def on_state(self, est: StateEstimate, _msg: Msg) -> None:
         self.counters["estimates_checked"] += 1
-        changed = self.estimates.apply(est, self.table, time.monotonic())
+        now = time.monotonic()
+        changed = self.estimates.apply(est, self.table, now)
+        if now - self._last_report > REPORTS_QUIET_S:  # no measurements here: a hub
+            self.counters["estimates_as_reports"] += 1
+            missing = set(est.missing_sources)
+            for device in self.comm.devices:
+                if device not in missing:
+                    changed += self._back(self.comm.heard(device, now, valid=True))
         to_raise, to_clear = self.bad_data.update(est)
         changed += self._activate(to_raise, est.t_ns)
         for alarm_id in to_clear:
@@ -155,16 +167,22 @@ class MonitoringService(Service):
 
     async def on_report(self, report: _Report, _msg: Msg) -> None:
         valid = any(not m.quality & _INVALID for m in report.measurements)
+        now = time.monotonic()
         try:
-            back = self.comm.heard(report.source, time.monotonic(), valid=valid)
+            back = self.comm.heard(report.source, now, valid=valid)
         except KeyError:
             self.counters["reports_unknown_source"] += 1
             return
-        if back is not None:
-            alarm_id, message = back
-            cleared = self.table.clear(alarm_id, time.time_ns(), message=message)
-            if cleared is not None:
-                await self._publish([cleared])
+        self._last_report = now
+        await self._publish(self._back(back))
+
+    def _back(self, back: tuple[str, str] | None) -> list[Alarm]:
+        """Clear the comm_loss alarm of a device that is back."""
+        if back is None:
+            return []
+        alarm_id, message = back
+        cleared = self.table.clear(alarm_id, time.time_ns(), message=message)
+        return [] if cleared is None else [cleared]
 
     async def on_condition(self, cond: Condition, _msg: Msg) -> None:
         if cond.grid != self.grid:
