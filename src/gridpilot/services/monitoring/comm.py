@@ -109,6 +109,22 @@ class CommWatch:
             heapq.heappush(self._heap, (now + state.allowance_s, source))
         return None
 
+    def heard_all_but(self, missing: set[str], now: float) -> list[tuple[str, str]]:
+        """Every device but ``missing`` delivered data (an estimate says so, on a hub): the
+        comm_loss alarms to clear. Cheap for the devices already known to be alive."""
+        backs = []
+        lost = self.lost
+        for dev, state in self.devices.items():
+            if dev in missing:
+                continue
+            if state.ever and dev not in lost:
+                state.last_valid = state.last_report = now
+                continue
+            back = self.heard(dev, now, valid=True)
+            if back is not None:
+                backs.append(back)
+        return backs
+
     def excuse(self, now: float) -> None:
         """Monitoring itself could not hear (its broker connection was down): silence until
         now is not the devices' fault, every allowance starts again from now."""

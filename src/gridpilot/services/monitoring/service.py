@@ -153,10 +153,8 @@ class MonitoringService(Service):
         changed = self.estimates.apply(est, self.table, now)
         if now - self._last_report > REPORTS_QUIET_S:  # no measurements here: a hub
             self.counters["estimates_as_reports"] += 1
-            missing = set(est.missing_sources)
-            for device in self.comm.devices:
-                if device not in missing:
-                    changed += self._back(self.comm.heard(device, now, valid=True))
+            for back in self.comm.heard_all_but(set(est.missing_sources), now):
+                changed += self._back(back)
         to_raise, to_clear = self.bad_data.update(est)
         changed += self._activate(to_raise, est.t_ns)
         for alarm_id in to_clear:
