@@ -53,6 +53,9 @@ STALL_S = 0.1
 # gp.*.meas.> and the hub's stream sources them instead. Without any report for this long,
 # each estimate stands for its devices: those not in its missing_sources delivered data.
 REPORTS_QUIET_S = 2.0
+# Reports waiting to be handled: a burst (thousands of meters read at the quarter hour on
+# mvlv_rural) queues the PMU frames behind it. Silence is not judged on a backlog this long.
+BACKLOG_MSGS = 50
 _INVALID = int(Quality.INVALID)
 # The kinds monitoring's own detectors raise and clear; every other kind comes from conditions.
 OWN_KINDS = LIMIT_KINDS | {
@@ -100,7 +103,9 @@ class MonitoringService(Service):
         g = self.grid
         await self.subscribe(subjects.STATE.format(grid=g), StateEstimate, self.on_state)
         await self.subscribe(subjects.ALARM_ACK.format(grid=g), AckRequest, self.on_ack)
-        await self.subscribe(subjects.MEAS.format(grid=g, source=">"), _Report, self.on_report)
+        self._reports = await self.subscribe(
+            subjects.MEAS.format(grid=g, source=">"), _Report, self.on_report
+        )
         await self.subscribe(
             subjects.CONDITION.format(grid=g, source="*"), Condition, self.on_condition
         )
@@ -249,7 +254,10 @@ class MonitoringService(Service):
         elif stalled:
             self.counters["checks_deferred"] += 1
         else:
-            changed += self._activate(self.comm.check(now), t_ns)
+            if self._reports.pending_msgs > BACKLOG_MSGS:
+                self.counters["comm_checks_deferred_backlog"] += 1
+            else:
+                changed += self._activate(self.comm.check(now), t_ns)
             changed += self._activate(self.services.check(now), t_ns)
             for alarm_id, why in self.conditions.expired(now):
                 cleared = self.table.clear(alarm_id, t_ns, message=why)
