@@ -121,7 +121,8 @@ def test_bad_data_raised_after_consecutive_estimates_and_cleared_after_n_clean()
     for _ in range(CLEAR_AFTER - 1):
         watch.update(_est([]))
         watch.update(_est([], EstimateStatus.DIVERGED))  # a failed estimate is not clean
-    assert watch.update(_est([])) == ([], ["bad_data:rtu_1"])
+    [], [(alarm_id, why)] = watch.update(_est([]))
+    assert alarm_id == "bad_data:rtu_1" and f"{CLEAR_AFTER} estimates in a row" in why
 
 
 def test_single_noisy_removals_do_not_alarm() -> None:

@@ -50,8 +50,9 @@ class BadDataWatch:
         for dev in devices:
             self.devices.setdefault(dev, _Device()).raised = True
 
-    def update(self, est: StateEstimate) -> tuple[list[Violation], list[str]]:
-        """The bad_data alarms to raise (or update) and the ids to clear after ``est``."""
+    def update(self, est: StateEstimate) -> tuple[list[Violation], list[tuple[str, str]]]:
+        """The bad_data alarms to raise (or update), and those to clear (id, what to say),
+        after ``est``."""
         if est.status is not EstimateStatus.CONVERGED:
             return [], []  # no fit, no residuals: neither evidence nor a clean estimate
         now: dict[str, dict[str, float]] = {}
@@ -60,7 +61,7 @@ class BadDataWatch:
             label = _label(b)
             seen[label] = max(seen.get(label, 0.0), b.r_norm)
         to_raise: list[Violation] = []
-        to_clear: list[str] = []
+        to_clear: list[tuple[str, str]] = []
         for dev, removed in now.items():
             state = self.devices.setdefault(dev, _Device())
             state.flagged += 1
@@ -81,7 +82,8 @@ class BadDataWatch:
             state.clean += 1
             if state.clean >= CLEAR_AFTER:
                 del self.devices[dev]
-                to_clear.append(f"{AlarmKind.BAD_DATA}:{dev}")
+                why = f"no measurement of {dev} removed in {CLEAR_AFTER} estimates in a row"
+                to_clear.append((f"{AlarmKind.BAD_DATA}:{dev}", why))
         return to_raise, to_clear
 
     @staticmethod

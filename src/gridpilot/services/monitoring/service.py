@@ -162,8 +162,8 @@ class MonitoringService(Service):
                 changed += self._back(back)
         to_raise, to_clear = self.bad_data.update(est)
         changed += self._activate(to_raise, est.t_ns)
-        for alarm_id in to_clear:
-            cleared = self.table.clear(alarm_id, est.t_ns)
+        for alarm_id, message in to_clear:
+            cleared = self.table.clear(alarm_id, est.t_ns, message=message)
             if cleared is not None:
                 changed.append(cleared)
         await self._publish(changed)
@@ -180,7 +180,7 @@ class MonitoringService(Service):
         await self._publish(self._back(back))
 
     def _back(self, back: tuple[str, str] | None) -> list[Alarm]:
-        """Clear the comm_loss alarm of a device that is back."""
+        """Clear the alarm of a device or service that is back: (alarm id, what to say)."""
         if back is None:
             return []
         alarm_id, message = back
@@ -201,12 +201,7 @@ class MonitoringService(Service):
             await self._publish([changed])
 
     async def on_heartbeat(self, hb: Heartbeat, _msg: Msg) -> None:
-        back = self.services.beat(hb, time.monotonic())
-        if back is not None:
-            alarm_id, message = back
-            cleared = self.table.clear(alarm_id, time.time_ns(), message=message)
-            if cleared is not None:
-                await self._publish([cleared])
+        await self._publish(self._back(self.services.beat(hb, time.monotonic())))
 
     async def on_ack(self, req: AckRequest, msg: Msg) -> None:
         try:
