@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from gridpilot.core.schemas import DeviceKind, Measurand, Measurement, MeasurementSet, Terminal
+import msgspec
+
+from gridpilot.core.schemas import (
+    DeviceKind,
+    Measurand,
+    Measurement,
+    MeasurementSet,
+    Quality,
+    Terminal,
+)
 from gridpilot.model.placement import Device, Placement, Point
 from gridpilot.services.state_estimation.aligner import ALIVE_S, Aligner
 
@@ -119,3 +128,20 @@ def test_without_pmus_rtu_data_is_estimated_periodically() -> None:
     [snap] = al.poll()
     assert [m.source for m in snap.measurements] == ["rtu"]
     assert snap.missing_sources == ["pmu_a", "pmu_b"]
+
+
+def test_a_device_reporting_only_invalid_values_is_missing() -> None:
+    """Invalid values (an RTU that lost its inputs) never count as data: the device is listed
+    missing, as a silent one, until a valid report comes."""
+    clock = Clock()
+    al = Aligner(_placement(), clock=clock)
+    rtu = _set("rtu", 9.5, DeviceKind.RTU)
+    invalid = [msgspec.structs.replace(m, quality=int(Quality.INVALID)) for m in rtu.measurements]
+    al.add(msgspec.structs.replace(rtu, measurements=invalid))
+    al.add(_set("pmu_a", 10.0))
+    [snap] = al.add(_set("pmu_b", 10.0))
+    assert snap.missing_sources == ["rtu"]
+    al.add(_set("rtu", 9.9, DeviceKind.RTU))
+    al.add(_set("pmu_a", 10.1))
+    [snap] = al.add(_set("pmu_b", 10.1))
+    assert snap.missing_sources == []

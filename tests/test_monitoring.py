@@ -13,7 +13,14 @@ from gridpilot.core.schemas import (
     Severity,
     StateEstimate,
 )
-from gridpilot.services.monitoring.limits import RAISE_AFTER, AlarmTable, LimitChecker
+from gridpilot.services.monitoring.limits import (
+    NOT_OBSERVABLE_AFTER_S,
+    RAISE_AFTER,
+    STARTUP_GRACE_S,
+    AlarmTable,
+    EstimateCheck,
+    LimitChecker,
+)
 from tests.pipeline import grid
 
 
@@ -85,11 +92,65 @@ def test_severity_change_and_acknowledge(checker: LimitChecker) -> None:
         table.acknowledge("overload:line_1_2", "op", 2)
 
 
-def test_failed_estimate_raises_not_observable_at_once(checker: LimitChecker) -> None:
+def _failed(n_measurements: int = 0) -> StateEstimate:
+    return StateEstimate(
+        grid="cigre_mv",
+        t_ns=0,
+        status=EstimateStatus.NOT_OBSERVABLE,
+        n_measurements=n_measurements,
+        message="too few measurements",
+    )
+
+
+def test_start_up_failures_do_not_alarm_but_lasting_ones_do() -> None:
+    """The estimator runs on the first reports while the gateways still connect: failed
+    estimates at start-up raise nothing; once estimates were good, failures that last
+    NOT_OBSERVABLE_AFTER_S raise not_observable, and a good estimate clears it."""
+    check = EstimateCheck(grid("cigre_mv"), started=0.0)
     table = AlarmTable("cigre_mv")
-    est = StateEstimate(grid="cigre_mv", t_ns=0, status=EstimateStatus.NOT_OBSERVABLE)
-    [alarm] = table.update(checker.violations(est, set()), 0)
+    t = 0.0
+    while t < STARTUP_GRACE_S - NOT_OBSERVABLE_AFTER_S:  # start-up: no data yet, then some
+        assert check.apply(_failed(n_measurements=int(t)), table, t) == []
+        t += 0.1
+    assert table.alarms == {}
+    assert check.apply(_estimate(), table, t) == []  # the first good estimate
+    t += 0.1
+    start = t
+    while t - start < NOT_OBSERVABLE_AFTER_S - 0.05:  # a short failure: no alarm
+        assert check.apply(_failed(40), table, t) == []
+        t += 0.1
+    assert check.apply(_estimate(), table, t) == []
+    start = t
+    changed: list = []
+    while not changed:
+        t += 0.1
+        changed = check.apply(_failed(40), table, t)
+    [alarm] = changed
     assert alarm.kind is AlarmKind.NOT_OBSERVABLE and alarm.mrid == "cigre_mv"
+    assert "too few measurements" in alarm.message
+    assert t - start >= NOT_OBSERVABLE_AFTER_S
+    assert check.apply(_failed(40), table, t + 0.1) == []  # deduplicated
+    [cleared] = check.apply(_estimate(), table, t + 0.2)
+    assert cleared.state is AlarmState.CLEARED
+
+
+def test_a_start_that_never_gets_a_good_estimate_alarms_after_the_grace() -> None:
+    check = EstimateCheck(grid("cigre_mv"), started=0.0)
+    table = AlarmTable("cigre_mv")
+    assert check.apply(_failed(), table, STARTUP_GRACE_S - 0.1) == []
+    [alarm] = check.apply(_failed(), table, STARTUP_GRACE_S + NOT_OBSERVABLE_AFTER_S)
+    assert alarm.kind is AlarmKind.NOT_OBSERVABLE
+
+
+def test_a_failed_estimate_leaves_limit_alarms_as_they_are() -> None:
+    check = EstimateCheck(grid("cigre_mv"), started=0.0)
+    table = AlarmTable("cigre_mv")
+    for i in range(RAISE_AFTER):
+        check.apply(_estimate(v={"bus_5": 1.07}), table, i * 0.1)
+    assert table.raised_ids() == {"voltage_high:bus_5"}
+    for i in range(50):  # 5 s of failures: not_observable, voltage alarm kept
+        check.apply(_failed(40), table, 1 + i * 0.1)
+    assert table.raised_ids() == {"voltage_high:bus_5", "not_observable:cigre_mv"}
 
 
 def test_low_voltage_and_deenergised_bus(checker: LimitChecker) -> None:

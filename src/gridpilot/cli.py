@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
 
     history_cli.add_parser(sub)
     switch_cli.add_parser(sub)
+    from gridpilot import alarms_cli
+
+    alarms_cli.add_parser(sub)
 
     user = sub.add_parser("user", help="operator accounts of the web HMI and API")
     usub = user.add_subparsers(dest="user_command", required=True)
@@ -267,6 +270,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gridpilot import switch_cli
 
         return switch_cli.run(args)
+    if args.command == "alarms":
+        from gridpilot import alarms_cli
+
+        return alarms_cli.run(args)
     if args.command == "docs":
         from gridpilot.docs import write_docs
 

@@ -255,6 +255,26 @@ def test_aggregates_are_exact_after_redelivery(store: Store, bucket_s: int) -> N
             assert_buckets(got[k], expected_buckets(points[k], bucket_s, t_from, t_to))
 
 
+@pytest.mark.parametrize("bucket_s", [10, 15])  # a stored width and one computed on the fly
+def test_invalid_samples_are_kept_raw_but_left_out_of_aggregates(
+    store: Store, bucket_s: int
+) -> None:
+    """An invalid value (an RTU that lost its inputs reports 0 with IV) is history, but no
+    measurement of the grid: min, avg and max leave it out."""
+    a = key("bus1")
+    samples = [
+        Sample(a, T0, 1.02),
+        Sample(a, T0 + S, 0.0, quality=0x01),
+        Sample(a, T0 + 2 * S, 1.04),
+    ]
+    store.write(samples, [])
+    assert store.raw([a], T0, T0 + 3 * S, limit=10)[a].value == [1.02, 0.0, 1.04]
+    [(start, low, avg, high, n)] = as_rows(
+        store.aggregate([a], T0, T0 + 3 * S, bucket_s=bucket_s)[a]
+    )
+    assert (start, low, high, n) == (T0, 1.02, 1.04, 2) and avg == pytest.approx(1.03)
+
+
 def test_aggregate_bucket_must_be_positive(store: Store) -> None:
     with pytest.raises(ValueError, match="bucket_s"):
         store.aggregate([key()], 0, T0, bucket_s=0)

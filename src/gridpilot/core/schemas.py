@@ -39,6 +39,7 @@ class Quality(IntFlag):
     SUBSTITUTED = 4
     OLD_DATA = 8
     OVERFLOW = 16
+    OPERATOR_BLOCKED = 32  # frozen at its value when an operator blocked it (IEC 104 BL)
 
 
 class DeviceKind(StrEnum):
@@ -53,7 +54,8 @@ class Measurement(msgspec.Struct, frozen=True, kw_only=True):
 
     Power is positive into the equipment at the terminal (a load's consumption, a generator's
     production, a branch end's flow into the branch). ``quality`` holds IEC 61850-7-3 bits:
-    0 good, 1 invalid, 2 questionable, 4 substituted, 8 old data, 16 overflow.
+    0 good, 1 invalid, 2 questionable, 4 substituted, 8 old data, 16 overflow, 32 operator
+    blocked. An invalid value is published (the HMI shows it) but never estimated with.
     """
 
     mrid: str  # measured equipment: bus, branch, load or generator id

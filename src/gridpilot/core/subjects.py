@@ -48,7 +48,7 @@ MEAS = SubjectSpec(
     payload=s.MeasurementSet,
     pattern=Pattern.STREAM,
     publishers=("simulator", "gateways"),
-    subscribers=("state_estimation", "historian"),
+    subscribers=("state_estimation", "historian", "monitoring"),
     description="What one field device reports at one instant (PMU frame, RTU scan, meter).",
 )
 METER_RAW = SubjectSpec(
@@ -195,7 +195,7 @@ HEARTBEAT = SubjectSpec(
     payload=s.Heartbeat,
     pattern=Pattern.PUBSUB,
     publishers=("every service",),
-    subscribers=("supervisor", "status"),
+    subscribers=("supervisor", "status", "monitoring"),
     description="Liveness every second; the latest per service is also in KV gp_services.",
 )
 

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 from gridpilot.core.bus import cluster_peers, ensure_jetstream
-from gridpilot.core.errors import GridPilotError
+from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.core.schemas import Heartbeat, ServiceState
 from gridpilot.model import distribution
 
@@ -66,20 +68,28 @@ async def health(
     ``service.<instance>``). With it, only that instance's heartbeat counts: the probe of one
     of several shared state estimators must fail when its own instance stops, whatever the
     others do."""
-    kv = await nc.jetstream().key_value("gp_services")
-    if instance is None:
-        keys = [service]
-        with contextlib.suppress(Exception):  # no keys at all, or no right to list them
-            keys += [k for k in await kv.keys() if k.startswith(f"{service}.")]
-    else:  # shared (service.<instance>) or not (service): the heartbeat names its instance
-        keys = [f"{service}.{instance}", service]
+    try:
+        kv = await nc.jetstream().key_value("gp_services")
+        if instance is None:
+            keys = [service]
+            with contextlib.suppress(nats.js.errors.NoKeysError):  # an empty bucket
+                keys += [k for k in await kv.keys() if k.startswith(f"{service}.")]
+        else:  # shared (service.<instance>) or not (service): the heartbeat names its instance
+            keys = [f"{service}.{instance}", service]
+        entries = []
+        for key in keys:
+            try:
+                entries.append((key, await kv.get(key)))
+            except nats.js.errors.KeyNotFoundError:  # never beat under that key
+                continue
+    except nats.js.errors.BucketNotFoundError:
+        raise GridPilotError("no KV gp_services: the platform is not initialised") from None
+    except (nats.errors.Error, TimeoutError) as exc:
+        # An outage is no verdict on the service: say so (the probe fails, and says why).
+        raise BusError(f"cannot read the heartbeats of {service}: {exc!r}") from None
     now = time.time_ns()
     reasons = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except Exception:
-            continue
+    for key, entry in entries:
         try:
             hb = msgspec.json.decode(entry.value or b"", type=Heartbeat)
         except (msgspec.ValidationError, msgspec.DecodeError):

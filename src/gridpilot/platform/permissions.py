@@ -184,6 +184,7 @@ PERMISSIONS: dict[str, Permissions] = {
             *kv_put(LEASES_KV, f"member.{STATE_ESTIMATION}.*"),
             *kv_get(LEASES_KV, "se.*"),
             *kv_watch(LEASES_KV),
+            sj.CONDITION.wildcard(source=STATE_ESTIMATION),
         ),
         subscribe=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), _INBOX),
     ),
@@ -194,7 +195,16 @@ PERMISSIONS: dict[str, Permissions] = {
             *kv_put(ALARMS_KV, "*"),
             *kv_get(ALARMS_KV),
         ),
-        subscribe=(sj.STATE.wildcard(), _under(sj.ALARM_ACK), _INBOX),
+        # estimates (limits, bad data), every device's reports (communication loss), what
+        # other services report (conditions) and every service's heartbeat (service down)
+        subscribe=(
+            sj.STATE.wildcard(),
+            _under(sj.ALARM_ACK),
+            _under(sj.MEAS),
+            _under(sj.CONDITION),
+            sj.HEARTBEAT.wildcard(),
+            _INBOX,
+        ),
         allow_responses=True,
     ),
     # Read-only operator views (the web UI): no commands, no writes.

@@ -23,6 +23,7 @@ from gridpilot.gateways.c37118 import (
     WrongDevice,
 )
 from gridpilot.gateways.identity import WrongDevices
+from gridpilot.gateways.quality import from_c37118_stat
 from gridpilot.model import distribution
 from gridpilot.model.devices import Pmu
 from gridpilot.protocols.c37118 import DataFrame
@@ -72,6 +73,7 @@ class C37118GatewayService(Service):
             self.counters["pmu_frames_without_voltage"] += 1
             return
         t_ns = frame.t_ns
+        quality = from_c37118_stat(frame.pmus[0].stat)
         ms = []
         for ch in pmu.channels:
             value = phasors.get(ch.channel)
@@ -87,6 +89,7 @@ class C37118GatewayService(Service):
                         source=pmu.device,
                         v_pu=abs(value) / v_base,
                         va_deg=math.degrees(cmath.phase(value)),
+                        quality=quality,
                     )
                 )
             else:
@@ -100,6 +103,7 @@ class C37118GatewayService(Service):
                         source=pmu.device,
                         p_mw=s.real,
                         q_mvar=s.imag,
+                        quality=quality,
                     )
                 )
         self.seq += 1

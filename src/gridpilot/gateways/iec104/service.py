@@ -30,6 +30,7 @@ from gridpilot.gateways.iec104 import (
     StationVerified,
     WrongDevice,
 )
+from gridpilot.gateways.quality import from_iec104
 from gridpilot.model import distribution
 from gridpilot.model.devices import Rtu, RtuPoint
 from gridpilot.protocols.iec104 import Quality
@@ -61,7 +62,7 @@ class Iec104GatewayService(Service):
 
     async def _read(self, rtu: Rtu, master: Iec104Master) -> None:
         points = {p.ioa: p for p in rtu.points}
-        pending: dict[int, dict[int, float]] = defaultdict(dict)
+        pending: dict[int, dict[int, tuple[float, int]]] = defaultdict(dict)
         async with master:
             async for event in master:
                 if isinstance(event, ConnectionStateChanged):
@@ -90,23 +91,24 @@ class Iec104GatewayService(Service):
                     continue
                 if event.time_ns is None:
                     continue  # interrogation answers carry no time tag; cyclic reports follow
-                if event.quality & Quality.INVALID:
+                if event.quality & Quality.INVALID:  # published as invalid, never estimated
                     self.counters["rtu_values_invalid"] += 1
-                    continue
                 values = pending[event.time_ns]
-                values[event.ioa] = event.value
+                values[event.ioa] = (event.value, from_iec104(event.quality))
                 if len(values) == len(points):  # the whole report of that instant
                     await self._publish(rtu, event.time_ns, pending.pop(event.time_ns), points)
                 for t in [t for t in pending if t < event.time_ns]:  # older, incomplete ones
                     await self._publish(rtu, t, pending.pop(t), points)
 
     async def _publish(
-        self, rtu: Rtu, t_ns: int, values: dict[int, float], points: dict[int, RtuPoint]
+        self, rtu: Rtu, t_ns: int, values: dict[int, tuple[float, int]], points: dict[int, RtuPoint]
     ) -> None:
         by_point: dict[tuple[str, Measurand, Terminal], dict[str, float]] = defaultdict(dict)
-        for ioa, value in values.items():
+        quality: dict[tuple[str, Measurand, Terminal], int] = defaultdict(int)
+        for ioa, (value, bits) in values.items():
             p = points[ioa]
             by_point[(p.mrid, p.measurand, p.terminal)][p.quantity] = value
+            quality[(p.mrid, p.measurand, p.terminal)] |= bits  # P and Q share one measurement
         ms = []
         for (mrid, measurand, terminal), q in by_point.items():
             if measurand is Measurand.VOLTAGE and "v" in q:
@@ -118,6 +120,7 @@ class Iec104GatewayService(Service):
                         t_ns=t_ns,
                         v_pu=q["v"],
                         source=rtu.device,
+                        quality=quality[(mrid, measurand, terminal)],
                     )
                 )
             elif "p" in q and "q" in q:
@@ -130,6 +133,7 @@ class Iec104GatewayService(Service):
                         p_mw=q["p"],
                         q_mvar=q["q"],
                         source=rtu.device,
+                        quality=quality[(mrid, measurand, terminal)],
                     )
                 )
         if not ms:

@@ -109,7 +109,7 @@ def _agg_upsert(width_s: int) -> str:
         INSERT INTO {table} AS a (series_id, bucket_ns, n, sum, min, max)
         SELECT series_id, {bucket_sql("t_ns", str(width_s * NS_PER_S))},
                count(*), sum(value), min(value), max(value)
-        FROM new GROUP BY 1, 2
+        FROM new WHERE (quality & 1) = 0 GROUP BY 1, 2
         ON CONFLICT (series_id, bucket_ns) DO UPDATE SET
             n = a.n + EXCLUDED.n, sum = a.sum + EXCLUDED.sum,
             min = least(a.min, EXCLUDED.min), max = greatest(a.max, EXCLUDED.max))"""
@@ -124,7 +124,7 @@ _INSERT_SAMPLES = f"""WITH new AS (
     SELECT DISTINCT ON (series_id, t_ns) series_id, t_ns, value, quality
     FROM stage_samples ORDER BY series_id, t_ns, seq
     ON CONFLICT DO NOTHING
-    RETURNING series_id, t_ns, value
+    RETURNING series_id, t_ns, value, quality
 ), {", ".join(_agg_upsert(w) for w in AGG_BUCKETS_S)}
 SELECT count(*) FROM new"""
 
@@ -331,6 +331,7 @@ class PostgresStore:
             sql = f"""SELECT series_id, {bucket_sql("t_ns", "%(w)s", mod="%%")} AS b,
                 count(*), sum(value), min(value), max(value) FROM samples
                 WHERE series_id = ANY(%(ids)s::integer[]) AND t_ns >= %(lo)s AND t_ns < %(hi)s
+                AND (quality & 1) = 0
                 GROUP BY series_id, b ORDER BY series_id, b"""
         else:
             sql = f"""SELECT series_id, {bucket_sql("bucket_ns", "%(w)s", mod="%%")} AS b,

@@ -90,7 +90,7 @@ def _agg_upsert(width_s: int) -> str:
     return f"""INSERT INTO {table} (series_id, bucket_ns, n, sum, min, max)
         SELECT series_id, {bucket_sql("t_ns", str(width_s * NS_PER_S))},
                count(*), sum(value), min(value), max(value)
-        FROM temp.stage WHERE true GROUP BY 1, 2
+        FROM temp.stage WHERE (quality & 1) = 0 GROUP BY 1, 2
         ON CONFLICT (series_id, bucket_ns) DO UPDATE SET
             n = {table}.n + excluded.n, sum = {table}.sum + excluded.sum,
             min = min({table}.min, excluded.min), max = max({table}.max, excluded.max)"""
@@ -293,7 +293,8 @@ class SqliteStore:
         if table is None:
             sql = f"""SELECT {bucket_sql("t_ns", ":w")} AS b,
                 count(*), sum(value), min(value), max(value) FROM samples
-                WHERE series_id = :id AND t_ns >= :lo AND t_ns < :hi GROUP BY b ORDER BY b"""
+                WHERE series_id = :id AND t_ns >= :lo AND t_ns < :hi AND (quality & 1) = 0
+                GROUP BY b ORDER BY b"""
         else:
             sql = f"""SELECT {bucket_sql("bucket_ns", ":w")} AS b,
                 sum(n), sum(sum), min(min), max(max) FROM {table}

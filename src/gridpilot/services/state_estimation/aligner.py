@@ -4,8 +4,9 @@ Reference devices (PMUs; RTUs when a placement has no PMU) set the snapshot inst
 for instant t is emitted as soon as every reference device that is alive has reported t, or
 when ``wait_s`` has passed since the first report of t. Slower devices contribute their latest
 report while it is fresh enough; a slow device whose report has aged out (or that has not
-reported within its first period) is listed missing, like a silent reference device. A
-reference report for an instant already emitted is late: counted and dropped.
+reported within its first period) is listed missing, like a silent reference device, and so is
+a device whose latest report holds only invalid values (quality INVALID: the estimator leaves
+them out). A reference report for an instant already emitted is late: counted and dropped.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gridpilot.core.schemas import DeviceKind, MeasurementSet, MeasurementSnapshot
+from gridpilot.core.schemas import DeviceKind, MeasurementSet, MeasurementSnapshot, Quality
 from gridpilot.model.placement import Placement
 
 ALIVE_S = 2.0  # a reference device silent this long (wall time) is not waited for
 FRESH_PERIODS = 2.0  # a slow device's report is used while younger than this many periods
+_INVALID = int(Quality.INVALID)
 
 
 class Aligner:
@@ -42,6 +44,7 @@ class Aligner:
         self.pending: dict[int, dict[str, MeasurementSet]] = {}
         self.first_seen: dict[int, float] = {}
         self.last_seen: dict[str, float] = {}
+        self.invalid_only: set[str] = set()  # devices whose latest report has no valid value
         self.last_emitted_ns = -1
         self.first_emitted_ns: int | None = None
         self.late_dropped = 0
@@ -55,6 +58,10 @@ class Aligner:
             self.unknown_sources += 1
             return []
         self.last_seen[src] = now
+        if any(not m.quality & _INVALID for m in mset.measurements):
+            self.invalid_only.discard(src)
+        else:
+            self.invalid_only.add(src)
         if src not in self.reference:
             prev = self.latest.get(src)
             if prev is None or mset.t_ns >= prev.t_ns:
@@ -102,6 +109,7 @@ class Aligner:
             self.first_emitted_ns = t_ns
         measurements = [m for f in frames.values() for m in f.measurements]
         missing = set(self.reference - set(frames)) if frames else set(self.reference)
+        missing |= self.invalid_only
         for src, period_ns in self.period_ns.items():
             if src in self.reference:
                 continue
