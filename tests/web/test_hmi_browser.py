@@ -77,6 +77,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """``gridpilot up`` on a fresh data dir, with users made beforehand through the CLI."""
     root = tmp_path_factory.mktemp("hmi")
     data_dir = root / "gp"
+    data_dir.mkdir()  # `user add` works on an existing data dir only
     for user, role in (("op", "operator"), ("view", "viewer")):
         _cli("user", "add", user, "--role", role, "--password-stdin", "--data-dir", str(data_dir),
              stdin=PASSWORDS[user] + "\n")  # fmt: skip

@@ -213,11 +213,25 @@ async def estimate(request: Request[Any, Any, Any], grid: str) -> Response[s.Sta
 
 
 @get("/api/grids/{grid:str}/measurements", tags=["grid"], guards=VIEWER)
-async def measurements(request: Request[Any, Any, Any], grid: str) -> list[s.MeasurementSet]:
-    """The latest report of every field device of the grid."""
+async def measurements(
+    request: Request[Any, Any, Any], grid: str, mrid: list[str] | None = None
+) -> list[s.MeasurementSet]:
+    """The latest report of every field device of the grid; with ``mrid`` (repeatable), only
+    the measurements of that equipment (and only the devices that measure it). Each
+    measurement's ``quality`` holds IEC 61850-7-3 bits: 0 good, 1 invalid, 2 questionable,
+    4 substituted, 8 old data, 16 overflow."""
     await bridge(request).package(grid)
     latest = bridge(request).devices.get(grid, {})
-    return [latest[k] for k in sorted(latest)]
+    sets = [latest[k] for k in sorted(latest)]
+    if mrid is None:
+        return sets
+    wanted = set(mrid)
+    out = []
+    for mset in sets:
+        kept = [m for m in mset.measurements if m.mrid in wanted]
+        if kept:
+            out.append(msgspec.structs.replace(mset, measurements=kept))
+    return out
 
 
 @get("/api/grids/{grid:str}/devices", tags=["grid"], guards=VIEWER)
@@ -366,11 +380,12 @@ async def inject(request: Request[Any, Any, Any], grid: str, data: s.InjectReque
 @websocket("/api/grids/{grid:str}/live")
 async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
     """Live updates as JSON messages: {"type": "estimate"|"alarm"|"topology"|"command_result"|
-    "services"|"freshness", ...}. Estimates come at most twice a second (the latest wins), each
-    with its age (``age_s``, null when unknown) and ``stale``; every 2 s a "freshness" message
-    says how old the latest estimate is now and whether this service has the bus
-    (``bus_connected``). Refused with close code 4401 without a valid session, 4404 for an
-    unknown grid."""
+    "services"|"freshness"|"quality", ...}. Estimates come at most twice a second (the latest
+    wins), each with its age (``age_s``, null when unknown) and ``stale``; every 2 s a
+    "freshness" message says how old the latest estimate is now and whether this service has
+    the bus (``bus_connected``), and a "quality" message lists the measurements whose latest
+    report was not good (``flagged``: source, mrid, measurand, terminal, quality bits).
+    Refused with close code 4401 without a valid session, 4404 for an unknown grid."""
     try:
         _session(socket)
         await bridge(socket).package(grid)
@@ -404,6 +419,7 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
                         **b.freshness(grid).to_dict(),
                     }
                 )
+                await socket.send_json({"type": "quality", "flagged": b.flagged_measurements(grid)})
                 next_services = now + 2.0
             client.wake.clear()
             timeout = max(0.05, min(next_estimate, next_services) - time.monotonic())

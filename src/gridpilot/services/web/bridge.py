@@ -39,6 +39,7 @@ LIVE_ESTIMATES_PER_S = 2.0  # to each browser: the latest estimate, at most this
 # sooner than STALE_MIN_S: a missed estimate or two is jitter, three is an outage.
 STALE_PERIODS = 3.0
 STALE_MIN_S = 5.0
+MAX_FLAGGED = 2000  # measurements of doubtful quality sent to a browser at most
 # Outages of the bus or the broker: what a request can fail with besides an answer.
 BUS_ERRORS = (TimeoutError, nats.errors.Error)
 
@@ -116,6 +117,9 @@ class Bridge:
         self.switches: dict[str, dict[str, bool]] = {}
         self.heartbeats: dict[str, s.Heartbeat] = {}
         self.devices: dict[str, dict[str, s.MeasurementSet]] = {}
+        # grid -> (device, mrid, measurand, terminal) -> quality bits, of the measurements whose
+        # latest report was not good (schemas.Quality): what the diagram marks as suspect
+        self.flagged: dict[str, dict[tuple[str, str, str, str], int]] = {}
         self.clients: set[LiveClient] = set()
         self.received_s: dict[str, float] = {}  # grid -> wall time its latest estimate came
         self.interval_s: dict[str, float] = {}  # grid -> smoothed wall time between estimates
@@ -302,6 +306,26 @@ class Bridge:
     async def _on_meas(self, msg: Msg) -> None:
         mset = s.decode(msg.data, s.MeasurementSet)
         self.devices.setdefault(mset.grid, {})[mset.source] = mset
+        flagged = self.flagged.setdefault(mset.grid, {})
+        for m in mset.measurements:
+            key = (mset.source, m.mrid, m.measurand, m.terminal)
+            if m.quality:
+                flagged[key] = m.quality
+            elif flagged:
+                flagged.pop(key, None)
+
+    def flagged_measurements(self, grid: str) -> list[dict[str, Any]]:
+        """The measurements of ``grid`` whose latest report had a quality other than good
+        (invalid, questionable, substituted, old data...), at most MAX_FLAGGED."""
+        out = []
+        for (source, mrid, measurand, terminal), quality in self.flagged.get(grid, {}).items():
+            out.append(
+                {"source": source, "mrid": mrid, "measurand": measurand, "terminal": terminal,
+                 "quality": quality}
+            )  # fmt: skip
+            if len(out) >= MAX_FLAGGED:
+                break
+        return out
 
     def services(self) -> list[dict[str, Any]]:
         now = time.time_ns()
