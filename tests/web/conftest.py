@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +109,27 @@ async def services(
     for _, task in running:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+
+
+# -- the browser tests' platform, browser and page (tests/web/hmi_support.py) ----------------
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``gridpilot up`` on a fresh data dir, with users made beforehand through the CLI."""
+    from tests.web.hmi_support import run_platform
+
+    yield from run_platform(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from tests.web.hmi_support import run_browser
+
+    yield from run_browser()
+
+
+@pytest.fixture
+def page(browser: Any, platform: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookie) per test; JavaScript exceptions fail the test."""
+    from tests.web.hmi_support import open_page
+
+    yield from open_page(browser, platform)

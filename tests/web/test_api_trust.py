@@ -146,3 +146,51 @@ async def test_admin_lists_users_and_the_audit_trail(api: Api, services: list[An
     added = next(rec for rec in trail if rec["action"] == "user_add")
     assert (added["user"], added["role"], added["target"]) == ("ada", "admin", "nina")
     assert (await api.get(f"/api/grids/{GRID}/audit", headers=operator)).status_code == 403
+
+
+async def test_measurement_quality_reaches_the_browser(api: Api, admin_nc: Client) -> None:
+    """A device reports a measurement invalid and old (IEC 61850-7-3 bits): the live socket
+    lists it as flagged until a good report replaces it; REST filters by equipment."""
+    viewer = await login(api, "vic")
+    now = time.time_ns()
+
+    def report(quality: int) -> s.MeasurementSet:
+        return s.MeasurementSet(
+            grid=GRID, source="rtu_trafo_0_1", kind=s.DeviceKind.RTU, t_ns=now, seq=1,
+            measurements=[
+                s.Measurement(
+                    mrid="trafo_0_1", measurand=s.Measurand.POWER, terminal=s.Terminal.TO,
+                    t_ns=now, p_mw=1.0, q_mvar=0.1, quality=quality,
+                ),
+                s.Measurement(
+                    mrid="bus_1", measurand=s.Measurand.VOLTAGE, terminal=s.Terminal.BUS,
+                    t_ns=now, v_pu=1.01,
+                ),
+            ],
+        )  # fmt: skip
+
+    subject = subjects.MEAS.format(grid=GRID, source="rtu_trafo_0_1")
+    bad = int(s.Quality.INVALID | s.Quality.OLD_DATA)
+    await admin_nc.publish(subject, s.encode(report(bad)))
+    async with api.websocket_connect(f"/api/grids/{GRID}/live", headers=viewer) as ws:
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "no quality message listed the measurement"
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if msg["type"] == "quality" and msg["flagged"]:
+                break
+        assert msg["flagged"] == [
+            {"source": "rtu_trafo_0_1", "mrid": "trafo_0_1", "measurand": "power",
+             "terminal": "to", "quality": bad}
+        ]  # fmt: skip
+        r = await api.get(f"/api/grids/{GRID}/measurements?mrid=trafo_0_1", headers=viewer)
+        [mset] = r.json()
+        assert [(m["mrid"], m["quality"]) for m in mset["measurements"]] == [("trafo_0_1", bad)]
+
+        await admin_nc.publish(subject, s.encode(report(0)))  # good again
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "the good report did not clear the flag"
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if msg["type"] == "quality" and not msg["flagged"]:
+                break

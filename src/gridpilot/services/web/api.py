@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, WebSocket, get, post, websocket
+from litestar import Litestar, Request, Response, Router, WebSocket, get, post, websocket
+from litestar.datastructures import ResponseHeader
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -52,6 +53,14 @@ STATIC = Path(__file__).parent / "static"
 AGE_HEADER = "X-Estimate-Age-S"
 STALE_HEADER = "X-Estimate-Stale"
 REDOC_JS = "/vendor/redoc/redoc.standalone.js"  # static/vendor/redoc: MIT, see its README
+# The API reference loads nothing from elsewhere: the browser refuses to (Redoc's footer would
+# fetch its logo from a CDN; blocked, the image is left out). Inline scripts and styles and
+# eval are Redoc's own (its start-up call, styled-components, schema compilation).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+    "worker-src 'self' blob:; connect-src 'self'"
+)
 
 
 # -- request and response bodies --------------------------------------------------------------
@@ -479,7 +488,11 @@ def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -
             title="GridPilot API",
             version="0.1.0",
             description=__doc__,
-            path="/api/schema",
+            openapi_router=Router(
+                path="/api/schema",
+                route_handlers=[],
+                response_headers=[ResponseHeader(name="Content-Security-Policy", value=DOCS_CSP)],
+            ),
             use_handler_docstrings=True,
             # the API reference renders offline: Redoc from the package, no fonts or icons
             # from the internet (static/vendor/redoc/README.md)

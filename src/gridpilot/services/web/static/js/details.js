@@ -172,8 +172,9 @@ export class Details {
   }
 
   async _loadMeasurements() {
-    const token = this.trendToken, mrids = this.measMrids;
+    const mrids = this.measMrids;
     if (!mrids || !mrids.length) return;
+    const token = (this.measToken = (this.measToken || 0) + 1);
     this.measAt = performance.now();
     let sets = [], error = "";
     try {
@@ -182,7 +183,7 @@ export class Details {
       error = e.message;
     }
     const box = $("#dv-meas");
-    if (token !== this.trendToken || !box) return;
+    if (token !== this.measToken || mrids !== this.measMrids || !box) return;
     const rows = [];
     for (const set of sets) {
       for (const m of set.measurements) {
@@ -190,11 +191,16 @@ export class Details {
           ? `${fmtNum(m.v_pu, 4)} pu`
           : `${fmtNum(m.p_mw, 3)} MW · ${fmtNum(m.q_mvar, 3)} Mvar`;
         const q = m.quality || 0;
-        rows.push(h("tr", { "data-testid": "meas-row", "data-source": set.source, "data-quality": String(q) },
+        const removed = (this.app.quality?.bad || []).some((b) =>
+          b.source === set.source && b.mrid === m.mrid && b.measurand === m.measurand && b.terminal === m.terminal);
+        const pill = removed
+          ? h("span", { class: "pill bad", "data-testid": "meas-quality", title: "removed as bad data by the estimator" }, "bad data")
+          : h("span", { class: `pill ${q ? (q & 1 ? "bad" : "warn") : "ok"}`, "data-testid": "meas-quality" }, qualityText(q));
+        rows.push(h("tr", { "data-testid": "meas-row", "data-source": set.source, "data-quality": String(q), "data-removed": removed ? "1" : "0" },
           h("td", { title: `${set.kind}, reported ${fmtTime(set.t_ns, { tenths: true })}` }, set.source),
           h("td", {}, `${m.measurand} · ${m.terminal}${m.mrid === mrids[0] ? "" : ` · ${m.mrid}`}`),
           h("td", { class: "num mono" }, value),
-          h("td", {}, h("span", { class: `pill ${q ? (q & 1 ? "bad" : "warn") : "ok"}`, "data-testid": "meas-quality" }, qualityText(q)))));
+          h("td", {}, pill)));
       }
     }
     const notes = [];

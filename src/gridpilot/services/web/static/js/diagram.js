@@ -753,6 +753,20 @@ export class Diagram {
     return out;
   }
 
+  /** The panel's overlays (tools, info line, legend) as canvas rectangles. */
+  _overlays() {
+    const panel = this.canvas.parentElement;
+    if (!panel) return [];
+    const c = this.canvas.getBoundingClientRect();
+    const out = [];
+    for (const el of panel.querySelectorAll(".diagram-tools, .diagram-info, .legend")) {
+      if (el.hidden) continue;
+      const r = el.getBoundingClientRect();
+      if (r.width && r.height) out.push([r.left - c.left - 2, r.top - c.top - 2, r.right - c.left + 2, r.bottom - c.top + 2]);
+    }
+    return out;
+  }
+
   _labels(vis, rB, visBr) {
     const { ctx, k, tx, ty, bus, br, w, h } = this;
     ctx.textBaseline = "middle";
@@ -761,6 +775,7 @@ export class Diagram {
     ctx.strokeStyle = BG;
     const symbols = this._symbols(vis, rB);
     this.symbolRects = symbols;
+    const overlays = this._overlays(); // a label under the legend or the tools cannot be read
     // the branches in view, as screen segments: a label must not lie across a line
     const segs = [];
     for (let i = 0; i < this.nbr; i++) {
@@ -779,6 +794,7 @@ export class Diagram {
       if (r[0] < 2 || r[1] < 2 || r[2] > w - 2 || r[3] > h - 2) return false;
       for (const q of placed) if (overlaps(r, q)) return false;
       for (const q of symbols) if (overlaps(r, q)) return false;
+      for (const q of overlays) if (overlaps(r, q)) return false;
       for (const sg of segs) if (segHitsRect(sg, r)) return false;
       return true;
     };
