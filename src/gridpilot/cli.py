@@ -243,6 +243,13 @@ def resolve_grid(given: str | None, platform: Platform) -> str:
     return platform.grid
 
 
+def bus_errors() -> tuple[type[Exception], ...]:
+    """What a request over the bus can fail with besides an answer (for ``except``)."""
+    import nats.errors
+
+    return (TimeoutError, nats.errors.Error)
+
+
 def bus_error(exc: Exception, subject: str, who: str) -> GridPilotError:
     """A request to ``who`` (the service that answers ``subject``) that failed, as the one line
     a user reads."""
@@ -519,7 +526,7 @@ async def _inject(args: argparse.Namespace) -> int:
     nc = await _platform_client(platform, identity="admin")
     try:
         msg = await nc.request(subject, encode(req), timeout=5)
-    except Exception as exc:  # no responders, a timeout, the broker gone: one line each
+    except bus_errors() as exc:  # no responders, a timeout, the broker gone: one line each
         raise bus_error(exc, subject, "simulator") from None
     finally:
         await nc.close()

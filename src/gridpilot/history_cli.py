@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _query(args: argparse.Namespace) -> int:
-    from gridpilot.cli import _client, _platform_client, bus_error, resolve_grid
+    from gridpilot.cli import _client, _platform_client, bus_error, bus_errors, resolve_grid
     from gridpilot.core import schemas as s
     from gridpilot.core import subjects
     from gridpilot.platform import locate
@@ -165,7 +165,7 @@ async def _query(args: argparse.Namespace) -> int:
     subject = subjects.HISTORY_QUERY.format(grid=subjects.grid_token(grid))
     try:
         msg = await nc.request(subject, s.encode(query), timeout=30)
-    except Exception as exc:  # no responders, a timeout, the broker gone: one line each
+    except bus_errors() as exc:  # no responders, a timeout, the broker gone: one line each
         raise bus_error(exc, subject, "historian") from None
     finally:
         await nc.close()

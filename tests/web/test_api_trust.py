@@ -77,6 +77,15 @@ async def test_alarms_are_503_not_empty_when_the_broker_is_gone(tmp_path: Path) 
             assert r.status_code == 503 and "cannot list the grids" in r.text
             r = await api.get("/api/health")
             assert r.json() == {"ok": True, "bus_connected": False}
+            # the browser is told too (it shows a banner): the socket does not need the bus
+            async with api.websocket_connect(f"/api/grids/{GRID}/live", headers=viewer) as ws:
+                deadline = time.monotonic() + 10
+                while True:
+                    assert time.monotonic() < deadline, "no freshness message"
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    if msg["type"] == "freshness":
+                        break
+                assert msg["bus_connected"] is False and msg["stale"] is True
     finally:
         for nc in clients:
             with contextlib.suppress(OSError):  # closing flushes, to a broker that is gone

@@ -196,3 +196,56 @@ def test_suspect_and_missing_measurements_are_marked(page: Page) -> None:
         expect(page.get_by_test_id("details-measurements")).to_contain_text("Quality")
     finally:
         fetch(page, "POST", inject, {"kind": "clear"})
+
+
+def _publish_alarms(platform: Platform, alarms: list[Any]) -> None:
+    """Alarms on the platform's bus, as monitoring publishes them (the HMI shows them live)."""
+    import asyncio
+
+    from gridpilot.core import bus, subjects
+    from gridpilot.core import schemas as s
+    from gridpilot.platform.broker import read_endpoints
+    from gridpilot.platform.permissions import load_credentials
+
+    async def publish() -> None:
+        url = read_endpoints(platform.data_dir)["nats"]
+        password = load_credentials(platform.data_dir)["admin"]
+        nc = await bus.connect(url, user="admin", password=password, name="test-alarms")
+        try:
+            for alarm in alarms:
+                await nc.publish(subjects.ALARM.format(grid=GRID), s.encode(alarm))
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+
+
+def test_platform_alarms_display_sensibly(page: Page, platform: Platform) -> None:
+    from gridpilot.core import schemas as s
+
+    login(page, "op", PASSWORDS["op"])
+    now = time.time_ns()
+
+    def alarm(kind: str, mrid: str, message: str) -> s.Alarm:
+        return s.Alarm(
+            id=f"{kind}:{mrid}", grid=GRID, kind=s.AlarmKind(kind), mrid=mrid,
+            state=s.AlarmState.RAISED, severity=s.Severity.CRITICAL, value=0.0, limit=0.0,
+            raised_t_ns=now, t_ns=now, message=message,
+        )  # fmt: skip
+
+    _publish_alarms(platform, [
+        alarm("comm_loss", "pmu_bus_6", "pmu_bus_6 (bus_6, line_5_6, line_6_7) silent for 3 s"),
+        alarm("service_down", "historian", "historian: no heartbeat for 12 s"),
+        alarm("broker_outage", "", "the message broker was down for 8 s"),
+    ])  # fmt: skip
+    for alarm_id, kind_text, equipment in (
+        ("comm_loss:pmu_bus_6", "communication lost", "pmu_bus_6"),
+        ("service_down:historian", "service down", "historian"),
+        ("broker_outage:", "broker outage", "platform"),
+    ):
+        row = page.locator(f"[data-testid=alarm-row][data-alarm-id='{alarm_id}']")
+        expect(row.get_by_test_id("alarm-kind")).to_have_text(kind_text)
+        expect(row.locator("td").nth(2)).to_have_text(equipment)
+        expect(row.locator("td").nth(4)).to_have_text("\u2013")  # no p.u. or % for these
+    expect(page.get_by_test_id("alarm-summary")).to_contain_text("critical")
