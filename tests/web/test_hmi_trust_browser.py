@@ -249,3 +249,19 @@ def test_platform_alarms_display_sensibly(page: Page, platform: Platform) -> Non
         expect(row.locator("td").nth(2)).to_have_text(equipment)
         expect(row.locator("td").nth(4)).to_have_text("\u2013")  # no p.u. or % for these
     expect(page.get_by_test_id("alarm-summary")).to_contain_text("critical")
+
+
+def test_zz_a_lost_bus_is_a_banner(page: Page, platform: Platform) -> None:
+    """The broker dies under the web service: the HMI says its data is not live. (Last in the
+    module: the platform may not get its broker back.)"""
+    login(page, "op", PASSWORDS["op"])
+    banner = page.get_by_test_id("bus-banner")
+    expect(banner).to_be_hidden()
+    pid = int((platform.data_dir / "nats" / "nats.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    expect(banner).to_be_visible(timeout=15_000)
+    expect(banner).to_contain_text("lost its connection to the message bus")
+    assert page.evaluate("document.body.dataset.bus") == "disconnected"
+    expect(page.get_by_test_id("status-live")).to_have_attribute(
+        "data-fresh", "stale", timeout=15_000
+    )

@@ -200,7 +200,9 @@ class Bridge:
     def _received(self, grid: str) -> None:
         now = time.time()
         last = self.received_s.get(grid)
-        if last is not None:
+        # the pace is learnt from the gaps between estimates, but not from an outage's gap:
+        # that would make the next outage look live for longer
+        if last is not None and now - last <= self.freshness(grid).stale_after_s:
             gap = now - last
             smoothed = self.interval_s.get(grid, gap)
             self.interval_s[grid] = smoothed + 0.2 * (gap - smoothed)
