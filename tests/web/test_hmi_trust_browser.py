@@ -201,6 +201,7 @@ def test_suspect_and_missing_measurements_are_marked(page: Page) -> None:
 def _publish_alarms(platform: Platform, alarms: list[Any]) -> None:
     """Alarms on the platform's bus, as monitoring publishes them (the HMI shows them live)."""
     import asyncio
+    import concurrent.futures
 
     from gridpilot.core import bus, subjects
     from gridpilot.core import schemas as s
@@ -218,7 +219,9 @@ def _publish_alarms(platform: Platform, alarms: list[Any]) -> None:
         finally:
             await nc.close()
 
-    asyncio.run(publish())
+    # in a thread of its own: Playwright's sync API runs an event loop in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, publish()).result(timeout=30)
 
 
 def test_platform_alarms_display_sensibly(page: Page, platform: Platform) -> None:
