@@ -491,6 +491,7 @@ def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -
             openapi_router=Router(
                 path="/api/schema",
                 route_handlers=[],
+                include_in_schema=False,
                 response_headers=[ResponseHeader(name="Content-Security-Policy", value=DOCS_CSP)],
             ),
             use_handler_docstrings=True,
