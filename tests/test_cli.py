@@ -179,3 +179,50 @@ async def test_commands_find_the_platform_and_its_grid_from_any_folder(
     proc = await asyncio.to_thread(gridpilot, "user", "add", "olga", "--role", "viewer", cwd=deep)
     assert proc.returncode == 0 and "one-time password" in proc.stdout, proc.stderr
     assert (project / ".gridpilot" / "users.json").is_file()
+
+
+@pytest.mark.slow
+def test_commands_reach_a_real_platform_from_a_sub_folder(tmp_path: Path) -> None:
+    """``gridpilot up`` in a project folder; commands run from a folder below it find it, its
+    grid and its simulator, and say it is gone once it has stopped."""
+    import signal
+    import time
+
+    project = tmp_path / "project"
+    below = project / "src" / "deep"
+    below.mkdir(parents=True)
+    log = (tmp_path / "up.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if k != "GRIDPILOT_DATA_DIR"}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "gridpilot", "up", "--no-live"],
+        cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        endpoints = project / ".gridpilot" / "endpoints.json"
+        deadline = time.monotonic() + 90
+        while True:  # the supervisor says which grid it runs once the model is published
+            assert up.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-2000:]
+            if endpoints.exists() and json.loads(endpoints.read_text()).get("grid"):
+                break
+            time.sleep(0.3)
+        assert json.loads(endpoints.read_text())["supervisor_pid"] == str(up.pid)
+        deadline = time.monotonic() + 60
+        while True:  # the simulator answers once it runs
+            proc = gridpilot("inject", "clear", cwd=below)
+            if proc.returncode == 0:
+                break
+            assert "nothing answers on gp.cigre_mv.request.sim.inject" in one_error_line(proc)
+            assert time.monotonic() < deadline, proc.stderr
+            time.sleep(1)
+        assert proc.stdout.strip() == "ok"
+        status = gridpilot("status", "--json", cwd=below)
+        assert status.returncode == 0, status.stderr
+        assert "simulator" in {row["service"] for row in json.loads(status.stdout)}
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=30)
+        log.close()
+    proc = gridpilot("status", cwd=below)
+    assert proc.returncode == 2
+    assert "no GridPilot platform is running" in one_error_line(proc)

@@ -305,7 +305,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise GridPilotError(
                 f"unknown service {args.service!r}; use one of {', '.join(SERVICES)}"
             )
-        return service_main(args.service)(grid=args.grid)
+        from gridpilot.model.registry import grid_key
+
+        # the bus name of a grid given as to `up` (simbench:<code>, a file); "all" stays
+        grid = grid_key(args.grid) if args.grid and args.grid != "all" else args.grid
+        return service_main(args.service)(grid=grid)
     if args.command == "grids":
         from gridpilot.model.registry import BUILTIN
 
