@@ -778,10 +778,12 @@ export class Diagram {
     const overlays = this._overlays(); // a label under the legend or the tools cannot be read
     // the branches in view, as screen segments: a label must not lie across a line
     const segs = [];
+    const inView = (s) => !((s[0] < 0 && s[2] < 0) || (s[0] > w && s[2] > w) || (s[1] < 0 && s[3] < 0) || (s[1] > h && s[3] > h));
     for (let i = 0; i < this.nbr; i++) {
       const a = br.from[i], b = br.to[i];
       if (a < 0 || b < 0) continue;
-      segs.push([bus.x[a] * k + tx, bus.y[a] * k + ty, bus.x[b] * k + tx, bus.y[b] * k + ty]);
+      const sg = [bus.x[a] * k + tx, bus.y[a] * k + ty, bus.x[b] * k + tx, bus.y[b] * k + ty];
+      if (inView(sg)) segs.push(sg); // a label is on screen: only lines in view can cross it
     }
     for (let j = 0; j < this.ns; j++) {
       const a = this.sw.bus[j], o = this.sw.other[j];
