@@ -217,7 +217,7 @@ export class Details {
       rows.length
         ? h("table", { class: "table meas-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", {}, "Quantity"), h("th", { class: "num" }, "Value"), h("th", {}, "Quality"))), h("tbody", {}, rows))
         : h("p", { class: "muted small" }, error ? `Not available: ${error}` : "No device measures it (its values are estimated only)."),
-      notes.length ? h("ul", { class: "q-notes" }, notes) : null);
+      ...(notes.length ? [h("ul", { class: "q-notes" }, notes)] : []));
   }
 
   /** The latest values of what is shown (called on every estimate). */
