@@ -1,10 +1,16 @@
-"""The ``gridpilot`` command: up, run, status, grids, placement, inject, docs."""
+"""The ``gridpilot`` command: up, run, status, grids, placement, inject, docs.
+
+A command that talks to a running platform finds it from any folder (``--data-dir``, else
+GRIDPILOT_DATA_DIR, else the nearest ``.gridpilot``: gridpilot.platform.locate) and works on
+its grid unless ``--grid`` names another, as the user typed it (``simbench:<code>`` too).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +23,18 @@ from gridpilot.platform.broker import LEAF_PORT, LeafTls
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
+    from gridpilot.platform.locate import Platform
+
+
+DATA_DIR_HELP = (
+    "the platform's data dir (default: GRIDPILOT_DATA_DIR, else the nearest .gridpilot in this "
+    "folder or a parent)"
+)
+DATA_DIR_UP_HELP = (
+    "where the platform keeps its data (default: GRIDPILOT_DATA_DIR, else ./.gridpilot)"
+)
+GRID_HELP = "grid name as given to `up` (simbench:<code> too); default: the running platform's"
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gridpilot", description=__doc__)
@@ -25,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the broker and every service")
     up.add_argument("--grid", default=DEFAULT_GRID, help="grid name, simbench:<code> or a .json")
     up.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
-    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_UP_HELP)
     up.add_argument(
         "--nats-url",
         default=None,
@@ -98,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     st = sub.add_parser("status", help="every service with its state and heartbeat age")
-    st.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    st.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     st.add_argument(
         "--nats-url",
         default=None,
@@ -110,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("grids", help="the grids available")
 
     pl = sub.add_parser("placement", help="print a grid's default measurement placement (TOML)")
-    pl.add_argument("--grid", default=DEFAULT_GRID)
+    pl.add_argument(
+        "--grid", default=None, help=f"grid name or simbench:<code> (default: {DEFAULT_GRID})"
+    )
 
     inj = sub.add_parser("inject", help="inject a gross error or a comm outage into the twin")
     inj.add_argument("kind", choices=["gross_error", "comm_outage", "clear"])
@@ -119,8 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     inj.add_argument("--measurand", default="power", choices=["power", "voltage"])
     inj.add_argument("--error", type=float, default=0.0, help="added to p/q (MW) or v (p.u.)")
     inj.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
-    inj.add_argument("--grid", default=DEFAULT_GRID)
-    inj.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    inj.add_argument("--grid", default=None, help=GRID_HELP)
+    inj.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
 
     from gridpilot import history_cli, switch_cli
 
@@ -142,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     rm = usub.add_parser("remove", help="delete a user (its sessions end at once)")
     rm.add_argument("name")
     for command in (add, ls, rm):
-        command.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+        command.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
 
     init = sub.add_parser(
         "init",
@@ -199,6 +219,51 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug or an error no command expected: still one line for the user (a traceback
+        # helps only a developer, who asks for it with GRIDPILOT_DEBUG=1).
+        if os.environ.get("GRIDPILOT_DEBUG"):
+            raise
+        print(
+            f"gridpilot: error: {type(exc).__name__}: {exc or 'no detail'} (unexpected; "
+            "GRIDPILOT_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def resolve_grid(given: str | None, platform: Platform) -> str:
+    """The bus name of the grid a command works on: ``--grid`` as the user typed it
+    (``simbench:1-MV-semiurb--0-sw`` is ``1_mv_semiurb__0_sw``), else the running platform's."""
+    from gridpilot.model.registry import grid_key
+
+    if given:
+        return grid_key(given.strip())
+    if not platform.grid:
+        raise GridPilotError(
+            f"the platform in {platform.data_dir} has not published its grid yet (still "
+            "starting?): wait, or name one with --grid"
+        )
+    return platform.grid
+
+
+def bus_errors() -> tuple[type[Exception], ...]:
+    """What a request over the bus can fail with besides an answer (for ``except``)."""
+    import nats.errors
+
+    return (TimeoutError, nats.errors.Error)
+
+
+def bus_error(exc: Exception, subject: str, who: str) -> GridPilotError:
+    """A request to ``who`` (the service that answers ``subject``) that failed, as the one line
+    a user reads."""
+    import nats.errors
+
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return GridPilotError(f"nothing answers on {subject}: is the {who} running for this grid?")
+    if isinstance(exc, TimeoutError):  # nats' TimeoutError is one too
+        return GridPilotError(f"the {who} did not answer on {subject} in time (busy or stopping?)")
+    return GridPilotError(f"cannot ask the {who} on {subject}: {type(exc).__name__}: {exc}")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -217,9 +282,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise GridPilotError("a site is an edge (--edge) or a hub (--leafnodes), not both")
         if (args.leaf_cert is None) != (args.leaf_key is None):
             raise GridPilotError("--leaf-cert and --leaf-key go together: give both or neither")
+        from gridpilot.platform.locate import ENV_DATA_DIR
+
+        data_dir = args.data_dir or Path(
+            os.environ.get(ENV_DATA_DIR, "").strip() or DEFAULT_DATA_DIR
+        )
         sup = Supervisor(
             grid=args.grid,
-            data_dir=args.data_dir,
+            data_dir=data_dir,
             speed=args.speed,
             nats_url=args.nats_url,
             live=not args.no_live,
@@ -239,7 +309,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise GridPilotError(
                 f"unknown service {args.service!r}; use one of {', '.join(SERVICES)}"
             )
-        return service_main(args.service)(grid=args.grid)
+        from gridpilot.model.registry import grid_key
+
+        # the bus name of a grid given as to `up` (simbench:<code>, a file); "all" stays
+        grid = grid_key(args.grid) if args.grid and args.grid != "all" else args.grid
+        return service_main(args.service)(grid=grid)
     if args.command == "grids":
         from gridpilot.model.registry import BUILTIN
 
@@ -252,7 +326,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gridpilot.model.placement import default_placement, placement_to_toml
         from gridpilot.model.registry import load_grid
 
-        print(placement_to_toml(default_placement(load_grid(args.grid))), end="")
+        print(placement_to_toml(default_placement(load_grid(args.grid or DEFAULT_GRID))), end="")
         return 0
     if args.command == "status":
         return asyncio.run(_status(args))
@@ -284,9 +358,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _user(args: argparse.Namespace) -> int:
+    from gridpilot.platform.locate import data_dir
     from gridpilot.services.web.users import Role, UserStore
 
-    users = UserStore(args.data_dir)
+    folder = data_dir(args.data_dir)
+    if not folder.is_dir():
+        # the users file belongs to a platform's data dir: creating one here silently would
+        # give users to a platform that never reads them
+        raise GridPilotError(
+            f"data dir {folder} does not exist: start the platform once with `gridpilot up "
+            f"--data-dir {folder}` (it creates it), or name an existing one with --data-dir DIR "
+            "or GRIDPILOT_DATA_DIR=DIR"
+        )
+    users = UserStore(folder)
     if args.user_command == "add":
         given = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
         password = users.add(args.name, Role(args.role), given, must_change=given is None)
@@ -348,33 +432,55 @@ async def _connect_url(url: str, *, name: str) -> Client:
         ) from None
 
 
-async def _client(data_dir: Path, nats_url: str | None, identity: str = "viewer") -> Client:
-    """A connection as ``identity`` to the platform running with ``data_dir``; or to a URL, as
+async def _client(data_dir: Path | None, nats_url: str | None, identity: str = "viewer") -> Client:
+    """A connection as ``identity`` to the running platform (``data_dir`` or the one
+    gridpilot.platform.locate finds; NotRunningError when none runs); or to a URL, as
     GRIDPILOT_NATS_USER / GRIDPILOT_NATS_PASSWORD say (or the user in the URL)."""
-    from gridpilot.core.bus import connect
-    from gridpilot.platform import permissions
-    from gridpilot.platform.broker import read_endpoints
+    from gridpilot.platform import locate
 
     if nats_url:
         return await _connect_url(nats_url, name="cli")
-    url = read_endpoints(data_dir)["nats"]
-    password = permissions.service_password(data_dir, identity)
-    return await connect(url, user=identity, password=password, name="cli", connect_timeout=3)
+    return await _platform_client(locate.platform(data_dir), identity)
+
+
+async def _platform_client(platform: Platform, identity: str = "viewer") -> Client:
+    """A connection as ``identity`` to a running platform's broker."""
+    from gridpilot.core.bus import connect
+    from gridpilot.core.errors import BusError
+    from gridpilot.platform import permissions
+
+    url = platform.endpoints.get("nats", "")
+    if not url:
+        raise GridPilotError(f"{platform.data_dir}: its endpoints name no NATS server")
+    password = permissions.service_password(platform.data_dir, identity)
+    try:
+        return await connect(
+            url, user=identity, password=password, name="cli", connect_timeout=2,
+            startup_timeout=5,
+        )  # fmt: skip
+    except BusError as exc:
+        raise GridPilotError(
+            f"the platform in {platform.data_dir} runs, but its broker does not answer at "
+            f"{url} ({exc}); see `gridpilot up`'s output"
+        ) from None
 
 
 async def _status(args: argparse.Namespace) -> int:
     import msgspec
-    from nats.js.errors import KeyNotFoundError
+    import nats.errors
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     from gridpilot.core.schemas import Heartbeat
 
     nc = await _client(args.data_dir, args.nats_url)
     try:
-        kv = await nc.jetstream().key_value("gp_services")
         try:
+            kv = await nc.jetstream().key_value("gp_services")
             keys = await kv.keys()
-        except Exception:
-            keys = []
+        except (BucketNotFoundError, NoKeysError):
+            keys = []  # no service has reported yet
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise bus_error(exc, "gp_services", "key-value store") from None
         rows: list[dict[str, Any]] = []
         now = time.time_ns()
         for key in sorted(keys):
@@ -429,9 +535,15 @@ async def _inject(args: argparse.Namespace) -> int:
         error=args.error,
         duration_s=args.duration,
     )
-    nc = await _client(args.data_dir, None, identity="admin")
+    from gridpilot.platform import locate
+
+    platform = locate.platform(args.data_dir)
+    subject = subjects.SIM_INJECT.format(grid=resolve_grid(args.grid, platform))
+    nc = await _platform_client(platform, identity="admin")
     try:
-        msg = await nc.request(subjects.SIM_INJECT.format(grid=args.grid), encode(req), timeout=5)
+        msg = await nc.request(subject, encode(req), timeout=5)
+    except bus_errors() as exc:  # no responders, a timeout, the broker gone: one line each
+        raise bus_error(exc, subject, "simulator") from None
     finally:
         await nc.close()
     reply = decode(msg.data, Reply)

@@ -13,17 +13,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID, env_secret
+from gridpilot.core.config import env_secret
 from gridpilot.core.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gridpilot.cli import DATA_DIR_HELP, GRID_HELP
+
     hist = sub.add_parser("history", help="export, import and query the historian's data")
     hsub = hist.add_subparsers(dest="history_command", required=True)
 
     def db_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--db", default="", help="postgresql://... (default: SQLite in data dir)")
-        p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+        p.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
 
     exp = hsub.add_parser("export", help="write a time range to .csv or .parquet")
     exp.add_argument("out", type=Path, help="output file; its suffix picks the format")
@@ -37,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     db_options(imp)
 
     q = hsub.add_parser("query", help="ask the running historian for one series")
-    q.add_argument("--grid", default=DEFAULT_GRID)
+    q.add_argument("--grid", default=None, help=GRID_HELP)
     q.add_argument("--kind", default="est", choices=["est", "meas"])
     q.add_argument("--mrid", required=True, help="bus, branch, load or generator id")
     q.add_argument("--quantity", default="v_pu", help="v_pu, loading_pct, bus.v_pu, from.p_mw")
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--to", dest="t_to", default=None, help="ISO time (default: now)")
     q.add_argument("--bucket", type=int, default=0, help="seconds per bucket; 0: raw values")
     q.add_argument("--latest", action="store_true", help="only the newest value")
-    q.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    q.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     q.add_argument(
         "--nats-url",
         default=None,
@@ -71,15 +73,16 @@ def parse_time(text: str) -> int:
 
 
 def db_url(args: argparse.Namespace) -> str:
+    from gridpilot.platform.locate import data_dir
     from gridpilot.services.historian.service import DB_FILE
 
     if args.db:
         return str(args.db)
-    path = Path(args.data_dir) / DB_FILE
+    path = data_dir(args.data_dir) / DB_FILE
     if not path.exists():
         raise ConfigError(
-            f"no historian database at {path}: run `gridpilot up` first, pass --data-dir, "
-            "or --db postgresql://..."
+            f"no historian database at {path}: run `gridpilot up` first, pass --data-dir (or "
+            "set GRIDPILOT_DATA_DIR), or --db postgresql://..."
         )
     return str(path)
 
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_query(args))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from gridpilot.model.registry import grid_key
     from gridpilot.services.historian import transfer
     from gridpilot.services.historian.backends import open_store
 
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 n = transfer.export(
                     store,
                     args.out,
-                    grid=args.grid,
+                    grid=grid_key(args.grid) if args.grid else None,
                     t_from_ns=t_from,
                     t_to_ns=t_to,
                     progress=progress,
@@ -132,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _query(args: argparse.Namespace) -> int:
-    from gridpilot.cli import _client
+    from gridpilot.cli import _client, _platform_client, bus_error, bus_errors, resolve_grid
     from gridpilot.core import schemas as s
     from gridpilot.core import subjects
+    from gridpilot.platform import locate
 
     now = time.time_ns()
     query = s.HistoryQuery(
@@ -146,13 +151,22 @@ async def _query(args: argparse.Namespace) -> int:
         bucket_s=args.bucket,
         latest=args.latest,
     )
-    nc = await _client(args.data_dir, args.nats_url)
+    if args.nats_url:  # another server: the grid must be named
+        from gridpilot.model.registry import grid_key
+
+        if not args.grid:
+            raise ConfigError("with --nats-url, name the grid with --grid")
+        grid = grid_key(args.grid)
+        nc = await _client(None, args.nats_url)
+    else:
+        platform = locate.platform(args.data_dir)
+        grid = resolve_grid(args.grid, platform)
+        nc = await _platform_client(platform)
+    subject = subjects.HISTORY_QUERY.format(grid=subjects.grid_token(grid))
     try:
-        msg = await nc.request(
-            subjects.HISTORY_QUERY.format(grid=subjects.grid_token(args.grid)),
-            s.encode(query),
-            timeout=30,
-        )
+        msg = await nc.request(subject, s.encode(query), timeout=30)
+    except bus_errors() as exc:  # no responders, a timeout, the broker gone: one line each
+        raise bus_error(exc, subject, "historian") from None
     finally:
         await nc.close()
     reply = s.decode(msg.data, s.HistoryReply)

@@ -5,17 +5,13 @@ historian, and the live WebSocket."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
-import uvicorn
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,65 +20,13 @@ from openapi_spec_validator import validate
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.bus import ensure_jetstream
-from gridpilot.core.config import ServiceConfig
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
-from gridpilot.platform.broker import EmbeddedNats, pick_port
 from gridpilot.services.historian.service import HistorianService
 from gridpilot.services.monitoring.service import MonitoringService
-from gridpilot.services.web.api import create_app
-from gridpilot.services.web.bridge import Bridge
-from gridpilot.services.web.service import _Server as Server
 from gridpilot.services.web.users import Role, Tokens, UserStore
-from tests.conftest import ConnectAs
 from tests.pipeline import grid as load
-
-GRID = "cigre_mv"
-PASSWORDS = {"vic": "viewer-pass-1", "olga": "operator-pass-1", "ada": "admin-pass-12"}
-
-
-class Api(httpx.AsyncClient):
-    """An HTTP client of the app served by uvicorn on a real port, plus its WebSocket URL."""
-
-    ws_url: str
-
-    def websocket_connect(self, path: str, headers: dict[str, str] | None = None) -> Any:
-        return websockets.connect(self.ws_url + path, additional_headers=headers or {})
-
-
-@pytest.fixture
-async def api(admin_nc: Client, connect_as: ConnectAs, tmp_path: Path) -> AsyncIterator[Api]:
-    await ensure_jetstream(admin_nc)
-    model = load(GRID)
-    await distribution.publish(admin_nc, distribution.package(model, default_placement(model)))
-    users = UserStore(tmp_path)
-    users.add("vic", Role.VIEWER, PASSWORDS["vic"])
-    users.add("olga", Role.OPERATOR, PASSWORDS["olga"])
-    users.add("ada", Role.ADMIN, PASSWORDS["ada"])
-    bridge = Bridge(await connect_as("web"))
-    await bridge.start()
-    app = create_app(bridge=bridge, users=users, tokens=Tokens(tmp_path, users), grid=GRID)
-    port = pick_port("127.0.0.1", 0, [])
-    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        async with Api(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            client.ws_url = f"ws://127.0.0.1:{port}"
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def login(client: Api, user: str) -> dict[str, str]:
-    r = await client.post("/api/auth/login", json={"user": user, "password": PASSWORDS[user]})
-    assert r.status_code == 201, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
+from tests.web.conftest import GRID, PASSWORDS, Api, login
 
 
 async def test_openapi_document_is_valid_and_lists_every_route(api: Api) -> None:
@@ -262,30 +206,6 @@ async def test_no_executor_is_a_503_that_says_so(api: Api) -> None:
         f"/api/grids/{GRID}/alarms/voltage_low:bus_1/ack", headers=operator
     )  # monitoring is not running
     assert r.status_code == 503 and "is monitoring running" in r.json()["detail"]
-
-
-@pytest.fixture
-async def services(
-    nats_server: EmbeddedNats, credentials: dict[str, str], tmp_path: Path
-) -> AsyncIterator[list[Any]]:
-    running: list[tuple[Any, asyncio.Task[None]]] = []
-
-    def start(cls: Any) -> Any:
-        svc = cls(
-            ServiceConfig(
-                nats_url=nats_server.url, user=cls.name, password=credentials[cls.name],
-                grid=GRID, data_dir=tmp_path, heartbeat_s=0.2,
-            )
-        )  # fmt: skip
-        running.append((svc, asyncio.create_task(svc.run(install_signals=False))))
-        return svc
-
-    yield [start]
-    for svc, _ in running:
-        svc.stop()
-    for _, task in running:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
 
 
 async def test_alarm_ack_history_and_live_updates(

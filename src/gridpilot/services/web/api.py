@@ -18,25 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, WebSocket, delete, get, post, websocket
-from litestar.connection import ASGIConnection
-from litestar.datastructures import Cookie
+from litestar import Litestar, Request, Response, Router, WebSocket, get, post, websocket
+from litestar.datastructures import ResponseHeader
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
     NotFoundException,
-    PermissionDeniedException,
     ValidationException,
     WebSocketDisconnect,
 )
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
+from uvicorn.protocols.utils import ClientDisconnected
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.errors import ConfigError
+from gridpilot.services.web import auth
+from gridpilot.services.web.auth import COOKIE, OPERATOR, VIEWER, _session, bridge, who
+from gridpilot.services.web.auth import audit as _audit
 from gridpilot.services.web.bridge import (
     LIVE_ESTIMATES_PER_S,
     Bridge,
@@ -45,52 +46,24 @@ from gridpilot.services.web.bridge import (
     compact_estimate,
 )
 from gridpilot.services.web.layout import layout
-from gridpilot.services.web.users import AuthError, Role, Session, Tokens, User, UserStore
+from gridpilot.services.web.users import Tokens, UserStore
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-COOKIE = "gp_session"
+AGE_HEADER = "X-Estimate-Age-S"
+STALE_HEADER = "X-Estimate-Stale"
+REDOC_JS = "/vendor/redoc/redoc.standalone.js"  # static/vendor/redoc: MIT, see its README
+# The API reference loads nothing from elsewhere: the browser refuses to (Redoc's footer would
+# fetch its logo from a CDN; blocked, the image is left out). Inline scripts and styles and
+# eval are Redoc's own (its start-up call, styled-components, schema compilation).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+    "worker-src 'self' blob:; connect-src 'self'"
+)
 
 
 # -- request and response bodies --------------------------------------------------------------
-class Login(msgspec.Struct, frozen=True, kw_only=True):
-    user: str
-    password: str
-
-
-class LoginReply(msgspec.Struct, frozen=True, kw_only=True):
-    user: str
-    role: str
-    token: str
-    expires_ns: int
-    must_change_password: bool
-
-
-class Me(msgspec.Struct, frozen=True, kw_only=True):
-    user: str
-    role: str
-    expires_ns: int
-    must_change_password: bool
-
-
-class PasswordChange(msgspec.Struct, frozen=True, kw_only=True):
-    old_password: str
-    new_password: str
-
-
-class NewUser(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    role: Role
-    password: str | None = None  # None: a random one is made and returned once
-
-
-class UserView(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    role: str
-    must_change_password: bool
-    password: str | None = None  # only in the answer to its creation, when generated
-
-
 class SwitchRequest(msgspec.Struct, frozen=True, kw_only=True):
     target: str  # switch mRID
     closed: bool
@@ -158,181 +131,11 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     bus_connected: bool
 
 
-# -- authentication ---------------------------------------------------------------------------
-def _session(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
-    tokens: Tokens = connection.app.state.tokens
-    header = connection.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else connection.cookies.get(COOKIE)
-    if not token:
-        raise NotAuthorizedException("not logged in: POST /api/auth/login first")
-    try:
-        return tokens.check(token)
-    except AuthError as exc:
-        raise NotAuthorizedException(str(exc)) from None
-
-
-def _role(needed: Role, *, fresh_password: bool = True) -> Any:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        session = _session(connection)
-        if fresh_password and session.must_change:
-            raise PermissionDeniedException(
-                "change your one-time password first: POST /api/auth/password"
-            )
-        if not session.role.allows(needed):
-            raise PermissionDeniedException(
-                f"{session.user} is {session.role}; this needs the {needed} role"
-            )
-        connection.state.gp_session = session
-
-    return guard
-
-
-VIEWER = [_role(Role.VIEWER)]
-OPERATOR = [_role(Role.OPERATOR)]
-ADMIN = [_role(Role.ADMIN)]
-LOGGED_IN = [_role(Role.VIEWER, fresh_password=False)]
-
-
-def who(request: Request[Any, Any, Any]) -> Session:
-    session: Session = request.state.gp_session  # set by the route's guard
-    return session
-
-
-def bridge(request: Request[Any, Any, Any] | WebSocket[Any, Any, Any]) -> Bridge:
-    b: Bridge = request.app.state.bridge
-    return b
-
-
-async def _audit(
-    request: Request[Any, Any, Any],
-    grid: str,
-    action: str,
-    target: str,
-    *,
-    ok: bool = True,
-    error: str = "",
-    **detail: Any,
-) -> None:
-    session = who(request)
-    await bridge(request).audit(
-        s.AuditRecord(
-            grid=grid,
-            t_ns=time.time_ns(),
-            user=session.user,
-            role=session.role,
-            action=action,
-            target=target,
-            detail=detail,
-            ok=ok,
-            error=error,
-        )
-    )
-
-
 # -- routes -----------------------------------------------------------------------------------
 @get("/api/health", tags=["platform"])
 async def health(request: Request[Any, Any, Any]) -> Health:
     """Liveness and readiness for probes: no login needed."""
     return Health(ok=True, bus_connected=bridge(request).nc.is_connected)
-
-
-def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginReply]:
-    """A new session for ``user``: the token in the answer and as an HttpOnly cookie."""
-    token, session = request.app.state.tokens.issue(user)
-    reply = LoginReply(
-        user=user.name,
-        role=user.role,
-        token=token,
-        expires_ns=session.expires_ns,
-        must_change_password=user.must_change,
-    )
-    cookie = Cookie(
-        key=COOKIE,
-        value=token,
-        httponly=True,
-        samesite="strict",
-        max_age=(session.expires_ns - time.time_ns()) // 10**9,
-        path="/",
-    )
-    return Response(reply, cookies=[cookie])
-
-
-@post("/api/auth/login", tags=["auth"])
-async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginReply]:
-    users: UserStore = request.app.state.users
-    user = await asyncio.to_thread(users.verify, data.user, data.password)
-    if user is None:
-        raise NotAuthorizedException("wrong user name or password")
-    return _signed_in(request, user)
-
-
-@post("/api/auth/logout", tags=["auth"], status_code=204)
-async def logout() -> Response[None]:
-    return Response(None, status_code=204, cookies=[Cookie(key=COOKIE, value="", max_age=0)])
-
-
-@get("/api/auth/me", tags=["auth"], guards=LOGGED_IN)
-async def me(request: Request[Any, Any, Any]) -> Me:
-    session = who(request)
-    return Me(
-        user=session.user,
-        role=session.role,
-        expires_ns=session.expires_ns,
-        must_change_password=session.must_change,
-    )
-
-
-@post("/api/auth/password", tags=["auth"], guards=LOGGED_IN, status_code=200)
-async def change_password(
-    request: Request[Any, Any, Any], data: PasswordChange
-) -> Response[LoginReply]:
-    """Change one's own password; the answer carries a new session (old tokens stop working)."""
-    users: UserStore = request.app.state.users
-    session = who(request)
-    if await asyncio.to_thread(users.verify, session.user, data.old_password) is None:
-        raise PermissionDeniedException("the old password is wrong")
-    try:
-        user = await asyncio.to_thread(users.set_password, session.user, data.new_password)
-    except ConfigError as exc:
-        raise ValidationException(str(exc)) from None
-    return _signed_in(request, user)
-
-
-@get("/api/users", tags=["users"], guards=ADMIN)
-async def list_users(request: Request[Any, Any, Any]) -> list[UserView]:
-    users: UserStore = request.app.state.users
-    return [
-        UserView(name=u.name, role=u.role, must_change_password=u.must_change) for u in users.list()
-    ]
-
-
-@post("/api/users", tags=["users"], guards=ADMIN, status_code=201)
-async def add_user(request: Request[Any, Any, Any], data: NewUser) -> UserView:
-    users: UserStore = request.app.state.users
-    try:
-        password = await asyncio.to_thread(
-            users.add, data.name, data.role, data.password, must_change=data.password is None
-        )
-    except ConfigError as exc:
-        raise ValidationException(str(exc)) from None
-    await _audit(request, request.app.state.grid, "user_add", data.name, role=data.role)
-    generated = password if data.password is None else None
-    return UserView(
-        name=data.name, role=data.role, must_change_password=generated is not None,
-        password=generated,
-    )  # fmt: skip
-
-
-@delete("/api/users/{name:str}", tags=["users"], guards=ADMIN, status_code=204)
-async def remove_user(request: Request[Any, Any, Any], name: str) -> None:
-    users: UserStore = request.app.state.users
-    if users.get(name) is None:
-        raise NotFoundException(f"no user {name!r}")
-    try:
-        await asyncio.to_thread(users.remove, name)
-    except ConfigError as exc:
-        raise ValidationException(str(exc)) from None
-    await _audit(request, request.app.state.grid, "user_remove", name)
 
 
 @get("/api/services", tags=["platform"], guards=VIEWER)
@@ -403,19 +206,41 @@ async def topology(request: Request[Any, Any, Any], grid: str) -> Topology:
 
 
 @get("/api/grids/{grid:str}/estimate", tags=["grid"], guards=VIEWER)
-async def estimate(request: Request[Any, Any, Any], grid: str) -> s.StateEstimate:
+async def estimate(request: Request[Any, Any, Any], grid: str) -> Response[s.StateEstimate]:
+    """The latest state estimate. Response headers: X-Estimate-Age-S, seconds since this
+    service received it (absent when unknown: read from the store at start-up, no live one
+    since); X-Estimate-Stale, "true" when no newer estimate came for several estimate intervals
+    (at least 5 s): the values are not live. The live WebSocket's estimates carry both too."""
     est = await bridge(request).estimate(grid)
     if est is None:
         raise NotFoundException(f"no state estimate for {grid} yet: is state_estimation running?")
-    return est
+    fresh = bridge(request).freshness(grid)
+    headers = {STALE_HEADER: "true" if fresh.stale else "false"}
+    if fresh.age_s is not None:
+        headers[AGE_HEADER] = f"{fresh.age_s:.1f}"
+    return Response(est, headers=headers)
 
 
 @get("/api/grids/{grid:str}/measurements", tags=["grid"], guards=VIEWER)
-async def measurements(request: Request[Any, Any, Any], grid: str) -> list[s.MeasurementSet]:
-    """The latest report of every field device of the grid."""
+async def measurements(
+    request: Request[Any, Any, Any], grid: str, mrid: list[str] | None = None
+) -> list[s.MeasurementSet]:
+    """The latest report of every field device of the grid; with ``mrid`` (repeatable), only
+    the measurements of that equipment (and only the devices that measure it). Each
+    measurement's ``quality`` holds IEC 61850-7-3 bits: 0 good, 1 invalid, 2 questionable,
+    4 substituted, 8 old data, 16 overflow."""
     await bridge(request).package(grid)
     latest = bridge(request).devices.get(grid, {})
-    return [latest[k] for k in sorted(latest)]
+    sets = [latest[k] for k in sorted(latest)]
+    if mrid is None:
+        return sets
+    wanted = set(mrid)
+    out = []
+    for mset in sets:
+        kept = [m for m in mset.measurements if m.mrid in wanted]
+        if kept:
+            out.append(msgspec.structs.replace(mset, measurements=kept))
+    return out
 
 
 @get("/api/grids/{grid:str}/devices", tags=["grid"], guards=VIEWER)
@@ -564,8 +389,12 @@ async def inject(request: Request[Any, Any, Any], grid: str, data: s.InjectReque
 @websocket("/api/grids/{grid:str}/live")
 async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
     """Live updates as JSON messages: {"type": "estimate"|"alarm"|"topology"|"command_result"|
-    "services", ...}. Estimates come at most twice a second (the latest wins). Refused with
-    close code 4401 without a valid session, 4404 for an unknown grid."""
+    "services"|"freshness"|"quality", ...}. Estimates come at most twice a second (the latest
+    wins), each with its age (``age_s``, null when unknown) and ``stale``; every 2 s a
+    "freshness" message says how old the latest estimate is now and whether this service has
+    the bus (``bus_connected``), and a "quality" message lists the measurements whose latest
+    report was not good (``flagged``: source, mrid, measurand, terminal, quality bits).
+    Refused with close code 4401 without a valid session, 4404 for an unknown grid."""
     try:
         _session(socket)
         await bridge(socket).package(grid)
@@ -586,18 +415,27 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
             while not client.queue.empty():
                 await socket.send_json(client.queue.get_nowait())
             if client.estimate is not None and now >= next_estimate:
-                await socket.send_json(client.estimate)
+                # a shallow copy: the compact estimate is shared by every client of the grid
+                await socket.send_json({**client.estimate, **b.freshness(grid).to_dict()})
                 client.estimate = None
                 next_estimate = now + 1.0 / LIVE_ESTIMATES_PER_S
             if now >= next_services:
                 await socket.send_json({"type": "services", "services": b.services()})
+                await socket.send_json(
+                    {
+                        "type": "freshness",
+                        "bus_connected": b.nc.is_connected,
+                        **b.freshness(grid).to_dict(),
+                    }
+                )
+                await socket.send_json({"type": "quality", "flagged": b.flagged_measurements(grid)})
                 next_services = now + 2.0
             client.wake.clear()
             timeout = max(0.05, min(next_estimate, next_services) - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(client.wake.wait(), timeout)
-    except WebSocketDisconnect:
-        pass
+    except (WebSocketDisconnect, ClientDisconnected):
+        pass  # the browser went away (a closed tab, a lost network): nothing went wrong here
     finally:
         b.disconnect(client)
 
@@ -632,15 +470,15 @@ def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, A
 
 
 def _log_exception(exc: Exception, scope: Any) -> None:
-    if not isinstance(exc, HTTPException | NotFound | Unavailable | WebSocketDisconnect):
+    quiet = HTTPException | NotFound | Unavailable | WebSocketDisconnect | ClientDisconnected
+    if not isinstance(exc, quiet):
         log.error("request failed: %r", exc, exc_info=exc, extra={"path": scope.get("path")})
 
 
 def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -> Litestar:
     routes: list[Any] = [
-        health, login, logout, me, change_password, list_users, add_user, remove_user,
-        services, grids, topology, estimate, measurements, devices, alarms, acknowledge, history,
-        switch, setpoint, inject, live,
+        health, *auth.ROUTES, services, grids, topology, estimate, measurements, devices, alarms,
+        acknowledge, history, switch, setpoint, inject, live,
     ]  # fmt: skip
     if STATIC.is_dir():
         routes.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True))
@@ -650,7 +488,23 @@ def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -
             title="GridPilot API",
             version="0.1.0",
             description=__doc__,
-            path="/api/schema",
+            openapi_router=Router(
+                path="/api/schema",
+                route_handlers=[],
+                include_in_schema=False,
+                response_headers=[ResponseHeader(name="Content-Security-Policy", value=DOCS_CSP)],
+            ),
+            use_handler_docstrings=True,
+            # the API reference renders offline: Redoc from the package, no fonts or icons
+            # from the internet (static/vendor/redoc/README.md)
+            render_plugins=[
+                RedocRenderPlugin(
+                    js_url=REDOC_JS,
+                    google_fonts=False,
+                    path=["/", "/redoc"],
+                    favicon='<link rel="icon" href="/favicon.svg" type="image/svg+xml">',
+                )
+            ],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer"),

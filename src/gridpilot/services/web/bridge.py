@@ -9,7 +9,6 @@ training injections on the operator's behalf. It holds no grid logic of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,6 +35,14 @@ T = TypeVar("T", bound=msgspec.Struct)
 COMMAND_TIMEOUT_S = 15.0
 REQUEST_TIMEOUT_S = 10.0
 LIVE_ESTIMATES_PER_S = 2.0  # to each browser: the latest estimate, at most this often
+# An estimate is stale once no newer one came for this many of its grid's estimate intervals
+# (measured here, in wall time: the simulation speed and the placement set the pace), and never
+# sooner than STALE_MIN_S: a missed estimate or two is jitter, three is an outage.
+STALE_PERIODS = 3.0
+STALE_MIN_S = 5.0
+MAX_FLAGGED = 2000  # measurements of doubtful quality sent to a browser at most
+# Outages of the bus or the broker: what a request can fail with besides an answer.
+BUS_ERRORS = (TimeoutError, nats.errors.Error)
 
 
 class Unavailable(GridPilotError):
@@ -61,6 +69,22 @@ class LiveClient:
         except asyncio.QueueFull:
             self.dropped += 1  # a stalled browser loses events, never the platform
         self.wake.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How old a grid's latest estimate is, as this service received it (wall time), and
+    whether that is too old to show as live. ``age_s`` is None when no estimate arrived live
+    (none yet, or only the one stored in KV when this service started: its age is unknown, so
+    it is stale until a live one comes)."""
+
+    age_s: float | None
+    stale: bool
+    stale_after_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        age = None if self.age_s is None else round(self.age_s, 1)
+        return {"age_s": age, "stale": self.stale, "stale_after_s": self.stale_after_s}
 
 
 def compact_estimate(est: s.StateEstimate) -> dict[str, Any]:
@@ -94,7 +118,12 @@ class Bridge:
         self.switches: dict[str, dict[str, bool]] = {}
         self.heartbeats: dict[str, s.Heartbeat] = {}
         self.devices: dict[str, dict[str, s.MeasurementSet]] = {}
+        # grid -> (device, mrid, measurand, terminal) -> quality bits, of the measurements whose
+        # latest report was not good (schemas.Quality): what the diagram marks as suspect
+        self.flagged: dict[str, dict[tuple[str, str, str, str], int]] = {}
         self.clients: set[LiveClient] = set()
+        self.received_s: dict[str, float] = {}  # grid -> wall time its latest estimate came
+        self.interval_s: dict[str, float] = {}  # grid -> smoothed wall time between estimates
         self._results: dict[str, asyncio.Future[s.CommandResult]] = {}
         self.counters: dict[str, int] = {"dropped_bad_payload": 0}
 
@@ -127,10 +156,10 @@ class Bridge:
         try:
             store = await self.js.object_store(distribution.BUCKET)
             names = [o.name or "" for o in await store.list(ignore_deletes=True)]
-        except nats.js.errors.NotFoundError:  # an empty store
+        except nats.js.errors.NotFoundError:  # no store yet, or an empty one
             names = []
-        except Exception as exc:
-            raise Unavailable(f"cannot list the grids: {exc}") from None
+        except BUS_ERRORS as exc:
+            raise Unavailable(f"cannot list the grids: {exc!r}") from None
         return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
 
     async def package(self, grid: str) -> GridPackage:
@@ -149,21 +178,46 @@ class Bridge:
         await self.package(grid)
         if grid in self.estimates:
             return self.estimates[grid]
-        with contextlib.suppress(Exception):  # no estimate yet
+        try:
             kv = await self.js.key_value("gp_state")
             entry = await kv.get(grid)
-            est = s.decode(entry.value or b"", s.StateEstimate)
-            self.estimates[grid] = est
-            return est
-        return None
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+            return None  # no estimate yet
+        except BUS_ERRORS as exc:
+            raise Unavailable(f"cannot read the latest estimate of {grid}: {exc!r}") from None
+        est = s.decode(entry.value or b"", s.StateEstimate)
+        self.estimates[grid] = est
+        return est
+
+    def freshness(self, grid: str) -> Freshness:
+        """The age of ``grid``'s latest estimate and whether it is stale (see Freshness)."""
+        stale_after = max(STALE_MIN_S, STALE_PERIODS * self.interval_s.get(grid, 0.0))
+        received = self.received_s.get(grid)
+        if received is None:
+            return Freshness(age_s=None, stale=True, stale_after_s=stale_after)
+        age = max(0.0, time.time() - received)
+        return Freshness(age_s=age, stale=age > stale_after, stale_after_s=stale_after)
+
+    def _received(self, grid: str) -> None:
+        now = time.time()
+        last = self.received_s.get(grid)
+        # the pace is learnt from the gaps between estimates, but not from an outage's gap:
+        # that would make the next outage look live for longer
+        if last is not None and now - last <= self.freshness(grid).stale_after_s:
+            gap = now - last
+            smoothed = self.interval_s.get(grid, gap)
+            self.interval_s[grid] = smoothed + 0.2 * (gap - smoothed)
+        self.received_s[grid] = now
 
     async def alarms(self, grid: str) -> list[s.Alarm]:
         await self.package(grid)
         try:
             kv = await self.js.key_value("gp_alarms")
             entry = await kv.get(grid)
-        except Exception:
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
             return []  # no alarm table yet: no alarm
+        except BUS_ERRORS as exc:  # an outage is not an empty alarm list
+            raise Unavailable(f"cannot read the alarms of {grid}: {exc!r}") from None
         return msgspec.json.decode(entry.value or b"[]", type=list[s.Alarm])
 
     # -- what the operator does -------------------------------------------------------------
@@ -181,7 +235,7 @@ class Bridge:
         subject = spec.format(grid=grid)
         try:
             msg = await self.nc.request(subject, s.encode(req), timeout=REQUEST_TIMEOUT_S)
-        except Exception as exc:  # no responders, timeout, broker gone
+        except BUS_ERRORS as exc:  # no responders, timeout, broker gone
             who = " or ".join(spec.subscribers)
             raise Unavailable(
                 f"no answer on {subject}: is {who} running for grid {grid}? ({exc!r})"
@@ -214,6 +268,7 @@ class Bridge:
     async def _on_state(self, msg: Msg) -> None:
         est = s.decode(msg.data, s.StateEstimate)
         self.estimates[est.grid] = est
+        self._received(est.grid)
         compact = compact_estimate(est)
         for c in self.clients:
             if c.grid == est.grid:
@@ -245,6 +300,26 @@ class Bridge:
     async def _on_meas(self, msg: Msg) -> None:
         mset = s.decode(msg.data, s.MeasurementSet)
         self.devices.setdefault(mset.grid, {})[mset.source] = mset
+        flagged = self.flagged.setdefault(mset.grid, {})
+        for m in mset.measurements:
+            key = (mset.source, m.mrid, m.measurand, m.terminal)
+            if m.quality:
+                flagged[key] = m.quality
+            elif flagged:
+                flagged.pop(key, None)
+
+    def flagged_measurements(self, grid: str) -> list[dict[str, Any]]:
+        """The measurements of ``grid`` whose latest report had a quality other than good
+        (invalid, questionable, substituted, old data...), at most MAX_FLAGGED."""
+        out = []
+        for (source, mrid, measurand, terminal), quality in self.flagged.get(grid, {}).items():
+            out.append(
+                {"source": source, "mrid": mrid, "measurand": measurand, "terminal": terminal,
+                 "quality": quality}
+            )  # fmt: skip
+            if len(out) >= MAX_FLAGGED:
+                break
+        return out
 
     def services(self) -> list[dict[str, Any]]:
         now = time.time_ns()

@@ -69,8 +69,10 @@ class WebService(Service):
         finally:
             if self.server.started:  # stopped by the service: close sockets and connections
                 self.server.should_exit = True
-                with contextlib.suppress(Exception):
+                try:
                     await self.server.shutdown()
+                except Exception as exc:  # stopping anyway: say why it may not have been clean
+                    self.log.warning("http shutdown failed", extra={"error": repr(exc)})
 
     async def heartbeat(self) -> None:
         bridge = getattr(self, "bridge", None)

@@ -7,10 +7,37 @@ import { $, clear, fmtTime, h } from "./dom.js";
 const MAX_ROWS = 500;
 const SEV_RANK = { critical: 0, warning: 1 };
 
+/** What each kind of alarm is about, in an operator's words; unknown kinds show as they are. */
+export const KIND_LABEL = {
+  voltage_high: "voltage high",
+  voltage_low: "voltage low",
+  overload: "overload",
+  not_observable: "not observable",
+  bad_data: "bad data",
+  comm_loss: "communication lost",
+  service_down: "service down",
+  service_restarted: "service restarted",
+  broker_outage: "broker outage",
+  twin_diverged: "twin diverged",
+  de_energised: "de-energised",
+};
+// the alarms about the platform rather than the grid: their mrid is a service or a device
+const PLATFORM = new Set(["service_down", "service_restarted", "broker_outage"]);
+
+export function kindLabel(kind) {
+  return KIND_LABEL[kind] || String(kind || "alarm").replaceAll("_", " ");
+}
+
 function valueText(a) {
-  if (a.kind === "not_observable" || a.kind === "bad_data") return "–";
-  if (a.kind === "overload") return `${a.value.toFixed(1)} / ${a.limit.toFixed(0)} %`;
-  return `${a.value.toFixed(4)} / ${a.limit.toFixed(3)} pu`;
+  const num = (x) => typeof x === "number" && Number.isFinite(x);
+  if (a.kind === "overload" && num(a.value)) return `${a.value.toFixed(1)} / ${a.limit.toFixed(0)} %`;
+  if ((a.kind === "voltage_high" || a.kind === "voltage_low") && num(a.value)) {
+    return `${a.value.toFixed(4)} / ${a.limit.toFixed(3)} pu`;
+  }
+  if (a.kind === "bad_data" && num(a.value) && a.value) {
+    return num(a.limit) && a.limit ? `r ${a.value.toFixed(1)} / ${a.limit.toFixed(1)} σ` : `r ${a.value.toFixed(1)} σ`;
+  }
+  return "–"; // the message says it (a device, a service, an island...)
 }
 
 export class Alarms {
@@ -83,7 +110,7 @@ export class Alarms {
             disabled: this.pending.has(a.id), onclick: () => this.ack(a.id),
           }, this.pending.has(a.id) ? "…" : "Acknowledge")
           : h("span", { class: "muted" }, "not yet");
-      const known = this.app.diagram && (this.app.diagram.find("bus", a.mrid) >= 0 || this.app.diagram.find("branch", a.mrid) >= 0);
+      const known = this.app.diagram && !PLATFORM.has(a.kind) && (this.app.diagram.find("bus", a.mrid) >= 0 || this.app.diagram.find("branch", a.mrid) >= 0);
       const kind = this.app.diagram && this.app.diagram.find("bus", a.mrid) >= 0 ? "bus" : "branch";
       this.body.append(h("tr", {
         class: `alarm-row alarm-${a.state}${acked ? " acked" : " unacked"}`, "data-testid": "alarm-row",
@@ -93,8 +120,10 @@ export class Alarms {
       h("td", { class: "mono", title: fmtTime(a.raised_t_ns, { date: true }) }, fmtTime(a.raised_t_ns)),
       h("td", {}, known
         ? h("button", { type: "button", class: "link", onclick: () => this.app.select({ kind, id: a.mrid }, { center: true }) }, a.mrid)
-        : a.mrid),
-      h("td", { "data-testid": "alarm-message" }, a.message || a.kind),
+        : h("span", { title: PLATFORM.has(a.kind) ? "platform" : "" }, a.mrid || "platform")),
+      h("td", { "data-testid": "alarm-message" },
+        h("span", { class: `kind-tag kind-${a.kind}`, "data-testid": "alarm-kind" }, kindLabel(a.kind)), " ",
+        a.message || ""),
       h("td", { class: "num mono" }, valueText(a)),
       h("td", { "data-testid": "alarm-state" }, a.state),
       h("td", {}, ackCell)));

@@ -4,6 +4,9 @@
 import { get, post } from "./api.js";
 import { drawTrend } from "./chart.js";
 import { $, clear, fmtNum, fmtTime, h } from "./dom.js";
+import { qualityText } from "./quality.js";
+
+const MEAS_REFRESH_MS = 5000;
 
 /** The range selector: window length and the historian bucket (0: raw samples). */
 export const RANGES = [
@@ -34,13 +37,17 @@ export class Details {
   /** One line for the diagram's tooltip. */
   summary(hit) {
     const d = this.app.diagram;
+    const mark = (kind, id) => {
+      const m = d.markOf(kind, id);
+      return m === "suspect" ? " · suspect measurement" : m === "missing" ? " · measurement missing" : "";
+    };
     if (hit.kind === "bus") {
       const i = hit.index, v = d.busV[i];
-      return `${d.bus.name[i]} (${d.bus.id[i]}) · ${v === v ? `${v.toFixed(4)} pu` : "no estimate"}`;
+      return `${d.bus.name[i]} (${d.bus.id[i]}) · ${v === v ? `${v.toFixed(4)} pu` : "no estimate"}${mark("bus", d.bus.id[i])}`;
     }
     if (hit.kind === "branch") {
       const i = hit.index, l = d.brLoad[i];
-      return `${d.br.name[i]} · ${d.brOpen[i] ? "open · " : ""}${l === l ? `${l.toFixed(1)} %` : "no estimate"}`;
+      return `${d.br.name[i]} · ${d.brOpen[i] ? "open · " : ""}${l === l ? `${l.toFixed(1)} %` : "no estimate"}${mark("branch", d.br.id[i])}`;
     }
     const j = hit.index;
     return `Switch ${d.sw.name[j]} (${d.sw.id[j]}) · ${d.sw.closed[j] ? "closed" : "OPEN"}`;
@@ -51,6 +58,7 @@ export class Details {
     this.trendToken++;
     this.item = item;
     this.trendData = null;
+    this.measMrids = null;
     clear(this.body);
     const d = this.app.diagram;
     if (!item || !d || d.find(item.kind, item.id) < 0) {
@@ -89,6 +97,11 @@ export class Details {
         h("span", { class: "muted", id: "dv-kv" }),
         h("span", { class: "pill", id: "dv-pill", "data-testid": "details-state" })),
       h("div", { class: "note" }, "Estimate at ", h("span", { id: "dv-time", "data-testid": "details-time" }, "–")));
+    const topo = this.app.topo;
+    const attached = topo
+      ? [...Object.entries(topo.loads), ...Object.entries(topo.generators)].filter(([, b]) => b === id).map(([m]) => m)
+      : [];
+    this._measurements([id, ...attached]);
     const conn = [];
     for (let b = 0; b < d.nbr; b++) {
       if (d.br.from[b] === i || d.br.to[b] === i) conn.push(b);
@@ -122,6 +135,7 @@ export class Details {
         h("span", { class: "muted", id: "dv-kv" }),
         h("span", { class: "pill", id: "dv-pill", "data-testid": "details-state" })),
       h("div", { class: "note" }, "Estimate at ", h("span", { id: "dv-time", "data-testid": "details-time" }, "–")));
+    this._measurements([d.br.id[i]]);
     if (d.br.switches[i].length) this._switchList(d.br.switches[i], i);
     this._trend("loading_pct", "%", 1, [{ value: 100, label: "100 %" }, { value: 80, label: "80 %" }]);
     this.refresh();
@@ -149,10 +163,68 @@ export class Details {
     this.refresh();
   }
 
+  // -- measurements and their quality ---------------------------------------------------------
+  _measurements(mrids) {
+    this.measMrids = mrids;
+    this.body.append(h("div", { class: "section-title" }, "Measurements"),
+      h("div", { id: "dv-meas", "data-testid": "details-measurements" }, h("p", { class: "muted small" }, "Reading…")));
+    this._loadMeasurements();
+  }
+
+  async _loadMeasurements() {
+    const mrids = this.measMrids;
+    if (!mrids || !mrids.length) return;
+    const token = (this.measToken = (this.measToken || 0) + 1);
+    this.measAt = performance.now();
+    let sets = [], error = "";
+    try {
+      sets = await get(this.app.gridPath(`/measurements?${mrids.map((m) => `mrid=${encodeURIComponent(m)}`).join("&")}`));
+    } catch (e) {
+      error = e.message;
+    }
+    const box = $("#dv-meas");
+    if (token !== this.measToken || mrids !== this.measMrids || !box) return;
+    const rows = [];
+    for (const set of sets) {
+      for (const m of set.measurements) {
+        const value = m.measurand === "voltage"
+          ? `${fmtNum(m.v_pu, 4)} pu`
+          : `${fmtNum(m.p_mw, 3)} MW · ${fmtNum(m.q_mvar, 3)} Mvar`;
+        const q = m.quality || 0;
+        const removed = (this.app.quality?.bad || []).some((b) =>
+          b.source === set.source && b.mrid === m.mrid && b.measurand === m.measurand && b.terminal === m.terminal);
+        const pill = removed
+          ? h("span", { class: "pill bad", "data-testid": "meas-quality", title: "removed as bad data by the estimator" }, "bad data")
+          : h("span", { class: `pill ${q ? (q & 1 ? "bad" : "warn") : "ok"}`, "data-testid": "meas-quality" }, qualityText(q));
+        rows.push(h("tr", { "data-testid": "meas-row", "data-source": set.source, "data-quality": String(q), "data-removed": removed ? "1" : "0" },
+          h("td", { title: `${set.kind}, reported ${fmtTime(set.t_ns, { tenths: true })}` }, set.source),
+          h("td", {}, `${m.measurand} · ${m.terminal}${m.mrid === mrids[0] ? "" : ` · ${m.mrid}`}`),
+          h("td", { class: "num mono" }, value),
+          h("td", {}, pill)));
+      }
+    }
+    const notes = [];
+    for (const mrid of mrids) {
+      const about = this.app.quality ? this.app.quality.about(mrid) : { suspect: [], missing: [] };
+      for (const s of about.suspect.filter((x) => x.why.startsWith("removed"))) {
+        notes.push(h("li", { class: "q-suspect", "data-testid": "meas-suspect" }, `${s.source}: ${s.measurand} of ${s.mrid} ${s.why}`));
+      }
+      for (const dev of about.missing) {
+        notes.push(h("li", { class: "q-missing", "data-testid": "meas-missing" }, `${dev}: missing (no recent report) — ${mrid} is not measured now`));
+      }
+    }
+    clear(box).append(
+      rows.length
+        ? h("table", { class: "table meas-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", {}, "Quantity"), h("th", { class: "num" }, "Value"), h("th", {}, "Quality"))), h("tbody", {}, rows))
+        : h("p", { class: "muted small" }, error ? `Not available: ${error}` : "No device measures it (its values are estimated only)."),
+      ...(notes.length ? [h("ul", { class: "q-notes" }, notes)] : []));
+  }
+
   /** The latest values of what is shown (called on every estimate). */
   refresh() {
     const item = this.item, d = this.app.diagram;
     if (!item || !d) return;
+    if (this.measMrids && performance.now() - this.measAt > MEAS_REFRESH_MS) this._loadMeasurements();
     const main = $("#dv-main"), pill = $("#dv-pill"), kv = $("#dv-kv"), time = $("#dv-time");
     const est = this.app.est;
     if (time) time.textContent = est ? fmtTime(est.t_ns, { tenths: true }) : "–";

@@ -1,23 +1,30 @@
 // The grid diagram on one <canvas>: buses coloured by estimated voltage against their band,
 // branches coloured and thickened by loading, switches (open ones as hollow squares on a
-// dashed branch), pan and zoom, hit-testing through a uniform grid. Drawing is batched by
-// style (one path per colour and width), so thousands of buses cost a few milliseconds.
+// dashed branch), marks for suspect and missing measurements, pan and zoom, hit-testing
+// through a uniform grid. Drawing is batched by style (one path per colour and width), so
+// thousands of buses cost a few milliseconds. Labels (labels.js) go where they cover no symbol,
+// no line and no other label (or are left out); the view fits the grid between the overlays.
+
+import { drawLabels } from "./labels.js";
 
 export const V = { NONE: 0, LOW: 1, OK: 2, HIGH: 3, DEAD: 4 };
 export const L = { NONE: 0, OK: 1, WARN: 2, OVER: 3, DEAD: 4 };
 const V_NAMES = ["none", "low", "normal", "high", "de-energised"];
 const L_NAMES = ["none", "normal", "high", "overload", "de-energised"];
 
-const BG = "#081017";
+export const BG = "#081017";
 const GRID = "#0f1b25";
 const BUS_COLOR = ["#5b6570", "#4aa3ff", "#3fb950", "#f85149", "#1d252e"];
-const BUS_TEXT = ["#8b98a5", "#8cc4ff", "#8ee09b", "#ffb1ab", "#6b7682"];
-const LINE_COLOR = ["#4b5763", "#2ea043", "#d29922", "#f85149", "#26303a"];
+export const BUS_TEXT = ["#8b98a5", "#8cc4ff", "#8ee09b", "#ffb1ab", "#6b7682"];
+export const LINE_COLOR = ["#4b5763", "#2ea043", "#d29922", "#f85149", "#26303a"];
 const OPEN_COLOR = "#6e7681";
 const WIDTH_MUL = [1, 1.35, 1.9, 2.6];
 const SELECT = "#58d5ff";
 const ALARM = ["#d29922", "#f85149"]; // warning, critical
 const LABEL = "#8b98a5";
+const SUSPECT = "#e3b341"; // a measurement removed as bad data, or of doubtful quality
+const MISSING = "#8b98a5"; // the measuring device is missing
+export const MARK = { SUSPECT: "suspect", MISSING: "missing" };
 
 const clamp = (v, lo, hi) => (v < lo ? lo : v > hi ? hi : v);
 
@@ -38,6 +45,10 @@ export class Diagram {
     this.selected = null; // {kind: "bus"|"branch"|"switch", index}
     this.alarmBus = new Map(); // bus index -> 0 warning / 1 critical
     this.alarmBranch = new Map();
+    this.markBus = new Map(); // bus index -> MARK.SUSPECT | MARK.MISSING
+    this.markBranch = new Map();
+    this.labelRects = []; // what the last render drew: labels and the symbols they avoid
+    this.symbolRects = [];
     this.renders = 0;
     this.lastRenderMs = 0;
     this.firstRenderAt = null; // performance.now() of the first draw with a topology
@@ -132,6 +143,8 @@ export class Diagram {
     this.selected = null;
     this.alarmBus.clear();
     this.alarmBranch.clear();
+    this.markBus.clear();
+    this.markBranch.clear();
     this.has = true;
     this.fit();
   }
@@ -230,6 +243,29 @@ export class Diagram {
     this.requestRender();
   }
 
+  /** Mark equipment whose measurements are suspect or missing: Maps of bus / branch id to
+   * MARK.SUSPECT or MARK.MISSING (suspect wins where both apply). */
+  setMarks(busMarks, branchMarks) {
+    this.markBus.clear();
+    this.markBranch.clear();
+    if (!this.has) return;
+    for (const [id, m] of busMarks) {
+      const i = this.busIndex.get(id);
+      if (i !== undefined) this.markBus.set(i, m);
+    }
+    for (const [id, m] of branchMarks) {
+      const i = this.brIndex.get(id);
+      if (i !== undefined) this.markBranch.set(i, m);
+    }
+    this.requestRender();
+  }
+
+  markOf(kind, id) {
+    const i = this.find(kind, id);
+    if (i < 0) return null;
+    return (kind === "bus" ? this.markBus : kind === "branch" ? this.markBranch : new Map()).get(i) ?? null;
+  }
+
   // -- queries ----------------------------------------------------------------------------
   find(kind, id) {
     const map = kind === "bus" ? this.busIndex : kind === "branch" ? this.brIndex : this.swIndex;
@@ -302,14 +338,33 @@ export class Diagram {
       if (y[i] < y0) y0 = y[i];
       if (y[i] > y1) y1 = y[i];
     }
-    const padX = 60, padTop = 56, padBottom = 70;
+    // room for the overlays (tools on top, legend at the bottom) and for the labels, which
+    // are drawn beside the buses when few buses are in view
+    const { top, bottom } = this._insets();
+    const labels = this.nb <= 250;
+    const padL = labels ? 70 : 30, padR = labels ? 95 : 30;
+    const padTop = top + (labels ? 22 : 14), padBottom = bottom + (labels ? 22 : 14);
     const bw = Math.max(x1 - x0, 1e-6), bh = Math.max(y1 - y0, 1e-6);
-    const k = Math.min((this.w - 2 * padX) / bw, (this.h - padTop - padBottom) / bh);
+    const k = Math.min((this.w - padL - padR) / bw, (this.h - padTop - padBottom) / bh);
     this.k = k > 0 ? k : 1;
     this.fitK = this.k;
-    this.tx = (this.w - bw * this.k) / 2 - x0 * this.k;
+    this.tx = padL + (this.w - padL - padR - bw * this.k) / 2 - x0 * this.k;
     this.ty = padTop + (this.h - padTop - padBottom - bh * this.k) / 2 - y0 * this.k;
     this.requestRender();
+  }
+
+  /** The canvas' edges hidden by the panel's overlays (tool bar, legend), in CSS px. */
+  _insets() {
+    const panel = this.canvas.parentElement;
+    const c = this.canvas.getBoundingClientRect();
+    let top = 0, bottom = 0;
+    for (const el of panel ? panel.querySelectorAll(".diagram-tools, .diagram-info, .legend, .diagram-banners") : []) {
+      const r = el.getBoundingClientRect();
+      if (!r.height || el.hidden) continue;
+      if (r.top - c.top < c.height / 2) top = Math.max(top, r.bottom - c.top);
+      else bottom = Math.max(bottom, c.bottom - r.top);
+    }
+    return { top: Math.min(top, this.h / 3), bottom: Math.min(bottom, this.h / 3) };
   }
 
   zoomAt(sx, sy, factor) {
@@ -561,6 +616,26 @@ export class Diagram {
       ctx.stroke();
     }
 
+    // marks: suspect (amber triangle with "!") and missing (grey ring with a slash) measurements
+    const marks = [];
+    for (const [i, m] of this.markBus) {
+      const x = X[i] * k + tx, y = Y[i] * k + ty;
+      if (x < -10 || x > w + 10 || y < -10 || y > h + 10) continue;
+      marks.push([x - rB * 0.75 - 5, y - rB * 0.75 - 5, m]);
+    }
+    for (const [i, m] of this.markBranch) {
+      const a = br.from[i], b = br.to[i];
+      if (a < 0 || b < 0) continue;
+      const ax = X[a] * k + tx, ay = Y[a] * k + ty, bx = X[b] * k + tx, by = Y[b] * k + ty;
+      const len = Math.hypot(bx - ax, by - ay) || 1;
+      // a quarter along the branch, beside it: clear of the midpoint's transformer symbol
+      const mx = ax + (bx - ax) * 0.3 - ((by - ay) / len) * 8, my = ay + (by - ay) * 0.3 + ((bx - ax) / len) * 8;
+      if (mx < -10 || mx > w + 10 || my < -10 || my > h + 10) continue;
+      marks.push([mx, my, m]);
+    }
+    this._marks = marks;
+    for (const [mx, my, m] of marks) this._drawMark(mx, my, m);
+
     // switches: open ones always (hollow squares), closed ones when zoomed in
     const s = this._switchSize();
     for (let j = 0; j < this.ns; j++) {
@@ -596,10 +671,38 @@ export class Diagram {
     }
 
     // labels when few buses are in view
-    if (rB >= 3.5 && vis.length <= 250) this._labels(vis, rB, visBr);
+    this.labelRects = [];
+    this.symbolRects = [];
+    if (rB >= 3.5 && vis.length <= 250) drawLabels(this, vis, rB, visBr);
     this.renders++;
     this.lastRenderMs = performance.now() - t0;
     if (this.firstRenderAt === null) this.firstRenderAt = performance.now();
+  }
+
+  _drawMark(x, y, m) {
+    const ctx = this.ctx;
+    ctx.lineWidth = 1.5;
+    if (m === MARK.SUSPECT) {
+      ctx.beginPath();
+      ctx.moveTo(x, y - 6);
+      ctx.lineTo(x + 6, y + 5);
+      ctx.lineTo(x - 6, y + 5);
+      ctx.closePath();
+      ctx.fillStyle = SUSPECT;
+      ctx.fill();
+      ctx.fillStyle = BG;
+      ctx.fillRect(x - 0.8, y - 2.5, 1.6, 4);
+      ctx.fillRect(x - 0.8, y + 2.3, 1.6, 1.5);
+    } else {
+      ctx.beginPath();
+      ctx.arc(x, y, 5, 0, Math.PI * 2);
+      ctx.fillStyle = BG;
+      ctx.fill();
+      ctx.moveTo(x - 3.5, y + 3.5);
+      ctx.lineTo(x + 3.5, y - 3.5);
+      ctx.strokeStyle = MISSING;
+      ctx.stroke();
+    }
   }
 
   _drawGrid() {
@@ -622,60 +725,6 @@ export class Diagram {
     ctx.strokeStyle = GRID;
     ctx.lineWidth = 1;
     ctx.stroke();
-  }
-
-  _labels(vis, rB, visBr) {
-    const { ctx, k, tx, ty, bus, br } = this;
-    ctx.textBaseline = "middle";
-    ctx.lineJoin = "round";
-    ctx.lineWidth = 3;
-    ctx.strokeStyle = BG;
-    // greedy placement: a label that would overlap one already drawn is left out
-    const placed = [];
-    const free = (x0, y0, x1, y1) => {
-      for (const r of placed) if (x0 < r[2] && x1 > r[0] && y0 < r[3] && y1 > r[1]) return false;
-      placed.push([x0, y0, x1, y1]);
-      return true;
-    };
-    const order = this.selected && this.selected.kind === "bus" ? [this.selected.index, ...vis] : vis;
-    const done = new Set();
-    for (const i of order) {
-      if (done.has(i)) continue;
-      done.add(i);
-      const x = bus.x[i] * k + tx + rB + 5, y = bus.y[i] * k + ty;
-      const v = this.busV[i];
-      const value = v === v ? `${v.toFixed(3)} pu` : "–";
-      ctx.font = "600 11px system-ui, sans-serif";
-      const wName = ctx.measureText(bus.name[i]).width;
-      if (!free(x - 1, y - 13, x + Math.max(wName, 7 * value.length) + 1, y + 14)) continue;
-      ctx.fillStyle = "#aab6c2";
-      ctx.strokeText(bus.name[i], x, y - 6);
-      ctx.fillText(bus.name[i], x, y - 6);
-      ctx.font = "11px ui-monospace, monospace";
-      ctx.fillStyle = BUS_TEXT[this.busCls[i]];
-      ctx.strokeText(value, x, y + 7);
-      ctx.fillText(value, x, y + 7);
-    }
-    if (visBr > 60) return;
-    ctx.font = "10px ui-monospace, monospace";
-    ctx.textAlign = "center";
-    for (let i = 0; i < this.nbr; i++) {
-      const a = br.from[i], b = br.to[i];
-      if (a < 0 || b < 0) continue;
-      const ax = bus.x[a] * k + tx, ay = bus.y[a] * k + ty, bx = bus.x[b] * k + tx, by = bus.y[b] * k + ty;
-      const len = Math.hypot(bx - ax, by - ay);
-      if (len < 70) continue;
-      const l = this.brLoad[i];
-      if (l !== l || this.brOpen[i]) continue;
-      // beside the midpoint, away from the line
-      const nx = -(by - ay) / len, ny = (bx - ax) / len;
-      const mx = (ax + bx) / 2 + nx * 11, my = (ay + by) / 2 + ny * 11;
-      if (!free(mx - 14, my - 6, mx + 14, my + 6)) continue;
-      ctx.fillStyle = this.brCls[i] === L.OK ? "#6fa97a" : LINE_COLOR[this.brCls[i]];
-      ctx.strokeText(`${l.toFixed(0)}%`, mx, my);
-      ctx.fillText(`${l.toFixed(0)}%`, mx, my);
-    }
-    ctx.textAlign = "start";
   }
 
   // -- hit testing ------------------------------------------------------------------------
@@ -878,4 +927,3 @@ function segDist(px, py, ax, ay, bx, by) {
   t = t < 0 ? 0 : t > 1 ? 1 : t;
   return Math.hypot(px - (ax + t * dx), py - (ay + t * dy));
 }
-

@@ -2,11 +2,13 @@
 // alarms, service health, status bar) and the training page. Plain ES modules, no build step.
 
 import { api, get, onUnauthorized, post, seg } from "./api.js";
+import { Admin } from "./admin.js";
 import { Alarms } from "./alarms.js";
 import { Details } from "./details.js";
 import { Diagram } from "./diagram.js";
 import { $, $$, clear, fmtAge, fmtTime, h } from "./dom.js";
 import { Live } from "./live.js";
+import { Quality } from "./quality.js";
 import { Training } from "./training.js";
 
 const METRIC_CAP = 20000;
@@ -22,6 +24,10 @@ const app = {
   est: null,
   estCount: 0,
   estAt: 0,
+  // how old the latest estimate is: the server's age (null: unknown) when a message said so,
+  // aged here since (performance.now() of that message), stale past staleAfterS
+  fresh: { ageS: null, at: 0, staleAfterS: 5, stale: true },
+  busConnected: true,
   liveState: "connecting",
   services: [],
   servicesAt: 0,
@@ -41,6 +47,16 @@ const app = {
   },
   gridPath(rest = "") {
     return `/api/grids/${seg(this.grid)}${rest}`;
+  },
+  /** Seconds since the latest estimate (server's age plus the time since it said so), or
+   * Infinity when unknown. The browser ages it by itself: the web service may be cut off. */
+  estimateAgeS() {
+    const f = this.fresh;
+    if (!this.est || f.ageS === null) return Infinity;
+    return f.ageS + (performance.now() - f.at) / 1000;
+  },
+  isStale() {
+    return !(this.estimateAgeS() <= this.fresh.staleAfterS);
   },
   /** "now" for history queries: the latest estimate's (simulated) time, else the wall clock. */
   nowMs() {
@@ -118,6 +134,7 @@ async function enter(me) {
   role.textContent = me.role;
   role.className = `role-badge role-${me.role}`;
   $('[data-route="training"]').hidden = !app.canOperate();
+  $('[data-route="admin"]').hidden = me.role !== "admin";
   document.body.dataset.role = me.role;
   try {
     app.grids = await get("/api/grids");
@@ -148,6 +165,8 @@ function stopGrid() {
   app.live = null;
   app.est = null;
   app.estCount = 0;
+  app.fresh = { ageS: null, at: 0, staleAfterS: 5, stale: true };
+  app.quality?.reset();
   app.details?.show(null);
   document.body.dataset.diagram = "";
 }
@@ -180,6 +199,7 @@ async function openGrid(grid) {
   $("#find-list").dataset.filled = "";
   updateStatus();
   const alarmsLoaded = app.alarms.load(); // live alarm changes meanwhile are applied after it
+  app.quality.load(grid);
   app.live = new Live(grid, {
     onMessage: onLive,
     onState: liveState,
@@ -230,6 +250,14 @@ function onLive(msg, parseMs, bytes) {
       app.servicesAt = performance.now();
       renderServices();
       break;
+    case "freshness":
+      takeFreshness(msg);
+      app.busConnected = msg.bus_connected !== false;
+      updateFreshness();
+      break;
+    case "quality":
+      app.quality.onFlagged(msg.flagged || []);
+      break;
     default:
       break;
   }
@@ -252,9 +280,55 @@ function onEstimate(msg, parseMs) {
   app.est = msg;
   app.estAt = now;
   app.estCount++;
+  takeFreshness(msg);
+  app.quality.onEstimate(msg);
   updateStatus();
+  updateFreshness();
   app.details.refresh();
   app.training.onEstimate(msg);
+}
+
+/** The age the server gave with an estimate or a freshness message. */
+function takeFreshness(msg) {
+  if (!("age_s" in msg)) return;
+  app.fresh = {
+    ageS: msg.age_s === null || msg.age_s === undefined ? null : Number(msg.age_s),
+    at: performance.now(),
+    staleAfterS: Number(msg.stale_after_s) || 5,
+    stale: !!msg.stale,
+  };
+}
+
+/** Stale data is never shown as live: the status bar, a banner over the diagram, the body's
+ * data-stale; and a banner when the web service has lost the message bus. */
+function updateFreshness() {
+  const el = $("#st-live");
+  const stale = app.est ? app.isStale() : false;
+  const age = app.estimateAgeS();
+  document.body.dataset.stale = stale ? "1" : "0";
+  const banner = $("#stale-banner");
+  if (stale) {
+    const ageText = Number.isFinite(age) ? `${fmtAge(age)} old` : "of unknown age";
+    banner.textContent = `Stale data: the latest estimate is ${ageText} (none for more than ${fmtAge(app.fresh.staleAfterS)}). The values shown are not live.`;
+  }
+  banner.hidden = !stale;
+  const bus = $("#bus-banner");
+  bus.hidden = app.busConnected;
+  document.body.dataset.bus = app.busConnected ? "connected" : "disconnected";
+  if (app.liveState !== "live") return; // liveState() shows the socket's state
+  if (stale) {
+    el.textContent = Number.isFinite(age) ? `stale · ${fmtAge(age)} old` : "stale";
+    el.className = "st-live st-stale";
+    el.dataset.fresh = "stale";
+  } else if (!app.est) {
+    el.textContent = "live · waiting for an estimate";
+    el.className = "st-live st-connecting";
+    el.dataset.fresh = "none";
+  } else {
+    el.textContent = "live";
+    el.className = "st-live st-live-ok";
+    el.dataset.fresh = "live";
+  }
 }
 
 function liveState(state, detail) {
@@ -269,6 +343,8 @@ function liveState(state, detail) {
   el.textContent = text;
   el.className = `st-live st-${state === "live" ? "live-ok" : state === "closed" ? "reconnecting" : state}`;
   el.dataset.state = state;
+  el.dataset.fresh = "";
+  if (state === "live") updateFreshness();
 }
 
 function updateStatus() {
@@ -308,9 +384,12 @@ function renderServices() {
   const since = (performance.now() - app.servicesAt) / 1000;
   clear(body);
   let bad = 0;
-  for (const s of app.services) {
+  // the unhealthy first: a panel too short for every row never hides the one that matters
+  const rows = app.services.map((s) => {
     const age = (s.heartbeat_age_s ?? Infinity) + (app.servicesAt ? since : 0);
-    const stale = !(age <= 3) || s.state !== "running";
+    return { s, age, stale: !(age <= 3) || s.state !== "running" };
+  }).sort((a, b) => (b.stale - a.stale) || a.s.service.localeCompare(b.s.service));
+  for (const { s, age, stale } of rows) {
     if (stale) bad++;
     const info = Object.entries(s.info || {})
       .filter(([k]) => k !== "http")
@@ -325,18 +404,22 @@ function renderServices() {
         h("td", { class: "info-cell", title: info }, info)));
   }
   $("#services-empty").hidden = app.services.length > 0;
-  $("#services-note").textContent = app.services.length ? (bad ? `${bad} not healthy` : "all healthy") : "";
+  const n = app.services.length;
+  $("#services-note").textContent = n ? `${n} services · ${bad ? `${bad} not healthy` : "all healthy"}` : "";
   $("#services-note").style.color = bad ? "var(--bad)" : "";
 }
 
 // -- routing and wiring -----------------------------------------------------------------------
 function route() {
   const r = location.hash.replace(/^#\/?/, "") || "network";
-  const training = r.startsWith("training");
-  $("#view-network").hidden = training;
-  $("#view-training").hidden = !training;
-  for (const a of $$(".tab")) a.classList.toggle("active", a.dataset.route === (training ? "training" : "network"));
-  if (training && app.me) app.training.show();
+  let view = r.startsWith("training") ? "training" : r.startsWith("admin") ? "admin" : "network";
+  if (view === "admin" && app.me && app.me.role !== "admin") view = "network";
+  $("#view-network").hidden = view !== "network";
+  $("#view-training").hidden = view !== "training";
+  $("#view-admin").hidden = view !== "admin";
+  for (const a of $$(".tab")) a.classList.toggle("active", a.dataset.route === view);
+  if (view === "training" && app.me) app.training.show();
+  else if (view === "admin" && app.me) app.admin.show();
   else app.diagram?.requestRender();
 }
 
@@ -448,18 +531,13 @@ function wire() {
   app.details = new Details(app);
   app.alarms = new Alarms(app);
   app.training = new Training(app);
+  app.quality = new Quality(app);
+  app.admin = new Admin(app);
 
-  // ages and staleness between messages
+  // ages and staleness between messages (also while the socket is down)
   setInterval(() => {
     if (app.services.length) renderServices();
-    const el = $("#st-live");
-    if (app.liveState === "live" && app.est && performance.now() - app.estAt > 5000) {
-      el.textContent = `live · no estimate for ${Math.round((performance.now() - app.estAt) / 1000)} s`;
-      el.className = "st-live st-stale";
-    } else if (app.liveState === "live") {
-      el.textContent = "live";
-      el.className = "st-live st-live-ok";
-    }
+    updateFreshness();
   }, 1000);
 }
 
