@@ -19,6 +19,7 @@ import pytest
 
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.core.schemas import (
     EstimateStatus,
     Heartbeat,
@@ -72,11 +73,12 @@ async def test_up_estimates_survive_a_killed_estimator_and_stop_cleanly(
     started = time.monotonic()
     nc = await _admin(data_dir)
     states: list[tuple[float, StateEstimate]] = []
+    reader = EstimateReader(nc)
     truths: dict[int, SimTruth] = {}
     beats: dict[str, Heartbeat] = {}
 
     async def on_state(msg) -> None:  # type: ignore[no-untyped-def]
-        states.append((time.monotonic(), msgspec.json.decode(msg.data, type=StateEstimate)))
+        states.append((time.monotonic(), await reader.read(msg.data)))
 
     async def on_truth(msg) -> None:  # type: ignore[no-untyped-def]
         t = msgspec.json.decode(msg.data, type=SimTruth)

@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from gridpilot.core import bus, subjects
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import ConfigError
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.core.schemas import (
     AckRequest,
     Alarm,
@@ -63,6 +64,7 @@ from gridpilot.services.state_estimation.service import (
     StateEstimationService,
 )
 from gridpilot.simulator.service import SimulatorService
+from tests.estimates import publish_estimate
 from tests.pipeline import Pipeline, grid
 
 GRID = "cigre_mv"
@@ -153,8 +155,20 @@ class Collector:
                 await asyncio.wait_for(self.event.wait(), remaining)
 
 
+class EstimateCollector(Collector):
+    """Estimates as every consumer reads them: the values, and the layout from KV."""
+
+    def __init__(self, nc: Client) -> None:
+        super().__init__(StateEstimate)
+        self.reader = EstimateReader(nc)
+
+    async def __call__(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.items.append(await self.reader.read(msg.data))
+        self.event.set()
+
+
 async def collect(nc: Client, subject: str, typ: type) -> Collector:
-    c = Collector(typ)
+    c = EstimateCollector(nc) if typ is StateEstimate else Collector(typ)
 
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         await c(msg)
@@ -295,7 +309,7 @@ async def test_alarm_life_cycle_with_acknowledge_and_restart(
                 q_mvar=[0.0] * len(ids),
             ),
         )
-        await admin_nc.publish(subjects.STATE.format(grid=GRID), encode(est))
+        await publish_estimate(admin_nc, est)
 
     for t in range(5):  # debounce: raised after three violating estimates, once
         await estimate(1.08, t)
@@ -657,14 +671,15 @@ async def test_quick_estimates_run_on_the_event_loop_slow_ones_in_a_thread() -> 
     published: list[bytes] = []
 
     async def publish(subject: str, data: bytes, headers: object = None) -> None:
-        published.append(data)
+        if subject == subjects.STATE.format(grid="cigre_mv"):  # not its layout
+            published.append(data)
 
     async def put(key: str, data: bytes) -> None:
         pass
 
     svc = SimpleNamespace(
         counters=Counter(),
-        nc=SimpleNamespace(publish=publish),
+        nc=SimpleNamespace(publish=publish, max_payload=1 << 20),
         instance="t",
         log=logging.getLogger("test"),
     )

@@ -26,6 +26,7 @@ from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.platform.permissions import HISTORIAN
 from gridpilot.services.historian.backends import open_store
 from gridpilot.services.historian.service import HistorianService
+from tests.estimates import publish_estimate
 
 HOUR_NS = 3600 * 10**9
 T0 = (time.time_ns() // HOUR_NS - 1) * HOUR_NS  # the last whole hour: within raw retention
@@ -120,7 +121,7 @@ async def test_stores_every_stream_and_answers_queries(
     )
     thinned = msgspec.structs.replace(est, t_ns=T0 + 100_000_000)  # same second: not stored
     for e in (est, thinned):
-        await js.publish(subjects.STATE.format(grid=grid), s.encode(e))
+        await publish_estimate(admin_nc, e, stream=True)
     alarm = s.Alarm(
         id="voltage_low:bus_2",
         grid=grid,

@@ -26,6 +26,7 @@ from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.bus import ensure_jetstream
 from gridpilot.core.config import ServiceConfig
+from gridpilot.core.estimates import EstimateWriter
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
 from gridpilot.platform.broker import EmbeddedNats, pick_port
@@ -36,6 +37,7 @@ from gridpilot.services.web.bridge import Bridge
 from gridpilot.services.web.service import _Server as Server
 from gridpilot.services.web.users import Role, Tokens, UserStore
 from tests.conftest import ConnectAs
+from tests.estimates import publish_estimate
 from tests.pipeline import grid as load
 
 GRID = "cigre_mv"
@@ -308,19 +310,27 @@ async def test_alarm_ack_history_and_live_updates(
     )  # fmt: skip
     viewer = await login(api, "vic")
     operator = await login(api, "olga")
+    writer = EstimateWriter(GRID)
     async with api.websocket_connect(f"/api/grids/{GRID}/live", headers=viewer) as ws:
         for i in range(6):  # debounce: a few estimates in a row with every bus low
             est = msgspec.structs.replace(low, t_ns=low.t_ns + i * 10**9)
-            await admin_nc.publish(subjects.STATE.format(grid=GRID), s.encode(est))
+            await publish_estimate(admin_nc, est, writer=writer)
             await asyncio.sleep(0.1)
         kinds: set[str] = set()
+        estimates: list[dict[str, Any]] = []  # of the layout, in the order received
         deadline = time.monotonic() + 10
-        while not {"estimate", "alarm", "services"} <= kinds:
+        while not ({"estimate", "alarm", "services"} <= kinds and len(estimates) >= 2):
             assert time.monotonic() < deadline, kinds
             msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
             kinds.add(msg["type"])
-            if msg["type"] == "estimate":
-                assert msg["v_pu"][0] == 0.8 and msg["bus_id"] == ids
+            if msg["type"] == "estimate" and msg["layout"]:
+                assert msg["v_pu"][0] == 0.8 and len(msg["v_pu"]) == len(ids)
+                estimates.append(msg)
+        # the ids come with the first estimate of a layout, the values with each
+        assert writer.layout is not None
+        assert [e["layout"] for e in estimates] == [writer.layout.id] * len(estimates)
+        assert estimates[0]["bus_id"] == ids
+        assert all("bus_id" not in e for e in estimates[1:])
     alarms = (await api.get(f"/api/grids/{GRID}/alarms", headers=viewer)).json()
     assert alarms, "monitoring raised no alarm"
     alarm_id = alarms[0]["id"]

@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.bus import connect
+from gridpilot.core.bus import connect, refuse_oversize
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.logs import setup_logging
 
@@ -102,7 +102,10 @@ class Service:
         await msg.respond(s.encode(obj))
 
     async def publish(self, subject: str, obj: msgspec.Struct) -> None:
-        await self.nc.publish(subject, s.encode(obj))
+        data = s.encode(obj)
+        if refuse_oversize(self.nc, subject, data, counters=self.counters):
+            return  # the server would close the connection for it: counted, logged once
+        await self.nc.publish(subject, data)
         self.counters["msgs_out"] += 1
 
     async def command_result(

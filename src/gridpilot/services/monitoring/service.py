@@ -8,7 +8,9 @@ import msgspec
 from nats.aio.msg import Msg
 
 from gridpilot.core import subjects
-from gridpilot.core.schemas import AckRequest, Alarm, Reply, StateEstimate
+from gridpilot.core.errors import PayloadError
+from gridpilot.core.estimates import EstimateReader
+from gridpilot.core.schemas import AckRequest, Alarm, EstimateValues, Reply
 from gridpilot.core.service import Service
 from gridpilot.model import distribution
 from gridpilot.services.monitoring.limits import AlarmTable, LimitChecker
@@ -33,10 +35,16 @@ class MonitoringService(Service):
         self.table = AlarmTable(self.grid, stored)
         self.info["active_alarms"] = len(self.table.alarms)
         self.log.info("alarm table loaded", extra={"active": len(stored)})
-        await self.subscribe(subjects.STATE.format(grid=self.grid), StateEstimate, self.on_state)
+        self.estimates = EstimateReader(self.nc)
+        await self.subscribe(subjects.STATE.format(grid=self.grid), EstimateValues, self.on_state)
         await self.subscribe(subjects.ALARM_ACK.format(grid=self.grid), AckRequest, self.on_ack)
 
-    async def on_state(self, est: StateEstimate, _msg: Msg) -> None:
+    async def on_state(self, values: EstimateValues, msg: Msg) -> None:
+        try:
+            est = await self.estimates.expand(values)
+        except PayloadError as exc:  # its layout unknown, or values that do not fit it
+            self._drop(msg.subject, str(exc))
+            return
         self.counters["estimates_checked"] += 1
         violations = self.checker.violations(est, self.table.raised_ids())
         changed = self.table.update(violations, est.t_ns)

@@ -9,7 +9,6 @@ training injections on the operator's behalf. It holds no grid logic of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -18,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.errors import GridPilotError
+from gridpilot.core.errors import GridPilotError, PayloadError
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.model import distribution
 from gridpilot.model.distribution import GridPackage
 
@@ -51,6 +52,7 @@ class LiveClient:
     grid: str
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(256))
     estimate: dict[str, Any] | None = None
+    layout: str = ""  # the estimate layout whose ids this browser was sent
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
 
@@ -62,10 +64,17 @@ class LiveClient:
         self.wake.set()
 
 
-def compact_estimate(est: s.StateEstimate) -> dict[str, Any]:
-    """What the diagram needs of an estimate (the full one is at GET .../estimate)."""
+ID_KEYS = ("bus_id", "branch_id")  # sent to a browser once per layout
+
+
+def compact_estimate(est: s.StateEstimate, *, layout: str = "") -> dict[str, Any]:
+    """What the diagram needs of an estimate (the full one is at GET .../estimate).
+
+    With ``layout`` (the id of the estimate's EstimateLayout) the ids may be left out of the
+    next estimates of the same layout: the browser keeps them from this one."""
     out: dict[str, Any] = {
         "type": "estimate",
+        "layout": layout,
         "t_ns": est.t_ns,
         "status": est.status,
         "message": est.message,
@@ -90,6 +99,7 @@ class Bridge:
         self.service = service
         self.packages: dict[str, GridPackage] = {}
         self.estimates: dict[str, s.StateEstimate] = {}
+        self.reader = EstimateReader(nc)
         self.switches: dict[str, dict[str, bool]] = {}
         self.heartbeats: dict[str, s.Heartbeat] = {}
         self.devices: dict[str, dict[str, s.MeasurementSet]] = {}
@@ -148,13 +158,18 @@ class Bridge:
         await self.package(grid)
         if grid in self.estimates:
             return self.estimates[grid]
-        with contextlib.suppress(Exception):  # no estimate yet
-            kv = await self.js.key_value("gp_state")
+        try:
+            kv = await self.js.key_value(subjects.STATE_BUCKET)
             entry = await kv.get(grid)
-            est = s.decode(entry.value or b"", s.StateEstimate)
-            self.estimates[grid] = est
-            return est
-        return None
+            est = await self.reader.read(entry.value or b"")
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+            return None  # no estimate yet
+        except (PayloadError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Unavailable(f"the latest estimate of {grid} cannot be read: {exc}") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"cannot read the latest estimate of {grid}: {exc!r}") from None
+        self.estimates[grid] = est
+        return est
 
     async def alarms(self, grid: str) -> list[s.Alarm]:
         await self.package(grid)
@@ -220,12 +235,25 @@ class Bridge:
                 c.send(event)
 
     async def _on_state(self, msg: Msg) -> None:
-        est = s.decode(msg.data, s.StateEstimate)
+        values = s.decode(msg.data, s.EstimateValues)
+        try:
+            est = await self.reader.expand(values)
+        except PayloadError as exc:  # its layout unknown, or values that do not fit it
+            self.counters["dropped_bad_payload"] += 1
+            log.warning("dropped estimate", extra={"subject": msg.subject, "reason": str(exc)})
+            return
         self.estimates[est.grid] = est
-        compact = compact_estimate(est)
+        full = compact_estimate(est, layout=values.layout)
+        lean = {k: v for k, v in full.items() if k not in ID_KEYS}
+        with_ids = len(lean) < len(full)
         for c in self.clients:
             if c.grid == est.grid:
-                c.estimate = compact  # latest wins; the sender paces it
+                # latest wins, the sender paces it; the ids go with the first estimate of a
+                # layout new to the browser, and with any that replaces one not yet sent
+                unsent_ids = c.estimate is not None and "bus_id" in c.estimate
+                c.estimate = full if c.layout != values.layout or unsent_ids else lean
+                if with_ids:
+                    c.layout = values.layout
                 c.wake.set()
 
     async def _on_topology(self, msg: Msg) -> None:
