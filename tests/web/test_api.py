@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import nats.js.errors
 import pytest
 import uvicorn
 import websockets
@@ -26,14 +27,14 @@ from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.bus import ensure_jetstream
 from gridpilot.core.config import ServiceConfig
-from gridpilot.core.estimates import EstimateWriter
+from gridpilot.core.estimates import EstimateWriter, encode_layout, layout_key
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
 from gridpilot.platform.broker import EmbeddedNats, pick_port
 from gridpilot.services.historian.service import HistorianService
 from gridpilot.services.monitoring.service import MonitoringService
 from gridpilot.services.web.api import create_app
-from gridpilot.services.web.bridge import Bridge
+from gridpilot.services.web.bridge import Bridge, Unavailable
 from gridpilot.services.web.service import _Server as Server
 from gridpilot.services.web.users import Role, Tokens, UserStore
 from tests.conftest import ConnectAs
@@ -352,6 +353,39 @@ async def test_alarm_ack_history_and_live_updates(
         f"/api/grids/{GRID}/history", params={**q, "quantity": "nonsense"}, headers=viewer
     )
     assert r.status_code == 422 and "no est series" in r.json()["detail"]
+
+
+async def test_the_latest_estimate_is_read_from_kv_with_its_layout(
+    api: Api, admin_nc: Client, connect_as: ConnectAs
+) -> None:
+    kv = await admin_nc.jetstream().key_value(subjects.STATE_BUCKET)
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        await kv.purge(GRID)  # what earlier tests' estimators left
+    fresh = Bridge(await connect_as("web"))
+    assert await fresh.estimate(GRID) is None  # none yet: not an error
+    ids = [b.id for b in load(GRID).buses]
+    est = s.StateEstimate(
+        grid=GRID,
+        t_ns=1,
+        status=s.EstimateStatus.CONVERGED,
+        buses=s.BusStates(
+            id=ids, v_pu=[0.97] * len(ids), va_deg=[0.0] * len(ids),
+            p_mw=[0.0] * len(ids), q_mvar=[0.0] * len(ids),
+        ),
+    )  # fmt: skip
+    writer = EstimateWriter(GRID)
+    values, layout = writer.encode(est)
+    assert layout is not None
+    await kv.put(layout_key(GRID, layout.id), encode_layout(layout))
+    await kv.put(GRID, s.encode(values))  # as the estimator keeps the latest
+    got = await Bridge(await connect_as("web")).estimate(GRID)
+    assert got is not None and got.buses is not None and got.buses.id == ids
+    assert got.buses.v_pu == [0.97] * len(ids)
+    # an entry naming a layout the bucket lacks: unavailable, said so, not "no estimate"
+    await kv.put(GRID, s.encode(msgspec.structs.replace(values, layout="0" * 16)))
+    with pytest.raises(Unavailable, match="cannot be read"):
+        await Bridge(await connect_as("web")).estimate(GRID)
+    await kv.purge(GRID)
 
 
 async def test_live_socket_refuses_without_login(api: Api) -> None:

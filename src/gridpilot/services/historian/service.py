@@ -50,6 +50,9 @@ from gridpilot.services.historian.store import (
 T = TypeVar("T")
 
 BATCH = 2000  # messages per fetch (and per transaction)
+# Estimates per fetch: one of mvlv_rural's takes 350 kB, and 2,000 of them would overrun what
+# the server holds for a client (64 MiB) and make the historian a slow consumer.
+STATE_BATCH = 20
 SETUP_RETRY_S = 30.0  # how long a consumer's creation is retried while the broker is unready
 FETCH_WAIT_S = 0.5
 ACK_WAIT_S = 10.0  # unacknowledged (the historian died holding it): delivered again after this
@@ -108,6 +111,7 @@ class HistorianService(Service):
             subjects.STATE.format(grid=g),
             self._state_rows,
             prepare=self._state_layouts,
+            batch=STATE_BATCH,
         )
         self._consume("GP_ALARM", "alarm", subjects.ALARM.format(grid=g), self._alarm_rows)
         self._consume("GP_CMD", "cmd", f"gp.{g}.>", self._cmd_rows)
@@ -143,9 +147,11 @@ class HistorianService(Service):
         to_rows: Callable[[Msg], tuple[list[Sample], list[EventRow]]],
         *,
         prepare: Callable[[list[Msg]], Awaitable[None]] | None = None,
+        batch: int = BATCH,
     ) -> None:
         durable = f"historian_{self.grid}_{short}"
-        self.spawn(self._ingest(stream, durable, filter_subject, to_rows, prepare), name=durable)
+        ingest = self._ingest(stream, durable, filter_subject, to_rows, prepare, batch)
+        self.spawn(ingest, name=durable)
 
     async def _ingest(
         self,
@@ -154,6 +160,7 @@ class HistorianService(Service):
         filter_subject: str,
         to_rows: Callable[[Msg], tuple[list[Sample], list[EventRow]]],
         prepare: Callable[[list[Msg]], Awaitable[None]] | None = None,
+        batch: int = BATCH,
     ) -> None:
         config = api.ConsumerConfig(
             durable_name=durable,
@@ -161,7 +168,7 @@ class HistorianService(Service):
             # request expires; AckAll on a later message would then acknowledge them unstored.
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT_S,
-            max_ack_pending=4 * BATCH,
+            max_ack_pending=4 * batch,
             deliver_policy=api.DeliverPolicy.ALL,
             filter_subject=filter_subject,
         )
@@ -187,7 +194,7 @@ class HistorianService(Service):
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
+                    msgs = await sub.fetch(batch, timeout=FETCH_WAIT_S)
                 except (nats.errors.TimeoutError, TimeoutError):
                     msgs = []
                 except (nats.js.errors.Error, nats.errors.Error) as exc:
