@@ -202,7 +202,8 @@ class EstimateWriter:
             if est.residual_sensor:
                 residuals = [None] * len(layout.sensor)
                 pos = self._sensor_pos
-                rounded = np.round(np.asarray(est.residual_norm, dtype=np.float64), 3).tolist()
+                norms = np.asarray(est.residual_norm, dtype=np.float64)
+                rounded = np.round(norms, RESIDUAL_DECIMALS).tolist()
                 for name, r in zip(est.residual_sensor, rounded, strict=True):
                     residuals[pos[name]] = r
             missing = [self._source_pos[src] for src in est.missing_sources]
