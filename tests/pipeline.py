@@ -1,4 +1,5 @@
-"""Test helper: the data path without a bus — twin → schedule → aligner → estimator."""
+"""Test helper: the data path without a bus — twin → schedule → aligner → estimator, and each
+estimate through its bus encoding (values and layout) and back, as every consumer reads it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gridpilot.core.schemas import SimTruth, StateEstimate
+from gridpilot.core.estimates import EstimateWriter, expand
+from gridpilot.core.schemas import EstimateValues, SimTruth, StateEstimate, decode, encode
 from gridpilot.model.grid import GridModel
 from gridpilot.model.placement import Placement, default_placement
 from gridpilot.model.registry import load_grid
@@ -30,6 +32,8 @@ def grid(name: str) -> GridModel:
 class Run:
     estimates: list[StateEstimate] = field(default_factory=list)
     truths: dict[int, SimTruth] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)  # bytes of each estimate's bus message
+    layouts: list[int] = field(default_factory=list)  # bytes of each new layout (JSON)
 
     def v_errors(self) -> list[float]:
         """Max |V| error of each converged estimate against the truth at its instant."""
@@ -51,6 +55,7 @@ class Pipeline:
         seed: int = 7,
         noise: bool = True,
         t0_s: float = NOON,
+        wire: bool = True,
     ) -> None:
         self.model = grid(name)
         self.placement = placement or default_placement(self.model)
@@ -63,6 +68,21 @@ class Pipeline:
         self.tick_s = min(d.period_s for d in self.placement.devices)
         self.seq = 0
         self.silent: set[str] = set()
+        self.wire = wire
+        table = self.estimator.sensors
+        self.writer = EstimateWriter(
+            name,
+            sensors=table.names[: len(table.v_keys) + table.n_real_p],
+            sources=[d.id for d in self.placement.devices],
+        )
+
+    def _through_the_bus(self, est: StateEstimate, run: Run) -> StateEstimate:
+        values, layout = self.writer.encode(est)
+        if layout is not None:
+            run.layouts.append(len(encode(layout)))
+        data = encode(values)
+        run.sizes.append(len(data))
+        return expand(decode(data, EstimateValues), self.writer.layout)
 
     def run(self, seconds: float) -> Run:
         result = Run()
@@ -78,6 +98,8 @@ class Pipeline:
                 snaps += self.aligner.add(self.twin.measure(dev, self.model.name, self.seq))
             self.now += self.tick_s
             snaps += self.aligner.poll()
-            result.estimates += [self.estimator.estimate(s) for s in snaps]
+            for snap in snaps:
+                est = self.estimator.estimate(snap)
+                result.estimates.append(self._through_the_bus(est, result) if self.wire else est)
             self.t_s += self.tick_s
         return result

@@ -22,6 +22,7 @@ from nats.js.errors import KeyNotFoundError
 from gridpilot.core import bus, subjects
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import BusError
+from gridpilot.core.estimates import EstimateWriter
 from gridpilot.core.schemas import (
     Alarm,
     AlarmKind,
@@ -53,6 +54,7 @@ from gridpilot.services.monitoring.limits import NOT_OBSERVABLE_AFTER_S
 from gridpilot.services.monitoring.service import MonitoringService
 from gridpilot.services.monitoring.store import AlarmStore
 from tests.conftest import ConnectAs
+from tests.estimates import publish_estimate
 from tests.pipeline import grid
 
 GRID = "cigre_mv"
@@ -225,12 +227,12 @@ async def test_on_a_hub_without_measurements_the_estimates_missing_sources_tell(
     estimates list missing for its allowance is lost, and back once they no longer do."""
     alarms = await alarms_of(admin_nc)
     pmu = _device(DeviceKind.PMU)
-    subject = subjects.STATE.format(grid=GRID)
+    writer = EstimateWriter(GRID)  # the layout once, as the estimator writes it
 
     async def estimates(n: int, missing: list[str]) -> None:
         for _ in range(n):
             est = msgspec.structs.replace(_estimate(), missing_sources=missing)
-            await admin_nc.publish(subject, encode(est))
+            await publish_estimate(admin_nc, est, writer=writer)
             await asyncio.sleep(0.1)
 
     await estimates(5, [])
@@ -292,7 +294,7 @@ async def test_bad_data_raised_after_consecutive_estimates_and_cleared_after_n_c
 ) -> None:
     alarms = await alarms_of(admin_nc)
     beats = await beats_of(admin_nc)
-    subject = subjects.STATE.format(grid=GRID)
+    writer = EstimateWriter(GRID)  # the layout once, as the estimator writes it
     bad = BadData(
         sensor="rtu_trafo_0/line_1_2/power/from",
         mrid="line_1_2",
@@ -301,18 +303,18 @@ async def test_bad_data_raised_after_consecutive_estimates_and_cleared_after_n_c
         r_norm=37.5,
     )
     for _ in range(baddata.RAISE_AFTER):
-        await admin_nc.publish(subject, encode(_estimate([bad])))
+        await publish_estimate(admin_nc, _estimate([bad]), writer=writer)
     await alarms.wait_for(lambda a: bool(a))
     [alarm] = alarms.items
     assert alarm.id == "bad_data:rtu_trafo_0" and alarm.value == 37.5, alarms.items
     assert "line_1_2" in alarm.message and "r_norm 37.5" in alarm.message
     sent = baddata.RAISE_AFTER
     for _ in range(baddata.CLEAR_AFTER - 1):
-        await admin_nc.publish(subject, encode(_estimate()))
+        await publish_estimate(admin_nc, _estimate(), writer=writer)
     sent += baddata.CLEAR_AFTER - 1
     await until(lambda: beats.count("estimates_checked") >= sent)
     assert len(alarms.items) == 1  # one clean estimate short: still raised
-    await admin_nc.publish(subject, encode(_estimate()))
+    await publish_estimate(admin_nc, _estimate(), writer=writer)
     await alarms.wait_for(lambda a: len(a) >= 2)
     assert alarms.items[1].id == alarm.id and alarms.items[1].state is AlarmState.CLEARED
 
@@ -324,16 +326,16 @@ async def test_start_up_estimates_without_data_raise_no_alarm(
     first good one, must not greet the operator with not_observable."""
     alarms = await alarms_of(admin_nc)
     beats = await beats_of(admin_nc)
-    subject = subjects.STATE.format(grid=GRID)
+    writer = EstimateWriter(GRID)  # the layout once, as the estimator writes it
     loop = asyncio.get_running_loop()
     start = loop.time()
     sent = 0
     while loop.time() - start < NOT_OBSERVABLE_AFTER_S + 1.0:
         failed = _estimate(status=EstimateStatus.NOT_OBSERVABLE, n=min(sent, 20))
-        await admin_nc.publish(subject, encode(failed))
+        await publish_estimate(admin_nc, failed, writer=writer)
         sent += 1
         await asyncio.sleep(0.1)
-    await admin_nc.publish(subject, encode(_estimate()))
+    await publish_estimate(admin_nc, _estimate(), writer=writer)
     sent += 1
     await until(lambda: beats.count("estimates_checked") >= sent)
     assert alarms.items == []

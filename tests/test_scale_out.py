@@ -30,8 +30,9 @@ from nats.aio.msg import Msg
 
 from gridpilot import cli
 from gridpilot.core import bus, subjects
+from gridpilot.core.estimates import EstimateRef
 from gridpilot.core.leases import MARGIN_S, Lease, Leases, LeaseView
-from gridpilot.core.schemas import Heartbeat, MeasurementSet, StateEstimate, SwitchState, encode
+from gridpilot.core.schemas import Heartbeat, MeasurementSet, SwitchState, encode
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
 from gridpilot.platform import permissions
@@ -196,7 +197,7 @@ class Estimates:
         self.seen: list[Seen] = []
 
     async def on_msg(self, msg: Msg) -> None:
-        est = msgspec.json.decode(msg.data, type=StateEstimate)
+        est = msgspec.json.decode(msg.data, type=EstimateRef)  # which grid and instant only
         instance = (msg.headers or {}).get(INSTANCE_HEADER, "")
         self.seen.append(Seen(time.monotonic(), est.grid, est.t_ns, instance))
 

@@ -24,17 +24,21 @@ from nats.aio.client import Client
 from gridpilot.core import bus, subjects
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import ConfigError
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.core.schemas import (
     AckRequest,
     Alarm,
     AlarmKind,
     AlarmState,
     BusStates,
+    BusValues,
     Command,
     CommandKind,
     CommandResult,
+    Condition,
     DeviceKind,
     EstimateStatus,
+    EstimateValues,
     Heartbeat,
     InjectionKind,
     InjectRequest,
@@ -43,6 +47,7 @@ from gridpilot.core.schemas import (
     MeasurementSnapshot,
     Reply,
     ServiceState,
+    Severity,
     SimTruth,
     StateEstimate,
     decode,
@@ -63,6 +68,7 @@ from gridpilot.services.state_estimation.service import (
     StateEstimationService,
 )
 from gridpilot.simulator.service import SimulatorService
+from tests.estimates import publish_estimate
 from tests.pipeline import Pipeline, grid
 
 GRID = "cigre_mv"
@@ -85,6 +91,8 @@ async def platform(
     # every test starts the twin afresh: the simulator keeps its switching, setpoints and
     # clock in KV gp_twin, and another test of this session may have left them there
     await (await admin_nc.jetstream().key_value("gp_twin")).purge(GRID)
+    # ... and monitoring its alarm table in gp_alarms
+    await (await admin_nc.jetstream().key_value("gp_alarms")).purge(GRID)
     running: list[tuple[Service, asyncio.Task[None]]] = []
 
     def start(cls: type[Service], speed: float = 1.0) -> Service:
@@ -156,8 +164,20 @@ class Collector:
                 await asyncio.wait_for(self.event.wait(), remaining)
 
 
+class EstimateCollector(Collector):
+    """Estimates as every consumer reads them: the values, and the layout from KV."""
+
+    def __init__(self, nc: Client) -> None:
+        super().__init__(StateEstimate)
+        self.reader = EstimateReader(nc)
+
+    async def __call__(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.items.append(await self.reader.read(msg.data))
+        self.event.set()
+
+
 async def collect(nc: Client, subject: str, typ: type) -> Collector:
-    c = Collector(typ)
+    c = EstimateCollector(nc) if typ is StateEstimate else Collector(typ)
 
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         await c(msg)
@@ -260,6 +280,80 @@ async def test_malformed_measurements_are_counted_and_dropped(
     assert beats.items[-1].counters.get("handler_errors", 0) == 0
 
 
+async def test_an_estimate_too_large_for_the_broker_is_refused_and_reported(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    """Not sent (the server would drop the connection), counted, and a critical condition
+    until estimates fit again; the connection stays up throughout."""
+    se = platform(StateEstimationService)
+    states = await collect(admin_nc, subjects.STATE.format(grid=GRID), StateEstimate)
+    conditions = await collect(
+        admin_nc, subjects.CONDITION.format(grid=GRID, source=se.name), Condition
+    )
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=se.name), Heartbeat)
+    await beats.wait_for(lambda b: any(h.state == "running" for h in b))
+    assert isinstance(se, StateEstimationService)
+    estimator = se.runners[GRID].estimator
+    real = estimator.estimate
+    inflate = True
+
+    def estimate(snap: MeasurementSnapshot) -> StateEstimate:
+        est = real(snap)
+        return msgspec.structs.replace(est, message="x" * se.nc.max_payload) if inflate else est
+
+    estimator.estimate = estimate  # type: ignore[method-assign]
+
+    async def feed() -> None:
+        pipe = Pipeline(GRID)
+        for k in itertools.count():
+            pipe.twin.step(pipe.t_s + k * 0.1)
+            for dev in pipe.placement.devices:
+                mset = pipe.twin.measure(dev, GRID, k)
+                await admin_nc.publish(subjects.MEAS.format(grid=GRID, source=dev.id), encode(mset))
+            await asyncio.sleep(0.1)
+
+    feeding = asyncio.ensure_future(feed())
+    try:
+        await conditions.wait_for(lambda c: any(x.active for x in c), within_s=20)
+        raised = conditions.items[0]
+        assert (raised.kind, raised.mrid, raised.severity) == (
+            AlarmKind.NOT_OBSERVABLE,
+            se.name,
+            Severity.CRITICAL,
+        )
+        assert raised.value > raised.limit == se.nc.max_payload
+        assert "not published" in raised.message and GRID in raised.message
+        assert se.counters["dropped_oversize"] >= 1 and not states.items
+        assert se.nc.is_connected and bus.stats(se.nc).disconnects == 0
+        inflate = False
+        await conditions.wait_for(lambda c: not c[-1].active, within_s=20)
+        await states.wait_for(lambda s: len(s) >= 2)
+        assert all(len(s.message) < 1000 for s in states.items)
+        assert se.nc.is_connected and bus.stats(se.nc).disconnects == 0
+    finally:
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeding
+
+
+async def test_monitoring_drops_an_estimate_whose_layout_it_cannot_find(
+    platform: Callable[[type[Service]], Service], admin_nc: Client
+) -> None:
+    mon = platform(MonitoringService)
+    beats = await collect(admin_nc, subjects.HEARTBEAT.format(service=mon.name), Heartbeat)
+    await beats.wait_for(lambda b: any(h.state == "running" for h in b))
+    orphan = EstimateValues(
+        grid=GRID,
+        t_ns=1,
+        status=EstimateStatus.CONVERGED,
+        layout="0" * 16,
+        buses=BusValues(v_pu=[0.5], va_deg=[0.0], p_w=[0], q_var=[0]),
+    )
+    await admin_nc.publish(subjects.STATE.format(grid=GRID), encode(orphan))
+    await beats.wait_for(lambda b: b[-1].counters.get("dropped_bad_payload", 0) >= 1)
+    assert mon.counters["estimates_checked"] == 0 and not mon.counters["handler_errors"]
+
+
 async def test_unknown_device_and_wrong_grid_do_not_disturb_the_estimate(
     platform: Callable[[type[Service]], Service], admin_nc: Client
 ) -> None:
@@ -298,7 +392,7 @@ async def test_alarm_life_cycle_with_acknowledge_and_restart(
                 q_mvar=[0.0] * len(ids),
             ),
         )
-        await admin_nc.publish(subjects.STATE.format(grid=GRID), encode(est))
+        await publish_estimate(admin_nc, est)
 
     for t in range(5):  # debounce: raised after three violating estimates, once
         await estimate(1.08, t)
@@ -664,14 +758,15 @@ async def test_quick_estimates_run_on_the_event_loop_slow_ones_in_a_thread() -> 
     published: list[bytes] = []
 
     async def publish(subject: str, data: bytes, headers: object = None) -> None:
-        published.append(data)
+        if subject == subjects.STATE.format(grid="cigre_mv"):  # not its layout
+            published.append(data)
 
     async def put(key: str, data: bytes) -> None:
         pass
 
     svc = SimpleNamespace(
         counters=Counter(),
-        nc=SimpleNamespace(publish=publish),
+        nc=SimpleNamespace(publish=publish, max_payload=1 << 20),
         instance="t",
         log=logging.getLogger("test"),
     )

@@ -23,6 +23,7 @@ from nats.aio.client import Client
 
 from gridpilot.core import subjects
 from gridpilot.core.bus import connect
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.core.schemas import EstimateStatus, Heartbeat, ServiceState, StateEstimate
 from gridpilot.model.devices import DeviceRegistry
 from gridpilot.platform import permissions
@@ -78,10 +79,11 @@ class Watch:
         self.nc = nc
         self.estimates: list[StateEstimate] = []
         self.beats: dict[str, Heartbeat] = {}
+        self.reader = EstimateReader(nc)
 
     async def start(self) -> None:
         async def on_state(msg: Any) -> None:
-            self.estimates.append(msgspec.json.decode(msg.data, type=StateEstimate))
+            self.estimates.append(await self.reader.read(msg.data))
 
         async def on_beat(msg: Any) -> None:
             hb = msgspec.json.decode(msg.data, type=Heartbeat)

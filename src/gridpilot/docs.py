@@ -35,6 +35,7 @@ PARAMETERS = {
 
 UNITS = {"_pu": "p.u.", "_deg": "degrees", "_mw": "MW", "_mvar": "Mvar", "_ns": "ns since epoch"}
 UNITS |= {"_s": "seconds", "_ms": "milliseconds", "_pct": "percent", "_ka": "kA"}
+UNITS |= {"_w": "W", "_var": "var", "_ma": "mA"}
 
 
 def message_types() -> list[type[msgspec.Struct]]:

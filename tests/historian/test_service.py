@@ -26,6 +26,7 @@ from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.platform.permissions import HISTORIAN
 from gridpilot.services.historian.backends import open_store
 from gridpilot.services.historian.service import HistorianService
+from tests.estimates import publish_estimate
 
 HOUR_NS = 3600 * 10**9
 T0 = (time.time_ns() // HOUR_NS - 1) * HOUR_NS  # the last whole hour: within raw retention
@@ -120,7 +121,7 @@ async def test_stores_every_stream_and_answers_queries(
     )
     thinned = msgspec.structs.replace(est, t_ns=T0 + 100_000_000)  # same second: not stored
     for e in (est, thinned):
-        await js.publish(subjects.STATE.format(grid=grid), s.encode(e))
+        await publish_estimate(admin_nc, e, stream=True)
     alarm = s.Alarm(
         id="voltage_low:bus_2",
         grid=grid,
@@ -212,6 +213,36 @@ async def test_stores_every_stream_and_answers_queries(
     assert s.decode(events.events[0].payload.encode(), s.Alarm).mrid == "bus_2" or (
         s.decode(events.events[1].payload.encode(), s.Alarm).mrid == "bus_2"
     )
+
+
+async def test_estimates_are_stored_with_their_layout_and_unknown_layouts_dropped(
+    historian: HistorianService, admin_nc: Client, grid: str
+) -> None:
+    orphan = s.EstimateValues(
+        grid=grid,
+        t_ns=T0,
+        status=s.EstimateStatus.CONVERGED,
+        layout="0" * 16,  # no such layout in KV gp_state
+        buses=s.BusValues(v_pu=[1.0], va_deg=[0.0], p_w=[0], q_var=[0]),
+    )
+    await admin_nc.jetstream().publish(subjects.STATE.format(grid=grid), s.encode(orphan))
+    est = s.StateEstimate(
+        grid=grid,
+        t_ns=T0 + 10**9,  # a second later: not thinned
+        status=s.EstimateStatus.CONVERGED,
+        buses=s.BusStates(id=["bus_7"], v_pu=[0.98], va_deg=[-2.5], p_mw=[0.004], q_mvar=[0]),
+    )
+    await publish_estimate(admin_nc, est, stream=True)
+    await until(lambda: historian.counters["samples_new"] >= 4)
+    assert historian.counters["dropped_bad_payload"] == 1
+    query = s.HistoryQuery(
+        series=[s.SeriesRef(kind="est", mrid="bus_7", quantity="p_mw", source="se")],
+        t_from_ns=T0,
+        t_to_ns=T0 + 10 * 10**9,
+    )
+    reply = await ask(admin_nc, subjects.HISTORY_QUERY.format(grid=grid), query, s.HistoryReply)
+    assert isinstance(reply, s.HistoryReply) and reply.ok, reply
+    assert reply.data[0].t_ns == [T0 + 10**9] and reply.data[0].value == [0.004]
 
 
 async def test_bad_queries_get_clear_errors(

@@ -5,12 +5,14 @@ historian, and the live WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
@@ -20,11 +22,15 @@ from openapi_spec_validator import validate
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
+from gridpilot.core.estimates import EstimateWriter, encode_layout, layout_key
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
 from gridpilot.services.historian.service import HistorianService
 from gridpilot.services.monitoring.service import MonitoringService
+from gridpilot.services.web.bridge import Bridge, Unavailable
 from gridpilot.services.web.users import Role, Tokens, UserStore
+from tests.conftest import ConnectAs
+from tests.estimates import publish_estimate
 from tests.pipeline import grid as load
 from tests.web.conftest import GRID, PASSWORDS, Api, login
 
@@ -228,19 +234,27 @@ async def test_alarm_ack_history_and_live_updates(
     )  # fmt: skip
     viewer = await login(api, "vic")
     operator = await login(api, "olga")
+    writer = EstimateWriter(GRID)
     async with api.websocket_connect(f"/api/grids/{GRID}/live", headers=viewer) as ws:
         for i in range(6):  # debounce: a few estimates in a row with every bus low
             est = msgspec.structs.replace(low, t_ns=low.t_ns + i * 10**9)
-            await admin_nc.publish(subjects.STATE.format(grid=GRID), s.encode(est))
+            await publish_estimate(admin_nc, est, writer=writer)
             await asyncio.sleep(0.1)
         kinds: set[str] = set()
+        estimates: list[dict[str, Any]] = []  # of the layout, in the order received
         deadline = time.monotonic() + 10
-        while not {"estimate", "alarm", "services"} <= kinds:
+        while not ({"estimate", "alarm", "services"} <= kinds and len(estimates) >= 2):
             assert time.monotonic() < deadline, kinds
             msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
             kinds.add(msg["type"])
-            if msg["type"] == "estimate":
-                assert msg["v_pu"][0] == 0.8 and msg["bus_id"] == ids
+            if msg["type"] == "estimate" and msg["layout"]:
+                assert msg["v_pu"][0] == 0.8 and len(msg["v_pu"]) == len(ids)
+                estimates.append(msg)
+        # the ids come with the first estimate of a layout, the values with each
+        assert writer.layout is not None
+        assert [e["layout"] for e in estimates] == [writer.layout.id] * len(estimates)
+        assert estimates[0]["bus_id"] == ids
+        assert all("bus_id" not in e for e in estimates[1:])
     alarms = (await api.get(f"/api/grids/{GRID}/alarms", headers=viewer)).json()
     assert alarms, "monitoring raised no alarm"
     alarm_id = alarms[0]["id"]
@@ -262,6 +276,39 @@ async def test_alarm_ack_history_and_live_updates(
         f"/api/grids/{GRID}/history", params={**q, "quantity": "nonsense"}, headers=viewer
     )
     assert r.status_code == 422 and "no est series" in r.json()["detail"]
+
+
+async def test_the_latest_estimate_is_read_from_kv_with_its_layout(
+    api: Api, admin_nc: Client, connect_as: ConnectAs
+) -> None:
+    kv = await admin_nc.jetstream().key_value(subjects.STATE_BUCKET)
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        await kv.purge(GRID)  # what earlier tests' estimators left
+    fresh = Bridge(await connect_as("web"))
+    assert await fresh.estimate(GRID) is None  # none yet: not an error
+    ids = [b.id for b in load(GRID).buses]
+    est = s.StateEstimate(
+        grid=GRID,
+        t_ns=1,
+        status=s.EstimateStatus.CONVERGED,
+        buses=s.BusStates(
+            id=ids, v_pu=[0.97] * len(ids), va_deg=[0.0] * len(ids),
+            p_mw=[0.0] * len(ids), q_mvar=[0.0] * len(ids),
+        ),
+    )  # fmt: skip
+    writer = EstimateWriter(GRID)
+    values, layout = writer.encode(est)
+    assert layout is not None
+    await kv.put(layout_key(GRID, layout.id), encode_layout(layout))
+    await kv.put(GRID, s.encode(values))  # as the estimator keeps the latest
+    got = await Bridge(await connect_as("web")).estimate(GRID)
+    assert got is not None and got.buses is not None and got.buses.id == ids
+    assert got.buses.v_pu == [0.97] * len(ids)
+    # an entry naming a layout the bucket lacks: unavailable, said so, not "no estimate"
+    await kv.put(GRID, s.encode(msgspec.structs.replace(values, layout="0" * 16)))
+    with pytest.raises(Unavailable, match="cannot be read"):
+        await Bridge(await connect_as("web")).estimate(GRID)
+    await kv.purge(GRID)
 
 
 async def test_live_socket_refuses_without_login(api: Api) -> None:

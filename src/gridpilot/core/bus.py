@@ -8,7 +8,7 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
@@ -49,6 +49,7 @@ class BusStats:
     denied: deque[tuple[int, PermissionDeniedError]] = field(
         default_factory=lambda: deque(maxlen=64)
     )
+    oversize_logged: set[str] = field(default_factory=set)  # subjects said once each
 
     def denied_since(self, mark: int, subject: str | None = None) -> PermissionDeniedError | None:
         """The first refusal recorded after ``mark`` (for ``subject`` if given), else None.
@@ -70,16 +71,6 @@ _STATS: WeakKeyDictionary[Client, BusStats] = WeakKeyDictionary()
 # What a client keeps for the broker while it is away (nats-py's default is 2 MiB): about a
 # minute of a mid-size grid's field data; beyond it publishes are dropped and counted.
 PENDING_BYTES = 2 * 1024 * 1024
-
-
-def _headers_size(headers: dict[str, str] | None) -> int:
-    """The bytes nats-py puts on the wire for ``headers`` (NATS/1.0 line, one line each, blank
-    line), which the server counts against its maximum payload."""
-    if not headers:
-        return 0
-    return len(b"NATS/1.0\r\n\r\n") + sum(
-        len(k.encode()) + len(str(v).encode()) + 4 for k, v in headers.items()
-    )
 
 
 class BusClient(Client):
@@ -104,13 +95,14 @@ class BusClient(Client):
         st = stats(self)
         if self.is_connected and headers:
             limit = self.max_payload
-            if limit and len(payload) + _headers_size(headers) > limit:
+            size = message_size(payload, headers)
+            if limit and size > limit:
                 st.dropped_oversize += 1
                 log.warning(
                     "bus event=oversize client=%s subject=%s bytes=%d limit=%d",
                     self.options.get("name"),
                     subject,
-                    len(payload) + _headers_size(headers),
+                    size,
                     limit,
                 )
                 raise nats.errors.MaxPayloadError
@@ -307,6 +299,48 @@ async def publish_checked(
     denied = st.denied_since(mark, subject)
     if denied is not None:
         raise denied
+
+
+_HEADER_LINE = len(b"NATS/1.0\r\n")
+
+
+def message_size(payload: bytes, headers: Mapping[str, str] | None = None) -> int:
+    """The bytes the server counts against its max_payload: the payload and, for a message
+    with headers, the header block as nats-py writes it ("NATS/1.0", one "key: value" line
+    each, an empty line)."""
+    if headers is None:
+        return len(payload)
+    lines = sum(len(f"{k.strip()}: {v.strip()}\r\n".encode()) for k, v in headers.items())
+    return len(payload) + _HEADER_LINE + lines + 2
+
+
+def refuse_oversize(
+    nc: Client,
+    subject: str,
+    payload: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    counters: MutableMapping[str, int],
+) -> int:
+    """The message's size if the server would refuse it (0 if it fits): counted in
+    ``dropped_oversize`` and logged once per subject, for the caller not to send it.
+
+    The server closes the connection of a client that sends a message above its max_payload
+    (from its INFO; 1 MiB by default), and nats-py checks the payload alone: a message whose
+    headers take it over the limit costs the sender its connection.
+    """
+    size = message_size(payload, headers)
+    limit = nc.max_payload
+    if size <= limit:
+        return 0
+    counters["dropped_oversize"] = counters.get("dropped_oversize", 0) + 1
+    said = stats(nc).oversize_logged
+    if subject not in said:
+        said.add(subject)
+        log.error(
+            "bus event=oversize_refused subject=%s bytes=%d max_payload=%d", subject, size, limit
+        )
+    return size
 
 
 _COMPARED = (

@@ -177,6 +177,74 @@ class StateEstimate(msgspec.Struct, frozen=True, kw_only=True):
     late_dropped: int = 0  # reports that came after their snapshot closed, since the last one
 
 
+class EstimateLayout(msgspec.Struct, frozen=True, kw_only=True):
+    """What the arrays of an ``EstimateValues`` are aligned to: the ids, sent once per topology.
+
+    Kept in KV ``gp_state`` under ``layout.<grid>.<id>`` (written before the first estimate
+    that refers to it, never changed) and published on ``gp.<grid>.state.layout`` when it
+    changes; above 64 KiB zlib-compressed. ``id`` is a hash of the lists, so the same lists
+    always get the same id.
+    """
+
+    grid: str
+    id: str
+    bus_id: list[str]
+    branch_id: list[str]
+    sensor: list[str] = []  # "<source>/<mrid>/<measurand>/<terminal>", residuals refer to them
+    source: list[str] = []  # field devices, missing ones are referred to by index
+
+
+class BusValues(msgspec.Struct, frozen=True, kw_only=True):
+    """Bus values, entry i for the layout's ``bus_id[i]``; null where there is no value.
+    Powers are whole watts and var (the net injection into the grid at the bus)."""
+
+    v_pu: list[float | None]  # to 1e-6 p.u.
+    va_deg: list[float | None]  # to 1e-5 degrees
+    p_w: list[int | None]
+    q_var: list[int | None]
+
+
+class BranchValues(msgspec.Struct, frozen=True, kw_only=True):
+    """Branch values, entry i for the layout's ``branch_id[i]``; null where there is no value."""
+
+    p_from_w: list[int | None]
+    q_from_var: list[int | None]
+    p_to_w: list[int | None]
+    q_to_var: list[int | None]
+    i_from_ma: list[int | None]
+    loading_pct: list[float | None]  # to 1e-3 %
+
+
+class EstimateValues(msgspec.Struct, frozen=True, kw_only=True):
+    """One state estimate as the bus carries it: a ``StateEstimate`` whose ids are in the
+    ``EstimateLayout`` named by ``layout`` (empty when there are no values, e.g. not converged).
+
+    ``residual_norm[i]`` belongs to the layout's ``sensor[i]`` (null: not used in this
+    estimate); ``missing`` indexes the layout's ``source``. ``gridpilot.core.estimates``
+    turns it back into the full StateEstimate.
+    """
+
+    grid: str
+    t_ns: int
+    status: EstimateStatus
+    layout: str = ""
+    message: str = ""
+    solver: str = ""
+    solve_ms: float = 0.0
+    n_measurements: int = 0
+    n_pseudo: int = 0
+    pseudo: list[str] = []
+    objective: float = 0.0
+    chi2_threshold: float = 0.0
+    bad_data: list[BadData] = []
+    max_r_norm: float = 0.0
+    buses: BusValues | None = None
+    branches: BranchValues | None = None
+    residual_norm: list[float | None] = []
+    missing: list[int] = []
+    late_dropped: int = 0
+
+
 class SimTruth(msgspec.Struct, frozen=True, kw_only=True):
     """The simulator's noise-free power flow, with the same ids as the estimate."""
 

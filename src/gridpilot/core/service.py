@@ -30,7 +30,7 @@ from nats.js.kv import KeyValue
 
 from gridpilot.core import bus, subjects
 from gridpilot.core import schemas as s
-from gridpilot.core.bus import connect
+from gridpilot.core.bus import connect, refuse_oversize
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.logs import setup_logging
@@ -132,10 +132,14 @@ class Service:
 
     async def publish(self, subject: str, obj: msgspec.Struct) -> None:
         """Publish; while the broker is away the message is buffered, or dropped and counted
-        (``dropped_outage`` in the heartbeat) once the buffer is full: never an error."""
+        (``dropped_outage`` in the heartbeat) once the buffer is full: never an error. A
+        message above the server's limit is refused and counted (``dropped_oversize``)."""
+        data = s.encode(obj)
+        if refuse_oversize(self.nc, subject, data, counters=self.counters):
+            return  # the server would close the connection for it: counted, logged once
         st = bus.stats(self.nc)
         dropped = st.dropped_outage
-        await self.nc.publish(subject, s.encode(obj))
+        await self.nc.publish(subject, data)
         if st.dropped_outage == dropped:
             self.counters["msgs_out"] += 1
 

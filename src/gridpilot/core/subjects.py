@@ -73,11 +73,23 @@ TRUTH = SubjectSpec(
 STATE = SubjectSpec(
     name="state",
     template="gp.{grid}.state",
-    payload=s.StateEstimate,
+    payload=s.EstimateValues,
     pattern=Pattern.STREAM,
     publishers=("state_estimation",),
     subscribers=("monitoring", "web", "historian"),
-    description="Every state estimate; the latest per grid is also in KV bucket gp_state.",
+    description="Every state estimate, its values aligned to the layout it names (KV gp_state "
+    "key layout.<grid>.<id>); the latest per grid is also in KV gp_state (key: grid).",
+)
+STATE_LAYOUT = SubjectSpec(
+    name="state_layout",
+    template="gp.{grid}.state.layout",
+    payload=s.EstimateLayout,
+    pattern=Pattern.PUBSUB,
+    publishers=("state_estimation",),
+    subscribers=("any estimate reader (optional: a reader reads a layout it lacks from KV)",),
+    description="The ids the estimates' values are aligned to, when they change (a topology "
+    "change); kept in KV gp_state (key layout.<grid>.<id>) before any estimate refers to it. "
+    "JSON, zlib-compressed above 64 KiB (as in KV).",
 )
 ALARM = SubjectSpec(
     name="alarm",
@@ -204,6 +216,7 @@ CATALOGUE: tuple[SubjectSpec, ...] = (
     METER_RAW,
     TRUTH,
     STATE,
+    STATE_LAYOUT,
     ALARM,
     CONDITION,
     COMMAND,
@@ -279,9 +292,15 @@ class BucketSpec:
 
 
 LEASES_TTL_S = 3.0
+STATE_BUCKET = "gp_state"
+STATE_LAYOUT_KEY = "layout.{grid}.{layout}"  # in STATE_BUCKET: an EstimateLayout
 
 BUCKETS: tuple[BucketSpec, ...] = (
-    BucketSpec(name="gp_state", description="latest state estimate per grid (key: grid)"),
+    BucketSpec(
+        name="gp_state",
+        description="latest state estimate per grid (key: grid) and the layouts estimates refer "
+        "to (key: layout.<grid>.<id>, never changed once written)",
+    ),
     BucketSpec(
         name="gp_services",
         description="latest heartbeat per service (key: service, or service.<instance> for "

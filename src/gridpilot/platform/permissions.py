@@ -48,6 +48,8 @@ if (
     or MODELS not in _OBJECT_STORES
 ):
     raise ImportError("permissions.py names a bucket that core/subjects.py does not define")
+# the estimate layouts in gp_state, every grid's (layout.<grid>.<id>)
+LAYOUT_KEYS = sj.STATE_LAYOUT_KEY.format(grid="*", layout="*")
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,10 @@ PERMISSIONS: dict[str, Permissions] = {
         publish=_dedup(
             *_service(STATE_ESTIMATION),
             sj.STATE.wildcard(),
+            sj.STATE_LAYOUT.wildcard(),
+            sj.CONDITION.wildcard(source=STATE_ESTIMATION),
             *kv_put(STATE_KV, "*"),
+            *kv_put(STATE_KV, LAYOUT_KEYS),
             *stream_last(_CMD_STREAM),
             *kv_put(SERVICES_KV, f"{STATE_ESTIMATION}.*"),
             *kv_put(LEASES_KV, "se.*"),
@@ -194,6 +199,7 @@ PERMISSIONS: dict[str, Permissions] = {
             sj.ALARM.wildcard(),
             *kv_put(ALARMS_KV, "*"),
             *kv_get(ALARMS_KV),
+            *kv_get(STATE_KV, LAYOUT_KEYS),
         ),
         # estimates (limits, bad data), every device's reports (communication loss), what
         # other services report (conditions) and every service's heartbeat (service down)
@@ -212,6 +218,7 @@ PERMISSIONS: dict[str, Permissions] = {
         publish=_dedup(
             *(s for b in (SERVICES_KV, STATE_KV, ALARMS_KV) for s in (*kv_get(b), *kv_watch(b))),
             *kv_get(SERVICES_KV, ">"),  # service.<instance> of the services sharing their grids
+            *kv_get(STATE_KV, LAYOUT_KEYS),
             *object_get(MODELS),
             HISTORY_REQUESTS,
         ),
@@ -269,6 +276,7 @@ PERMISSIONS: dict[str, Permissions] = {
             HISTORY_REQUESTS,
             _under(sj.SIM_INJECT),
             *(s for b in (STATE_KV, ALARMS_KV) for s in kv_get(b)),
+            *kv_get(STATE_KV, LAYOUT_KEYS),
         ),
         subscribe=(
             sj.STATE.wildcard(),
@@ -285,6 +293,7 @@ PERMISSIONS: dict[str, Permissions] = {
         publish=_dedup(
             *_service(HISTORIAN),
             *(s for spec in sj.STREAMS for s in durable_consumer(spec.name)),
+            *kv_get(STATE_KV, LAYOUT_KEYS),
         ),
         subscribe=(HISTORY_REQUESTS, _INBOX),
         allow_responses=True,

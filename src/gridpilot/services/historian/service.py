@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,7 +32,8 @@ from nats.js import api
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.backoff import Backoff
-from gridpilot.core.errors import ConfigError
+from gridpilot.core.errors import ConfigError, PayloadError
+from gridpilot.core.estimates import EstimateReader, EstimateRef, expand
 from gridpilot.core.service import Service
 from gridpilot.services.historian import rows
 from gridpilot.services.historian.backends import open_store, redact
@@ -49,6 +50,9 @@ from gridpilot.services.historian.store import (
 T = TypeVar("T")
 
 BATCH = 2000  # messages per fetch (and per transaction)
+# Estimates per fetch: one of mvlv_rural's takes 350 kB, and 2,000 of them would overrun what
+# the server holds for a client (64 MiB) and make the historian a slow consumer.
+STATE_BATCH = 20
 SETUP_RETRY_S = 30.0  # how long a consumer's creation is retried while the broker is unready
 FETCH_WAIT_S = 0.5
 ACK_WAIT_S = 10.0  # unacknowledged (the historian died holding it): delivered again after this
@@ -100,7 +104,15 @@ class HistorianService(Service):
         self._js = self.nc.jetstream()
         g = self.grid
         self._consume("GP_MEAS", "meas", subjects.MEAS.wildcard(grid=g), self._meas_rows)
-        self._consume("GP_STATE", "state", subjects.STATE.format(grid=g), self._state_rows)
+        self.estimates = EstimateReader(self.nc)
+        self._consume(
+            "GP_STATE",
+            "state",
+            subjects.STATE.format(grid=g),
+            self._state_rows,
+            prepare=self._state_layouts,
+            batch=STATE_BATCH,
+        )
         self._consume("GP_ALARM", "alarm", subjects.ALARM.format(grid=g), self._alarm_rows)
         self._consume("GP_CMD", "cmd", f"gp.{g}.>", self._cmd_rows)
         self._consume("GP_AUDIT", "audit", subjects.AUDIT.format(grid=g), self._audit_rows)
@@ -133,9 +145,13 @@ class HistorianService(Service):
         short: str,
         filter_subject: str,
         to_rows: Callable[[Msg], tuple[list[Sample], list[EventRow]]],
+        *,
+        prepare: Callable[[list[Msg]], Awaitable[None]] | None = None,
+        batch: int = BATCH,
     ) -> None:
         durable = f"historian_{self.grid}_{short}"
-        self.spawn(self._ingest(stream, durable, filter_subject, to_rows), name=durable)
+        ingest = self._ingest(stream, durable, filter_subject, to_rows, prepare, batch)
+        self.spawn(ingest, name=durable)
 
     async def _ingest(
         self,
@@ -143,6 +159,8 @@ class HistorianService(Service):
         durable: str,
         filter_subject: str,
         to_rows: Callable[[Msg], tuple[list[Sample], list[EventRow]]],
+        prepare: Callable[[list[Msg]], Awaitable[None]] | None = None,
+        batch: int = BATCH,
     ) -> None:
         config = api.ConsumerConfig(
             durable_name=durable,
@@ -150,7 +168,7 @@ class HistorianService(Service):
             # request expires; AckAll on a later message would then acknowledge them unstored.
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT_S,
-            max_ack_pending=4 * BATCH,
+            max_ack_pending=4 * batch,
             deliver_policy=api.DeliverPolicy.ALL,
             filter_subject=filter_subject,
         )
@@ -176,7 +194,7 @@ class HistorianService(Service):
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
+                    msgs = await sub.fetch(batch, timeout=FETCH_WAIT_S)
                 except (nats.errors.TimeoutError, TimeoutError):
                     msgs = []
                 except (nats.js.errors.Error, nats.errors.Error) as exc:
@@ -185,6 +203,8 @@ class HistorianService(Service):
                     self.log.warning("fetch failed", extra={"consumer": durable, "error": str(exc)})
                     await asyncio.sleep(1.0)
                     continue
+                if msgs and prepare is not None:
+                    await prepare(msgs)  # what to_rows needs from elsewhere (I/O)
                 samples, events = self._rows(msgs, to_rows) if msgs else ([], [])
                 if writing is not None:
                     await self._acknowledge(*writing)
@@ -251,11 +271,46 @@ class HistorianService(Service):
         self.counters["nonfinite_skipped"] += skipped
         return samples, []
 
+    async def _state_layouts(self, msgs: list[Msg]) -> None:
+        """Read the layouts a batch of estimates refers to (each once): a broker that does not
+        answer is waited for, as a database that fails is, with nothing acknowledged."""
+        wanted: set[tuple[str, str]] = set()
+        for msg in msgs:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                ref = s.decode(msg.data, EstimateRef)  # a bad one is dropped by _state_rows
+                if ref.layout and self.estimates.cached(ref.grid, ref.layout) is None:
+                    wanted.add((ref.grid, ref.layout))
+        for grid, layout in sorted(wanted):
+            backoff = Backoff(0.5, 30.0, names=("min", "max"))
+            while True:
+                try:
+                    await self.estimates.layout(grid, layout)
+                except PayloadError:
+                    break  # not there, or not a layout: its estimates are dropped, counted
+                except (nats.errors.Error, TimeoutError) as exc:
+                    self.counters["layout_read_errors"] += 1
+                    delay = backoff.next()
+                    self.log.warning(
+                        "estimate layout unreadable; retrying, nothing acknowledged",
+                        extra={"layout": layout, "error": repr(exc), "retry_in_s": delay},
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                break
+
     def _state_rows(self, msg: Msg) -> tuple[list[Sample], list[EventRow]]:
-        est = s.decode(msg.data, s.StateEstimate)
-        bucket = est.t_ns // round(self.retention.est_period_s * 1e9)
+        ref = s.decode(msg.data, EstimateRef)
+        bucket = ref.t_ns // round(self.retention.est_period_s * 1e9)
         if bucket == self._last_est_bucket:
             self.counters["estimates_thinned"] += 1
+            return [], []
+        layout = self.estimates.cached(ref.grid, ref.layout) if ref.layout else None
+        try:
+            if ref.layout and layout is None:
+                raise PayloadError(msg.subject, f"layout {ref.layout!r} not in KV")
+            est = expand(s.decode(msg.data, s.EstimateValues), layout)
+        except PayloadError as exc:
+            self._drop(msg.subject, str(exc))
             return [], []
         self._last_est_bucket = bucket
         samples, skipped = rows.estimate_samples(est)

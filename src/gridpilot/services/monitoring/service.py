@@ -23,15 +23,17 @@ from nats.js.kv import KeyValue
 
 from gridpilot.core import bus, subjects
 from gridpilot.core.backoff import Backoff
+from gridpilot.core.errors import PayloadError
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.core.schemas import (
     AckRequest,
     Alarm,
     AlarmKind,
     Condition,
+    EstimateValues,
     Heartbeat,
     Quality,
     Reply,
-    StateEstimate,
 )
 from gridpilot.core.service import Service
 from gridpilot.model import distribution
@@ -101,7 +103,8 @@ class MonitoringService(Service):
         self.info["active_alarms"] = len(self.table.alarms)
         self.log.info("alarm table loaded", extra={"active": len(stored)})
         g = self.grid
-        await self.subscribe(subjects.STATE.format(grid=g), StateEstimate, self.on_state)
+        self.reader = EstimateReader(self.nc)
+        await self.subscribe(subjects.STATE.format(grid=g), EstimateValues, self.on_state)
         await self.subscribe(subjects.ALARM_ACK.format(grid=g), AckRequest, self.on_ack)
         self._reports = await self.subscribe(
             subjects.MEAS.format(grid=g, source=">"), _Report, self.on_report
@@ -152,7 +155,12 @@ class MonitoringService(Service):
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    async def on_state(self, est: StateEstimate, _msg: Msg) -> None:
+    async def on_state(self, values: EstimateValues, msg: Msg) -> None:
+        try:
+            est = await self.reader.expand(values)
+        except PayloadError as exc:  # its layout unknown, or values that do not fit it
+            self._drop(msg.subject, str(exc))
+            return
         self.counters["estimates_checked"] += 1
         now = time.monotonic()
         changed = self.estimates.apply(est, self.table, now)

@@ -27,12 +27,20 @@ from nats.aio.subscription import Subscription
 
 from gridpilot.core import subjects
 from gridpilot.core.backoff import wait_until_there
+from gridpilot.core.bus import refuse_oversize
 from gridpilot.core.errors import ConfigError
+from gridpilot.core.estimates import EstimateWriter, encode_layout, layout_key
 from gridpilot.core.leases import Lease, Leases, LeaseView
 from gridpilot.core.schemas import (
+    CONDITION_REPEAT_S,
+    AlarmKind,
+    Condition,
+    EstimateLayout,
     MeasurementSet,
     MeasurementSnapshot,
     ServiceState,
+    Severity,
+    StateEstimate,
     SwitchState,
     encode,
 )
@@ -97,6 +105,10 @@ class GridEstimation:
         self._inline = False  # the next estimate on the event loop (the first: in a thread)
         self._subs: list[Subscription] = []
         self.task: asyncio.Future[None] | None = None
+        self.sources: list[str] = []
+        self.writer = EstimateWriter(grid)  # start() gives it the sensors and devices
+        self._stored_layout = ""  # the layout id last written to KV
+        self._oversize_said = 0.0  # when the oversize condition was last sent (0: not active)
 
     async def start(self, pkg: distribution.GridPackage | None = None) -> None:
         """Fetch the model (unless given), build the estimator, subscribe."""
@@ -106,6 +118,10 @@ class GridEstimation:
         model, placement = pkg.model, pkg.placement
         self.estimator = await asyncio.to_thread(Estimator, model, placement)
         self.aligner = Aligner(placement)
+        self.sources = [d.id for d in placement.devices]
+        self.writer = EstimateWriter(
+            self.grid, sensors=_sensor_names(self.estimator), sources=self.sources
+        )
         self.kv = await svc.nc.jetstream().key_value("gp_state")
         svc.log.info(
             "model ready",
@@ -198,6 +214,7 @@ class GridEstimation:
             if self.topology is not None:
                 closed, self.topology = self.topology, None
                 await asyncio.to_thread(self.estimator.set_topology, closed)
+                self.writer.expect(sensors=_sensor_names(self.estimator), sources=self.sources)
                 counters["topology_changes"] += 1
                 svc.log.info("topology changed; model rebuilt", extra={"grid": self.grid})
             while self.queue:
@@ -210,7 +227,14 @@ class GridEstimation:
                 if not (self.active and self.may_publish()):
                     counters["estimates_withheld"] += 1  # the lease ran out meanwhile
                     continue
-                data = encode(est)
+                data = await self._encode(est)
+                if data is None:
+                    continue
+                size = refuse_oversize(svc.nc, subject, data, headers, counters=counters)
+                if size or self._oversize_said:
+                    await self._oversize(size, "estimate")
+                if size:
+                    continue
                 await svc.nc.publish(subject, data, headers=headers)
                 counters[f"estimates_{est.status}"] += 1
                 counters["bad_data_removed"] += len(est.bad_data)
@@ -229,6 +253,84 @@ class GridEstimation:
                         svc.log.warning(
                             "KV put failed", extra={"grid": self.grid, "error": str(exc)}
                         )
+
+    async def _encode(self, est: StateEstimate) -> bytes | None:
+        """The estimate's message; its layout goes to KV first when new (None: it could not,
+        the estimate is withheld, a later one tries again)."""
+        msg, _ = self.writer.encode(est)
+        layout = self.writer.layout
+        if layout is None or layout.id == self._stored_layout or await self._store_layout(layout):
+            return encode(msg)
+        self.svc.counters["estimates_withheld_layout"] += 1
+        return None
+
+    async def _store_layout(self, layout: EstimateLayout) -> bool:
+        svc = self.svc
+        data = encode_layout(layout)
+        subject = subjects.STATE_LAYOUT.format(grid=self.grid)
+        size = refuse_oversize(svc.nc, subject, data, counters=svc.counters)
+        if size:
+            await self._oversize(size, "estimate layout")
+            return False
+        try:
+            await self.kv.put(layout_key(layout.grid, layout.id), data)
+        except (nats.errors.Error, TimeoutError) as exc:  # a broker restart: the next one retries
+            svc.counters["layout_put_failures"] += 1
+            svc.log.warning("layout put failed", extra={"grid": self.grid, "error": str(exc)})
+            return False
+        self._stored_layout = layout.id
+        svc.counters["layouts_written"] += 1
+        svc.log.info(
+            "estimate layout written",
+            extra={
+                "grid": self.grid,
+                "layout": layout.id,
+                "bytes": len(data),
+                "buses": len(layout.bus_id),
+                "branches": len(layout.branch_id),
+                "sensors": len(layout.sensor),
+            },
+        )
+        await svc.nc.publish(subject, data)
+        return True
+
+    async def _oversize(self, size: int, what: str) -> None:
+        """An estimate (or layout) the broker would refuse is not sent: the operator's view of
+        the grid stops, an alarmable state. Report it (not_observable: the control room cannot
+        observe the grid) until estimates fit again; ``size`` 0 clears it."""
+        now = time.monotonic()
+        active = size > 0
+        if active and self._oversize_said and now - self._oversize_said < CONDITION_REPEAT_S:
+            return
+        self._oversize_said = now if active else 0.0
+        limit = self.svc.nc.max_payload
+        message = (
+            f"state estimates of {self.grid} are not published: the {what} takes {size} bytes, "
+            f"more than the broker's limit of {limit}"
+            if active
+            else f"state estimates of {self.grid} fit the broker's limit again"
+        )
+        condition = Condition(
+            grid=self.grid,
+            kind=AlarmKind.NOT_OBSERVABLE,
+            mrid=self.svc.name,
+            active=active,
+            t_ns=time.time_ns(),
+            severity=Severity.CRITICAL,
+            value=float(size),
+            limit=float(limit),
+            message=message,
+            reporter=self.svc.name,
+        )
+        await self.svc.publish(
+            subjects.CONDITION.format(grid=self.grid, source=self.svc.name), condition
+        )
+
+
+def _sensor_names(estimator: Estimator) -> list[str]:
+    """The measured (not pseudo) sensors whose residuals an estimate may report."""
+    table = estimator.sensors
+    return table.names[: len(table.v_keys) + table.n_real_p]
 
 
 class StateEstimationService(Service):

@@ -24,7 +24,8 @@ from nats.aio.msg import Msg
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.errors import BusError, GridPilotError
+from gridpilot.core.errors import BusError, GridPilotError, PayloadError
+from gridpilot.core.estimates import EstimateReader
 from gridpilot.model import distribution
 from gridpilot.model.distribution import GridPackage
 from gridpilot.platform import operate
@@ -60,6 +61,7 @@ class LiveClient:
     grid: str
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(256))
     estimate: dict[str, Any] | None = None
+    layout: str = ""  # the estimate layout whose ids this browser was sent
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
 
@@ -87,10 +89,17 @@ class Freshness:
         return {"age_s": age, "stale": self.stale, "stale_after_s": self.stale_after_s}
 
 
-def compact_estimate(est: s.StateEstimate) -> dict[str, Any]:
-    """What the diagram needs of an estimate (the full one is at GET .../estimate)."""
+ID_KEYS = ("bus_id", "branch_id")  # sent to a browser once per layout
+
+
+def compact_estimate(est: s.StateEstimate, *, layout: str = "") -> dict[str, Any]:
+    """What the diagram needs of an estimate (the full one is at GET .../estimate).
+
+    With ``layout`` (the id of the estimate's EstimateLayout) the ids may be left out of the
+    next estimates of the same layout: the browser keeps them from this one."""
     out: dict[str, Any] = {
         "type": "estimate",
+        "layout": layout,
         "t_ns": est.t_ns,
         "status": est.status,
         "message": est.message,
@@ -115,6 +124,7 @@ class Bridge:
         self.service = service
         self.packages: dict[str, GridPackage] = {}
         self.estimates: dict[str, s.StateEstimate] = {}
+        self.reader = EstimateReader(nc)
         self.switches: dict[str, dict[str, bool]] = {}
         self.heartbeats: dict[str, s.Heartbeat] = {}
         self.devices: dict[str, dict[str, s.MeasurementSet]] = {}
@@ -179,13 +189,15 @@ class Bridge:
         if grid in self.estimates:
             return self.estimates[grid]
         try:
-            kv = await self.js.key_value("gp_state")
+            kv = await self.js.key_value(subjects.STATE_BUCKET)
             entry = await kv.get(grid)
+            est = await self.reader.read(entry.value or b"")
         except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
             return None  # no estimate yet
-        except BUS_ERRORS as exc:
+        except (PayloadError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Unavailable(f"the latest estimate of {grid} cannot be read: {exc}") from None
+        except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"cannot read the latest estimate of {grid}: {exc!r}") from None
-        est = s.decode(entry.value or b"", s.StateEstimate)
         self.estimates[grid] = est
         return est
 
@@ -266,13 +278,26 @@ class Bridge:
                 c.send(event)
 
     async def _on_state(self, msg: Msg) -> None:
-        est = s.decode(msg.data, s.StateEstimate)
+        values = s.decode(msg.data, s.EstimateValues)
+        try:
+            est = await self.reader.expand(values)
+        except PayloadError as exc:  # its layout unknown, or values that do not fit it
+            self.counters["dropped_bad_payload"] += 1
+            log.warning("dropped estimate", extra={"subject": msg.subject, "reason": str(exc)})
+            return
         self.estimates[est.grid] = est
         self._received(est.grid)
-        compact = compact_estimate(est)
+        full = compact_estimate(est, layout=values.layout)
+        lean = {k: v for k, v in full.items() if k not in ID_KEYS}
+        with_ids = len(lean) < len(full)
         for c in self.clients:
             if c.grid == est.grid:
-                c.estimate = compact  # latest wins; the sender paces it
+                # latest wins, the sender paces it; the ids go with the first estimate of a
+                # layout new to the browser, and with any that replaces one not yet sent
+                unsent_ids = c.estimate is not None and "bus_id" in c.estimate
+                c.estimate = full if c.layout != values.layout or unsent_ids else lean
+                if with_ids:
+                    c.layout = values.layout
                 c.wake.set()
 
     async def _on_topology(self, msg: Msg) -> None:

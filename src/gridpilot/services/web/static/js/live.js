@@ -25,6 +25,7 @@ export class Live {
     this.watchdog = 0;
     this.lastMessageAt = 0;
     this.connects = 0;
+    this.layout = null; // the ids of the estimates' layout, sent once per layout
   }
 
   url() {
@@ -71,6 +72,7 @@ export class Live {
       return;
     }
     this.ws = ws;
+    this.layout = null;
     let opened = false;
     ws.onopen = () => {
       opened = true;
@@ -93,6 +95,7 @@ export class Live {
       } catch {
         return;
       }
+      if (msg.type === "estimate") this._withIds(msg);
       this.onMessage(msg, performance.now() - t0, ev.data.length);
     };
     ws.onclose = (ev) => {
@@ -111,6 +114,17 @@ export class Live {
     ws.onerror = () => {
       /* onclose follows and schedules the retry */
     };
+  }
+
+  /** An estimate carries its bus and branch ids only when its layout is new to this
+   * connection: keep them from that one, fill them into the next ones of the same layout. */
+  _withIds(msg) {
+    if (Array.isArray(msg.bus_id) || Array.isArray(msg.branch_id)) {
+      if (msg.layout) this.layout = { id: msg.layout, bus_id: msg.bus_id, branch_id: msg.branch_id };
+    } else if (msg.layout && this.layout && this.layout.id === msg.layout) {
+      msg.bus_id = this.layout.bus_id;
+      msg.branch_id = this.layout.branch_id;
+    }
   }
 
   _retry() {
