@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
 from gridpilot.core import bus
+from gridpilot.model import distribution
 from gridpilot.platform.broker import EmbeddedNats, write_endpoints
 from gridpilot.platform.permissions import ADMIN, load_credentials
 
@@ -62,3 +66,15 @@ async def admin_nc(connect_as: ConnectAs) -> Client:
     nc = await connect_as(ADMIN)
     await bus.ensure_jetstream(nc)
     return nc
+
+
+async def remove_grid(nc: Client, name: str) -> None:
+    """Delete a grid's package and purge its delete marker, which a plain delete leaves listed
+    (the other tests of the session list the grids)."""
+    store = await nc.jetstream().object_store(distribution.BUCKET)
+    with contextlib.suppress(nats.js.errors.NotFoundError):  # already gone
+        await store.delete(f"{name}.json")
+    meta = base64.urlsafe_b64encode(f"{name}.json".encode()).decode()
+    await nc.jetstream().purge_stream(
+        f"OBJ_{distribution.BUCKET}", subject=f"$O.{distribution.BUCKET}.M.{meta}"
+    )

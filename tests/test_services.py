@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
@@ -68,6 +67,7 @@ from gridpilot.services.state_estimation.service import (
     StateEstimationService,
 )
 from gridpilot.simulator.service import SimulatorService
+from tests.conftest import remove_grid
 from tests.estimates import publish_estimate
 from tests.pipeline import Pipeline, grid
 
@@ -621,18 +621,6 @@ def renamed_package(name: str) -> distribution.GridPackage:
         model=msgspec.structs.replace(pkg.model, name=name),
         placement=msgspec.structs.replace(pkg.placement, grid=name),
         devices=msgspec.structs.replace(pkg.devices, grid=name),
-    )
-
-
-async def remove_grid(nc: Client, name: str) -> None:
-    """Delete a grid's package and purge its delete marker, which a plain delete leaves listed
-    (the other tests of the session list the grids)."""
-    store = await nc.jetstream().object_store(distribution.BUCKET)
-    with contextlib.suppress(Exception):
-        await store.delete(f"{name}.json")
-    meta = base64.urlsafe_b64encode(f"{name}.json".encode()).decode()
-    await nc.jetstream().purge_stream(
-        f"OBJ_{distribution.BUCKET}", subject=f"$O.{distribution.BUCKET}.M.{meta}"
     )
 
 

@@ -37,7 +37,7 @@ from gridpilot.platform import operate
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.simulator import persist
 from gridpilot.simulator.service import SimulatorService
-from tests.conftest import ConnectAs
+from tests.conftest import ConnectAs, remove_grid
 from tests.pipeline import grid
 from tests.test_services import collect, free_port
 
@@ -83,6 +83,7 @@ async def simulator(
     for _svc, task in running:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+    await remove_grid(admin_nc, GRID)  # the other tests of the session list the grids
 
 
 def switching(target: str, closed: bool) -> Command:
