@@ -12,14 +12,13 @@ alarms of it.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 
 from gridpilot.core import subjects
-from gridpilot.core.schemas import CONDITION_REPEAT_S, AlarmKind, Condition
+from gridpilot.core.conditions import ConditionReporter, Held
+from gridpilot.core.schemas import AlarmKind, Condition
 from gridpilot.core.service import Service
 
-log = logging.getLogger(__name__)
+REPEAT_CHECK_S = 1.0  # how often the reporter is asked to send what is due again
 
 
 class WrongDevices:
@@ -28,62 +27,51 @@ class WrongDevices:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.active: dict[str, str] = {}  # device -> the message of its condition
-        self._sent: dict[str, float] = {}  # device -> when its condition was last sent
-        self._clearing: set[str] = set()  # clears the broker did not take yet
+        self.reporter = ConditionReporter(grid=service.grid, reporter=service.name, send=self._send)
         service.spawn(self._repeat(), name="wrong-device-conditions")
 
     async def wrong(self, device: str, message: str) -> None:
         """``device``'s port answered with another device: count it and raise (or keep) the
         condition; a new message (another wrong device) is sent at once."""
         self.service.counters["wrong_device"] += 1
-        self.service.info["wrong_devices"] = len(self.active | {device: message})
-        self._clearing.discard(device)
         if self.active.get(device) == message:
             return  # the repeat sends it again in time
         self.active[device] = message
+        self.service.info["wrong_devices"] = len(self.active)
         self.service.log.warning(
             "wrong device; link refused", extra={"device": device, "problem": message}
         )
-        await self._send(device, message, active=True)
+        await self.reporter.update(self._held())
 
     async def right(self, device: str) -> None:
         """``device`` answered as itself: clear its condition if one is raised."""
-        message = self.active.pop(device, None)
-        if message is None:
+        if self.active.pop(device, None) is None:
             return
         self.service.info["wrong_devices"] = len(self.active)
         self.service.log.info("right device answers", extra={"device": device})
-        await self._send(device, f"{device} answers as expected again", active=False)
+        await self.reporter.update(self._held())
+
+    def _held(self) -> list[Held]:
+        return [
+            Held(
+                kind=AlarmKind.COMM_LOSS,
+                mrid=device,
+                message=message,
+                shape=message,  # another wrong device at the port is news: sent at once
+                ended=f"{device} answers as expected again",
+            )
+            for device, message in self.active.items()
+        ]
 
     async def _repeat(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
-            for device in list(self._clearing):
-                await self._send(device, f"{device} answers as expected again", active=False)
-            now = time.monotonic()
-            for device, message in list(self.active.items()):
-                if now - self._sent.get(device, 0.0) >= CONDITION_REPEAT_S:
-                    await self._send(device, message, active=True)
+            await asyncio.sleep(REPEAT_CHECK_S)
+            await self.reporter.update(self._held())
 
-    async def _send(self, device: str, message: str, *, active: bool) -> None:
+    async def _send(self, condition: Condition) -> None:
+        # never raises for an outage (the service's connection drops and counts what it
+        # cannot buffer); a clear lost so ends as "no longer reported" at monitoring
         service = self.service
-        self._sent[device] = time.monotonic()
-        self._clearing.discard(device)
-        condition = Condition(
-            grid=service.grid,
-            kind=AlarmKind.COMM_LOSS,
-            mrid=device,
-            active=active,
-            t_ns=time.time_ns(),
-            message=message,
-            reporter=service.name,
+        await service.publish(
+            subjects.CONDITION.format(grid=service.grid, source=service.name), condition
         )
-        try:
-            await service.publish(
-                subjects.CONDITION.format(grid=service.grid, source=service.name), condition
-            )
-        except Exception as exc:  # the broker is away: an active one is sent again in time
-            service.counters["conditions_not_sent"] += 1
-            log.warning("condition not sent", extra={"device": device, "error": str(exc)})
-            if not active:
-                self._clearing.add(device)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gridpilot.core import subjects
+from gridpilot.core.conditions import ConditionReporter, Held
 from gridpilot.core.schemas import (
-    CONDITION_REPEAT_S,
     AlarmKind,
     Command,
     CommandKind,
@@ -112,7 +112,7 @@ class FieldDevices:
         self._outages: dict[str, asyncio.Future[None]] = {}  # device -> its reconnect
         self._listeners: dict[str, _Listener] = {}  # device -> its server's
         self._degraded = False  # the service's state is degraded because of us
-        self._raised: dict[str, float] = {}  # device -> when its condition was last sent
+        self._reporter: ConditionReporter | None = None  # devices whose port is taken
 
     async def start(self) -> None:
         model = self.twin.model
@@ -277,37 +277,29 @@ class FieldDevices:
                 service.state = ServiceState.RUNNING
             service.info.pop("devices_not_listening", None)
             service.info.pop("ports_taken", None)
-        now = time.monotonic()
-        for device, problem in problems.items():
-            if now - self._raised.get(device, -math.inf) >= CONDITION_REPEAT_S:
-                self._raised[device] = now
-                await self._condition(service, device, problem, active=True)
-        for device in [d for d in self._raised if d not in problems]:
-            del self._raised[device]
-            await self._condition(service, device, f"{device} listens again", active=False)
-
-    async def _condition(
-        self, service: Service, device: str, message: str, *, active: bool
-    ) -> None:
-        try:
-            await service.publish(
-                subjects.CONDITION.format(grid=self.grid, source=service.name),
-                Condition(
-                    grid=self.grid,
+        await self._conditions(service).update(
+            [
+                Held(
                     kind=AlarmKind.COMM_LOSS,
                     mrid=device,
-                    active=active,
-                    t_ns=time.time_ns(),
-                    message=message,
-                    reporter=service.name,
-                ),
-            )
-        except Exception as exc:  # the broker is away: the next report tries again
-            log.warning("condition not sent", extra={"device": device, "error": str(exc)})
-            if active:
-                self._raised.pop(device, None)
-            else:
-                self._raised[device] = 0.0  # still to be cleared
+                    message=problem,
+                    shape=problem,
+                    ended=f"{device} listens again",
+                )
+                for device, problem in problems.items()
+            ]
+        )
+
+    def _conditions(self, service: Service) -> ConditionReporter:
+        """Its own reporter: the twin's (simulator/conditions) would clear these as not held."""
+        if self._reporter is None:
+            subject = subjects.CONDITION.format(grid=self.grid, source=service.name)
+
+            async def send(condition: Condition) -> None:
+                await service.publish(subject, condition)
+
+            self._reporter = ConditionReporter(grid=self.grid, reporter=service.name, send=send)
+        return self._reporter
 
     async def disconnect(self, device: str, duration_s: float) -> bool:
         """A communication outage of a PMU or RTU: its server goes away for ``duration_s``
