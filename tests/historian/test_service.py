@@ -288,6 +288,36 @@ async def test_bad_queries_get_clear_errors(
     assert historian.counters["queries_refused"] == len(cases)
 
 
+async def test_out_of_range_queries_and_store_failures_still_get_answers(
+    historian: HistorianService, admin_nc: Client, grid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket of 10**18 s once overflowed in the store and the historian never replied (the
+    API then timed out with 503): ranges are checked first, and any failure is an answer."""
+    await until(lambda: historian.state is s.ServiceState.RUNNING)
+    subject = subjects.HISTORY_QUERY.format(grid=grid)
+    ref = s.SeriesRef(kind="est", mrid="b", quantity="v_pu", source="se")
+    cases = [
+        (s.HistoryQuery(series=[ref], t_to_ns=10**9, bucket_s=10**18), "bucket_s must be within"),
+        (s.HistoryQuery(series=[ref], t_from_ns=-(2**62), t_to_ns=10**9), "t_from_ns must be"),
+        (s.HistoryQuery(series=[ref], t_to_ns=10**9, limit=0), "limit must be within 1.."),
+    ]
+    for query, error in cases:
+        reply = await ask(admin_nc, subject, query, s.HistoryReply)
+        assert isinstance(reply, s.HistoryReply) and not reply.ok and error in reply.error
+
+    def broken(*_: object, **__: object) -> object:
+        raise RuntimeError("the store lost its mind")
+
+    monkeypatch.setattr(historian.store, "aggregate", broken)
+    reply = await ask(
+        admin_nc, subject, s.HistoryQuery(series=[ref], t_to_ns=10**9, bucket_s=60), s.HistoryReply
+    )
+    assert isinstance(reply, s.HistoryReply) and not reply.ok
+    assert "RuntimeError: the store lost its mind" in reply.error
+    assert historian.counters["query_errors"] == 1
+    assert historian.counters["queries_refused"] == len(cases) + 1
+
+
 def run_historian(
     nats_server: EmbeddedNats, password: str, grid: str, data_dir: Path, db: str
 ) -> subprocess.Popen[bytes]:

@@ -31,6 +31,7 @@ from gridpilot.core.schemas import (
     SwitchState,
 )
 from gridpilot.core.service import Service
+from gridpilot.core.validation import command_problem, inject_problem
 from gridpilot.model import distribution
 from gridpilot.platform.operate import TWIN
 from gridpilot.simulator import persist
@@ -251,6 +252,10 @@ class SimulatorService(Service):
         try:
             if cmd.grid != self.grid:
                 raise GridPilotError(f"command for grid {cmd.grid!r} sent to {self.grid}")
+            # a NaN limit would be taken as "no limit" by the power flow: refuse, say why
+            rating = {g.id: g.p_mw for g in self.twin.model.generators}.get(cmd.target)
+            if problem := command_problem(cmd, rating_mw=rating):
+                raise GridPilotError(f"refused: {problem}")
             change = self.twin.apply_command(cmd)
         except GridPilotError as exc:
             self.log.warning("command rejected", extra={"command": cmd.id, "error": str(exc)})
@@ -294,6 +299,9 @@ class SimulatorService(Service):
 
     async def on_inject(self, req: InjectRequest, msg: Msg) -> None:
         known = {d.id for d in self.placement.devices}
+        if problem := inject_problem(req):
+            await self.reply(msg, Reply(ok=False, error=f"refused: {problem}"))
+            return
         if req.kind is InjectionKind.CLEAR:
             self.twin.gross.clear()
             self.twin.outages.clear()

@@ -21,6 +21,7 @@ from gridpilot.core.schemas import (
     Terminal,
 )
 from gridpilot.core.service import Service
+from gridpilot.core.validation import command_problem
 from gridpilot.gateways.identity import WrongDevices
 from gridpilot.gateways.modbus.events import DerReading, DerUnavailable, FailureKind
 from gridpilot.gateways.modbus.poller import DerPoller
@@ -106,6 +107,11 @@ class ModbusGatewayService(Service):
         der = self.ders.get(cmd.target)
         if cmd.kind is not CommandKind.DER_SETPOINT or der is None:
             return  # for another gateway
+        if problem := command_problem(cmd):
+            # NaN or infinity would reach the inverter's registers as garbage: refuse, say why
+            self.log.warning("setpoint refused", extra={"command": cmd.id, "error": problem})
+            await self.command_result(cmd, ok=False, error=f"refused: {problem}")
+            return
         poller = self.pollers[(der.host, der.port)]
         try:
             result = await asyncio.wait_for(

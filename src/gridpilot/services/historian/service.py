@@ -35,6 +35,7 @@ from gridpilot.core.backoff import Backoff
 from gridpilot.core.errors import ConfigError, PayloadError
 from gridpilot.core.estimates import EstimateReader, EstimateRef, expand
 from gridpilot.core.service import Service
+from gridpilot.core.validation import history_problem
 from gridpilot.services.historian import rows
 from gridpilot.services.historian.backends import open_store, redact
 from gridpilot.services.historian.store import (
@@ -360,12 +361,18 @@ class HistorianService(Service):
     async def on_query(self, q: s.HistoryQuery, msg: Msg) -> None:
         self.counters["queries"] += 1
         try:
+            if problem := history_problem(q):
+                raise ValueError(problem)
             reply = await self._query(q)
         except ValueError as exc:
             reply = s.HistoryReply(ok=False, error=str(exc))
         except StoreError as exc:
             self.counters["db_errors"] += 1
             reply = s.HistoryReply(ok=False, error=f"database: {exc}")
+        except Exception as exc:  # a bug or a store failure: still an answer, and counted
+            self.counters["query_errors"] += 1
+            self.log.error("history query failed", exc_info=exc)
+            reply = s.HistoryReply(ok=False, error=f"query failed: {type(exc).__name__}: {exc}")
         if not reply.ok:
             self.counters["queries_refused"] += 1
         await self.reply(msg, reply)

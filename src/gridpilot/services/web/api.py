@@ -35,6 +35,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
+from gridpilot.core.validation import history_problem, inject_problem, setpoint_problem
 from gridpilot.services.web import auth
 from gridpilot.services.web.auth import COOKIE, OPERATOR, VIEWER, _session, bridge, who
 from gridpilot.services.web.auth import audit as _audit
@@ -303,6 +304,8 @@ async def history(
         bucket_s=bucket_s,
         limit=limit,
     )
+    if problem := history_problem(query):
+        raise ValidationException(problem)
     reply = await bridge(request).request(subjects.HISTORY_QUERY, grid, query, s.HistoryReply)
     if not reply.ok:
         raise ValidationException(reply.error)
@@ -354,10 +357,15 @@ async def switch(
 async def setpoint(
     request: Request[Any, Any, Any], grid: str, data: SetpointRequest
 ) -> s.CommandResult:
-    """Set a DER's active power limit and reactive power."""
+    """Set a DER's active power limit (0..its rating, MW) and reactive power (within plus or
+    minus its rating, Mvar); null lifts the limit or setpoint. Anything else, NaN and infinity
+    included, is refused with 422."""
     pkg = await bridge(request).package(grid)
-    if data.target not in {g.id for g in pkg.model.generators}:
+    gen = next((g for g in pkg.model.generators if g.id == data.target), None)
+    if gen is None:
         raise NotFoundException(f"no generator {data.target!r} in {grid}")
+    if problem := setpoint_problem(data.p_mw, data.q_mvar, rating_mw=gen.p_mw):
+        raise ValidationException(problem)
     cmd = s.Command(
         id=bridge(request).new_command_id(),
         grid=grid,
@@ -376,6 +384,8 @@ async def inject(request: Request[Any, Any, Any], grid: str, data: s.InjectReque
     """Disturb the digital twin for operator training: a gross measurement error, a
     communication outage, or clear them all."""
     await bridge(request).package(grid)
+    if problem := inject_problem(data):
+        raise ValidationException(problem)
     reply = await bridge(request).request(subjects.SIM_INJECT, grid, data, s.Reply)
     await _audit(
         request, grid, "inject", data.source, ok=reply.ok, error=reply.error, kind=data.kind,
