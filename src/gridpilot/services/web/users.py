@@ -3,8 +3,10 @@
 Users live in ``<data-dir>/users.json`` (mode 0600), written by ``gridpilot user add`` and by
 the web service; the file can be mounted read-only into a container. Passwords are hashed
 with scrypt (RFC 7914, in Python's standard library; N=2**15, r=8, p=1: about 30 ms and 32 MiB
-per check). The first admin is created at the first start with a random one-time password
-that must be changed at the first login; there is no default password.
+per check). A password needs ``MIN_PASSWORD`` characters and must not be the user name, a
+variant of it, or one of the most common passwords (``check_password``). The first admin is
+created at the first start with a random one-time password that must be changed at the first
+login; there is no default password.
 
 A session token is ``<base64 JSON claims>.<base64 HMAC-SHA256>`` signed with a random key in
 ``<data-dir>/web_secret``; it expires after ``SESSION_S`` and is refused once its user is
@@ -27,11 +29,16 @@ from enum import StrEnum
 from pathlib import Path
 
 from gridpilot.core.errors import ConfigError
+from gridpilot.services.web.common_passwords import COMMON
 
 USERS_FILE = "users.json"
 SECRET_FILE = "web_secret"
 SESSION_S = 8 * 3600  # one control-room shift
 MIN_PASSWORD = 10
+MIN_DISTINCT = 5
+_NOT_LETTERS = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ \t"
+_LEET = str.maketrans({"@": "a", "4": "a", "0": "o", "1": "i", "!": "i", "3": "e", "$": "s",
+                       "5": "s", "7": "t", "+": "t"})  # fmt: skip
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -91,10 +98,57 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_password(password: str) -> str:
+def _guessable(password: str) -> set[str]:
+    """The forms a guesser tries first: as typed (lower case), without the digits and symbols
+    around it ("password2024!"), with digit-for-letter swaps undone ("p@ssw0rd"), and as its
+    letters only ("pass-word"), and a repeated unit once ("passwordpassword")."""
+    low = password.lower()
+    trimmed = low.strip(_NOT_LETTERS)
+    unswapped = trimmed.translate(_LEET).strip(_NOT_LETTERS)
+    letters = "".join(c for c in unswapped if c.isalpha())
+    forms = {low, trimmed, unswapped, letters} - {""}
+    for form in list(forms):  # "passwordpassword": the repeated unit
+        for n in range(1, len(form) // 2 + 1):
+            if len(form) % n == 0 and form[:n] * (len(form) // n) == form:
+                forms.add(form[:n])
+                break
+    return forms
+
+
+def check_password(password: str, *, user: str = "") -> str:
+    """The password when it may be used; otherwise ConfigError saying why. Refused: shorter
+    than MIN_PASSWORD, fewer than MIN_DISTINCT different characters ("aaaaaaaaaa"), the user
+    name in any case, reversed or inside it ("Olga2024!", "aglo-password"), and the most
+    common passwords and their trivial variants (common_passwords.COMMON)."""
     if len(password) < MIN_PASSWORD:
         raise ConfigError(f"a password needs at least {MIN_PASSWORD} characters")
+    forms = _guessable(password)
+    name = user.lower()
+    names = {name, name[::-1], "".join(c for c in name if c.isalpha())} - {""}
+    if names & forms or any(len(n) >= 3 and any(n in f for f in forms) for n in names):
+        raise ConfigError("a password must not contain the user name (nor the name reversed)")
+    if forms & COMMON:
+        raise ConfigError(
+            "that password is one of the most common ones (or one with a few digits or symbols "
+            "added); guessers try those first: choose a longer phrase of unrelated words"
+        )
+    if len(set(password)) < MIN_DISTINCT:
+        raise ConfigError(
+            f"a password needs at least {MIN_DISTINCT} different characters; "
+            "a repeated pattern is guessed at once"
+        )
     return password
+
+
+def _generated(name: str) -> str:
+    """A random one-time password that passes check_password (a random one may, rarely, hold
+    a short user name)."""
+    while True:
+        password = secrets.token_urlsafe(12)
+        try:
+            return check_password(password, user=name)
+        except ConfigError:
+            continue
 
 
 class UserStore:
@@ -142,8 +196,8 @@ class UserStore:
         """Create a user; returns the password (a random one when none is given)."""
         check_name(name)
         if password is None:
-            password = secrets.token_urlsafe(12)
-        check_password(password)
+            password = _generated(name)
+        check_password(password, user=name)
         salt = secrets.token_bytes(16)
         user = User(
             name=name,
@@ -175,7 +229,7 @@ class UserStore:
             self._save(users)
 
     def set_password(self, name: str, password: str) -> User:
-        check_password(password)
+        check_password(password, user=name)
         with self._lock:
             users = dict(self._load())
             old = users.get(name)
