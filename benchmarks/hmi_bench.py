@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "hmi.md"
 SCREENSHOT = ROOT / "docs" / "hmi.png"
 CHROMIUM = "/usr/bin/chromium"
-USER, PASSWORD = "bench", "bench-password-123"
+USER, PASSWORD = "bench", "copper-kettle-123"  # not the user name: refused
 VIEWPORT = {"width": 1600, "height": 900}
 READY_TIMEOUT_S = 180.0
 

@@ -27,9 +27,9 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 GRID = "cigre_mv"
 PASSWORDS = {
-    "op": "operator-pass-1234", "view": "viewer-pass-1234", "boss": "admin-pass-12345",
+    "op": "operator-pass-1234", "view": "reader-pass-1234", "boss": "admin-pass-12345",
 }  # fmt: skip
-NEW_TRAINEE_PASSWORD = "trainee-own-pass-99"
+NEW_TRAINEE_PASSWORD = "my-own-pass-99"
 VIEWPORT = {"width": 1600, "height": 900}
 
 
