@@ -265,3 +265,45 @@ async def test_a_condition_gone_during_a_restart_is_cleared_by_the_new_process(
     )
     simulator()
     await conds.wait_for(lambda c: active(c, AlarmKind.TWIN_DIVERGED, "twin") is False)
+
+
+async def test_out_of_range_setpoints_and_injections_are_refused_with_the_reason(
+    simulator: Callable[..., tuple[SimulatorService, asyncio.Task[None]]], admin_nc: Client
+) -> None:
+    """On the bus too: a setpoint beyond the generator's rating (wka_7: 1.5 MW) or a huge
+    injection gets ok=False saying what was wrong, and nothing is applied. (NaN cannot cross
+    the bus: JSON has none and the decoders are strict, so a "NaN" string is a bad request.)"""
+    topo = await collect(admin_nc, subjects.TOPOLOGY.format(grid=GRID), SwitchState)
+    svc, _task = simulator()
+    await topo.wait_for(lambda t: len(t) >= 1)
+
+    def setpoint(**values: float) -> Command:
+        return Command(
+            id=f"sp-{time.monotonic_ns()}", grid=GRID, kind=CommandKind.DER_SETPOINT,
+            target="wka_7", issued_by="test", t_ns=time.time_ns(), **values,
+        )  # fmt: skip
+
+    for values, error in [
+        ({"p_mw": 1e300}, "p_mw must be within 0..1.5 MW (the generator's rating), not 1e+300"),
+        ({"p_mw": -0.5}, "p_mw must be within 0..1.5 MW"),
+        ({"p_mw": 1.0, "q_mvar": -1e300}, "q_mvar must be within -1.5..1.5 Mvar"),
+    ]:
+        result = await operate.execute(admin_nc, setpoint(**values))
+        assert not result.ok and result.executed_by == "simulator"
+        assert error in result.error, result.error
+    assert "wka_7" not in svc.twin.setpoints
+    assert (await operate.execute(admin_nc, setpoint(p_mw=1.5, q_mvar=-1.5))).ok
+
+    subject = subjects.SIM_INJECT.format(grid=GRID)
+    base = {"kind": "gross_error", "source": "rtu_trafo_0_12", "mrid": "trafo_0_12"}
+    for values, error in [
+        ({"error": 1e300}, "error must be within -1e+06..1e+06"),
+        ({"error": 0.5, "duration_s": -1}, "duration_s must be within 0..3.16224e+07 s"),
+        ({"error": 0.5, "duration_s": 1e300}, "duration_s must be within"),
+    ]:
+        raw = msgspec.json.encode({**base, **values})
+        reply = decode((await admin_nc.request(subject, raw, timeout=5)).data, Reply)
+        assert not reply.ok and error in reply.error, reply.error
+    assert not svc.twin.gross
+    bad = await admin_nc.request(subject, b'{"kind": "gross_error", "error": "NaN"}', timeout=5)
+    assert b"bad request" in bad.data

@@ -21,7 +21,7 @@ from nats.aio.client import Client
 
 from gridpilot.core import subjects
 from gridpilot.core.config import ServiceConfig
-from gridpilot.core.schemas import AlarmKind, Condition, MeasurementSet
+from gridpilot.core.schemas import AlarmKind, Command, CommandKind, Condition, MeasurementSet
 from gridpilot.core.service import Service
 from gridpilot.gateways.c37118 import ConnectionState, PdcClient, WrongDevice
 from gridpilot.gateways.c37118.service import C37118GatewayService
@@ -34,6 +34,7 @@ from gridpilot.model import distribution
 from gridpilot.model.devices import Der, Pmu, Rtu, default_registry
 from gridpilot.model.grid import GridModel
 from gridpilot.model.placement import Placement, default_placement
+from gridpilot.platform import operate
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.protocols.c37118 import DataFrame, PhasorChannel, PhasorKind, PmuConfig, PmuData
 from gridpilot.protocols.iec104 import DoublePointState
@@ -361,3 +362,39 @@ async def _wait(done: Callable[[], Any], what: str, within_s: float = 20.0) -> N
     while not done():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
+
+
+async def test_the_modbus_gateway_refuses_an_out_of_range_setpoint_unwritten(
+    admin_nc: Client, gateway: Callable[[type[Service]], Service]
+) -> None:
+    """A setpoint no inverter can carry out (1e300 MW, a negative limit) is refused with the
+    reason in the command result; nothing reaches the inverter's registers."""
+    placement, model = _model_and_placement()
+    registry = default_registry(placement, model, site=MINE)
+    port = free_port()
+    der = msgspec.structs.replace(registry.der[0], port=port)
+    registry = msgspec.structs.replace(registry, pmu=[], rtu=[], der=[der])
+    pkg = distribution.GridPackage(model=model, placement=placement, devices=registry)
+    await distribution.publish(admin_nc, pkg)
+    measured: list[MeasurementSet] = []
+    await admin_nc.subscribe(
+        subjects.MEAS.format(grid=GRID, source=der.device), cb=_decoder(MeasurementSet, measured)
+    )
+    setpoints: list[object] = []
+    server = der_server(der, port)
+    server.on_setpoint = lambda *args: setpoints.append(args)
+    async with server:
+        gateway(ModbusGatewayService)
+        await _wait(lambda: measured, "the gateway never read the inverter")
+        for values, error in [
+            ({"p_mw": 1e300}, "refused: p_mw must be within 0..1000 MW, not 1e+300"),
+            ({"p_mw": -1.0}, "refused: p_mw must be within 0..1000 MW, not -1.0"),
+            ({"q_mvar": -1e300}, "refused: q_mvar must be within -1000..1000 Mvar, not -1e+300"),
+        ]:
+            cmd = Command(
+                id=f"sp-{time.monotonic_ns()}", grid=GRID, kind=CommandKind.DER_SETPOINT,
+                target=der.generator, issued_by="test", t_ns=time.time_ns(), **values,
+            )  # fmt: skip
+            result = await operate.execute(admin_nc, cmd)
+            assert not result.ok and result.error == error, result
+        assert setpoints == [] and server.counters["setpoints"] == 0
