@@ -47,6 +47,7 @@ def _feed(data: bytes, step: int) -> FrameBuffer:
     for i in range(0, len(data), step):
         framer.feed(data[i : i + step])
     assert framer.skipped_bytes + framer.pending <= len(data)
+    assert framer.pending < framer.max_frame_size + step  # held back: one frame at most
     return framer
 
 
