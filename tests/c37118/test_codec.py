@@ -399,3 +399,61 @@ def test_constructors_validate_at_once() -> None:
         ConfigFrame(idcode=1, data_rate=50, time_base=0, pmus=())
     with pytest.raises(InvalidValueError, match="255 bytes"):
         PhasorChannel(name="x" * 256)
+
+
+def _polar_float_config() -> ConfigFrame:
+    return ConfigFrame(
+        idcode=7,
+        data_rate=50,
+        pmus=(
+            PmuConfig(
+                station="Bay 1",
+                idcode=71,
+                format=DataFormat(polar=True, phasors_float=True),
+                phasors=(PhasorChannel(name="VA"), PhasorChannel(name="VB")),
+            ),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "z", [complex(math.inf, 0), complex(0, -math.inf), complex(math.inf, math.inf)]
+)
+def test_an_infinite_phasor_is_refused_in_polar_float(z: complex) -> None:
+    # An infinite complex number keeps one of eight directions: its angle cannot round-trip.
+    config = _polar_float_config()
+    frame = DataFrame(
+        idcode=7,
+        soc=1,
+        fracsec=0,
+        config=config,
+        pmus=(PmuData(freq_hz=50.0, phasors=(z, 1 + 1j)),),
+    )
+    with pytest.raises(InvalidValueError, match="VA"):
+        encode(frame)
+
+
+@pytest.mark.parametrize("magnitude", [math.inf, -math.inf])
+def test_an_infinite_polar_float_magnitude_decodes_as_absent_and_then_round_trips(
+    magnitude: float,
+) -> None:
+    config = _polar_float_config()
+    good = DataFrame(
+        idcode=7,
+        soc=1,
+        fracsec=0,
+        config=config,
+        pmus=(PmuData(freq_hz=50.0, phasors=(2 + 0j, 1 + 1j)),),
+    )
+    wire = bytearray(encode(good))
+    at = 16  # after the 14-byte header and STAT: VA's magnitude
+    struct.pack_into(">f", wire, at, magnitude)
+    struct.pack_into(">f", wire, at + 4, 0.5)  # an angle the complex value could not keep
+    wire[-2:] = crc_ccitt(bytes(wire[:-2])).to_bytes(2, "big")
+    back = decode(bytes(wire), config=config)
+    assert isinstance(back, DataFrame)
+    va, vb = back.pmus[0].phasors
+    assert cmath.isnan(va) and abs(vb - (1 + 1j)) < 1e-6  # one bad value, not a lost frame
+    again = encode(back)  # absent data: NaN on the wire, and stable from there on
+    assert encode(decode(again, config=config)) == again
+    assert struct.unpack_from(">f", again, at)[0] != struct.unpack_from(">f", again, at)[0]

@@ -46,6 +46,7 @@ import msgspec
 
 from gridpilot.core.errors import ProtocolError
 from gridpilot.core.schemas import MeterPayload
+from gridpilot.protocols._errors import PicklableError
 
 PROTOCOL = "meter-json"
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -85,7 +86,7 @@ class MeterErrorCode(StrEnum):
     EMPTY = "empty"  # no power nor voltage in it
 
 
-class MeterPayloadError(ProtocolError):
+class MeterPayloadError(PicklableError, ProtocolError):
     """A meter payload that cannot be read; ``reason`` says what was wrong with it."""
 
     def __init__(self, code: MeterErrorCode, reason: str, *, device: str = "") -> None:

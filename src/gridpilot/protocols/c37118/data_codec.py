@@ -224,6 +224,8 @@ def _phasor_reader(pmu: PmuConfig, a: int, b: int, cfg3: bool) -> Callable[[Valu
 
 
 def _rect_all(magnitudes: Sequence[float], angles: Sequence[float]) -> Phasors:
+    if math.inf in magnitudes or -math.inf in magnitudes:
+        return tuple(_rect_or_nan(m, angle) for m, angle in zip(magnitudes, angles, strict=True))
     try:
         return tuple(map(cmath.rect, magnitudes, angles))
     except ValueError:  # rect(inf, inf) and the like: an unreadable phasor, not a bad frame
@@ -231,6 +233,10 @@ def _rect_all(magnitudes: Sequence[float], angles: Sequence[float]) -> Phasors:
 
 
 def _rect_or_nan(magnitude: float, angle: float) -> complex:
+    # An infinite magnitude (which encode refuses) or angle is an unreadable phasor: absent
+    # data, as NaN is, so that one bad value does not cost the frame its other PMUs.
+    if math.isinf(magnitude):
+        return NAN_PHASOR
     try:
         return cmath.rect(magnitude, angle)
     except ValueError:
@@ -291,8 +297,8 @@ def _pmu_encoder(pmu: PmuConfig, cfg3: bool) -> Callable[[PmuData], list[Any]]:
         out: list[Any] = [data.stat]
         if fmt.phasors_float:
             if fmt.polar:
-                for z in data.phasors:
-                    out += (abs(z), _angle32(cmath.phase(z)))
+                for z, name in zip(data.phasors, names, strict=True):
+                    out += _float_polar(z, name)
             else:
                 for z in data.phasors:
                     out += (z.real, z.imag)
@@ -328,6 +334,19 @@ def _int_phasor(z: complex, k: float, theta: float, polar: bool, name: str) -> t
         angle = round(cmath.phase(z) / ANGLE_LSB_RAD)
         return round(magnitude), max(-_MAX_ANGLE_BITS, min(angle, _MAX_ANGLE_BITS))
     return _int16(name, _divide(z.real, k, name)), _int16(name, _divide(z.imag, k, name))
+
+
+def _float_polar(z: complex, name: str) -> tuple[float, float]:
+    if z != z:  # NaN in either part: absent data
+        return NAN, NAN
+    magnitude = abs(z)
+    if magnitude == math.inf:
+        # An infinite complex number keeps only one of eight directions, so its angle would
+        # not survive a decode; no PMU measures an infinite phasor (absent data is NaN).
+        raise InvalidValueError(
+            name, z, "an infinite phasor has no angle to send in polar form (absent data: NaN)"
+        )
+    return magnitude, _angle32(cmath.phase(z))
 
 
 def _angle32(angle: float) -> float:

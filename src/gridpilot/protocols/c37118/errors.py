@@ -1,6 +1,6 @@
 """What can be wrong with IEEE C37.118.2 input or output; the codec raises only these.
 
-ProtocolError (gridpilot.core.errors)
+ProtocolError (gridpilot.core.errors); all pickle with their attributes
 └── C37118Error
     ├── BadSyncError           bytes that do not start with the SYNC byte 0xAA (``skipped``)
     ├── TruncatedFrameError    fewer bytes than the frame or one of its fields needs
@@ -17,11 +17,12 @@ ProtocolError (gridpilot.core.errors)
 from __future__ import annotations
 
 from gridpilot.core.errors import ProtocolError
+from gridpilot.protocols._errors import PicklableError
 
 PROTOCOL = "IEEE C37.118.2"
 
 
-class C37118Error(ProtocolError):
+class C37118Error(PicklableError, ProtocolError):
     """Malformed C37.118 input, or a frame that cannot be encoded.
 
     ``offset`` is the byte within the frame; ``FrameBuffer`` also sets ``stream_offset``, where

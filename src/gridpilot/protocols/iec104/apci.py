@@ -118,7 +118,8 @@ class Framer:
     ``feed`` returns complete frames and, in place, a ``FramingError`` for each run of octets
     skipped to find the next start octet, so one bad octet never costs the frames after it.
     A garbage 0x68 followed by a plausible length can still swallow up to 255 octets; TCP does
-    not corrupt bytes, so that is left to the sequence-number check to notice.
+    not corrupt bytes, so that is left to the sequence-number check to notice. Work is linear
+    in the input: each octet is looked at once, a waiting frame is at most 255 octets.
     """
 
     def __init__(self) -> None:
@@ -129,42 +130,43 @@ class Framer:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def _drop(self, count: int) -> None:
-        del self._buffer[:count]
-        self._position += count
-
     def feed(self, data: bytes) -> list[bytes | FramingError]:
+        # One pass with a cursor and one deletion at the end: dropping bytes one at a time
+        # from the front of the buffer would move the rest each time (quadratic on garbage).
         self._buffer += data
         out: list[bytes | FramingError] = []
         buf = self._buffer
-        while buf:
-            if buf[0] != START:
-                found = buf.find(START)
-                count = found if found >= 0 else len(buf)
+        pos, end = 0, len(buf)
+        while pos < end:
+            if buf[pos] != START:
+                found = buf.find(START, pos)
+                count = (found if found >= 0 else end) - pos
                 out.append(
                     FramingError(
                         f"skipped {count} octets without a start octet",
                         skipped=count,
-                        offset=self._position,
+                        offset=self._position + pos,
                     )
                 )
-                self._drop(count)
+                pos += count
                 continue
-            if len(buf) < 2:
+            if end - pos < 2:
                 break
-            length = buf[1]
+            length = buf[pos + 1]
             if not MIN_LENGTH <= length <= MAX_LENGTH:
                 out.append(
                     FramingError(
                         f"length octet {length} is outside 4..253",
                         skipped=1,
-                        offset=self._position + 1,
+                        offset=self._position + pos + 1,
                     )
                 )
-                self._drop(1)
+                pos += 1
                 continue
-            if len(buf) < 2 + length:
+            if end - pos < 2 + length:
                 break
-            out.append(bytes(buf[: 2 + length]))
-            self._drop(2 + length)
+            out.append(bytes(buf[pos : pos + 2 + length]))
+            pos += 2 + length
+        del buf[:pos]
+        self._position += pos
         return out

@@ -1,6 +1,6 @@
 """What can be wrong with IEC 60870-5-104 input; every decoder raises only these.
 
-ProtocolError (gridpilot.core.errors)
+ProtocolError (gridpilot.core.errors); all pickle with their attributes
 └── Iec104Error
     ├── FramingError        bytes that are not an APDU (bad start octet or length)
     ├── TruncatedError      a frame or ASDU shorter than its fields need
@@ -14,11 +14,12 @@ ProtocolError (gridpilot.core.errors)
 from __future__ import annotations
 
 from gridpilot.core.errors import ProtocolError
+from gridpilot.protocols._errors import PicklableError
 
 PROTOCOL = "IEC 60870-5-104"
 
 
-class Iec104Error(ProtocolError):
+class Iec104Error(PicklableError, ProtocolError):
     """Malformed or out-of-order IEC 60870-5-104 input."""
 
     def __init__(self, reason: str, *, offset: int | None = None) -> None:

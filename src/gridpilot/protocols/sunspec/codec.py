@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gridpilot.core.errors import ProtocolError
+from gridpilot.protocols._errors import PicklableError
 from gridpilot.protocols.sunspec.points import (
     BASE_ADDRESS,
     BLOCK_SIZE,
@@ -25,7 +26,7 @@ from gridpilot.protocols.sunspec.points import (
 )
 
 
-class SunSpecError(ProtocolError):
+class SunSpecError(PicklableError, ProtocolError):
     """Registers that do not hold the map, or a value the map cannot carry."""
 
     def __init__(self, reason: str, *, point: str | None = None) -> None:
