@@ -14,16 +14,15 @@ client receives it. The time of a run is the whole input; median and p99 over th
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from c37118_bench import machine  # the same machine description
 from gridpilot.protocols.c37118 import (
     ConfigFrame,
     DataFrame,
@@ -114,23 +113,6 @@ def measure(runs: int, budget_s: float) -> dict[str, dict[str, float | int]]:
             }
             log(f"{key}: {results[key]}")
     return results
-
-
-def machine(load: float, cpu: int | None) -> str:
-    def field(path: str, key: str) -> str:
-        text = Path(path).read_text() if Path(path).exists() else ""
-        return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if key in ln), "?")
-
-    pinned = f"pinned to CPU {cpu}" if cpu is not None else "not pinned"
-    return "\n".join(
-        [
-            f"- CPU: {field('/proc/cpuinfo', 'model name')}, {os.cpu_count()} cores "
-            f"(the benchmark runs on one, {pinned})",
-            f"- Python {platform.python_version()} ({platform.system()} {platform.release()})",
-            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average "
-            f"at start {load:.2f} (the machine is shared: other work competes for its cores)",
-        ]
-    )
 
 
 def table(results: dict[str, dict[str, float | int]], before: dict | None) -> str:
