@@ -12,13 +12,35 @@ alarms of it.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gridpilot.core import subjects
 from gridpilot.core.conditions import ConditionReporter, Held
 from gridpilot.core.schemas import AlarmKind, Condition
-from gridpilot.core.service import Service
+
+if TYPE_CHECKING:  # the clients import WrongDevice from here without the service layer
+    from gridpilot.core.service import Service
 
 REPEAT_CHECK_S = 1.0  # how often the reporter is asked to send what is due again
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrongDevice:
+    """The device at host:port is not the one expected (a PMU's ID code or station, an RTU's
+    common address, an inverter's unit and serial differ): the connection was refused and
+    closed, and is retried with back-off."""
+
+    host: str
+    port: int
+    expected: str  # "ID code 7 station 'a1b2c3-pmu_bus_1'", "common address 7", ...
+    found: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"wrong device at {self.host}:{self.port}: expected {self.expected}, found {self.found}"
+        )
 
 
 class WrongDevices:

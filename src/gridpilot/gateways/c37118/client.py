@@ -272,19 +272,15 @@ class PdcClient:
         if self.station:
             expected += f" station {self.station!r}"
             found += f" station {', '.join(map(repr, stations))}"
-        message = f"wrong device at {self.host}:{self.port}: expected {expected}, found {found}"
-        link.wrong = message
+        wrong = WrongDevice(host=self.host, port=self.port, expected=expected, found=found)
+        link.wrong = wrong.message
         self.stats.wrong_device += 1
         log.warning(
             "%s; refusing the connection",
-            message,
+            wrong.message,
             extra={"pmu": f"{self.host}:{self.port}", "expected": expected, "found": found},
         )
-        self._emit(
-            WrongDevice(
-                host=self.host, port=self.port, expected=expected, found=found, message=message
-            )
-        )
+        self._emit(wrong)
 
     def _on_error(self, link: _Link, error: C37118Error) -> None:
         if isinstance(error, BadSyncError):

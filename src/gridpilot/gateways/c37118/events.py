@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gridpilot.gateways.identity import WrongDevice as WrongDevice  # re-exported
 from gridpilot.protocols.c37118 import DataFrame
 
 
@@ -24,18 +25,6 @@ class ConnectionStateChanged:
     idcode: int
     reason: str | None = None
     retry_in_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WrongDevice:
-    """The stream at host:port is not the PMU expected (its ID code or station differs): the
-    connection was refused and closed, and is retried with back-off."""
-
-    host: str
-    port: int
-    expected: str  # "ID code 7 station 'a1b2c3-pmu_bus_1'"
-    found: str
-    message: str  # "wrong device at HOST:PORT: expected ..., found ..."
 
 
 PdcEvent = DataFrame | ConnectionStateChanged | WrongDevice

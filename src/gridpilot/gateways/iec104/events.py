@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gridpilot.gateways.identity import WrongDevice as WrongDevice  # re-exported
 from gridpilot.protocols.iec104 import Cot, DoublePointState, Quality
 
 
@@ -71,18 +72,6 @@ class StationVerified:
     """The station answered with the expected common address: it is the RTU expected."""
 
     common_address: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WrongDevice:
-    """The station at host:port is not the RTU expected (another common address): the
-    connection was refused and closed, and is retried with back-off."""
-
-    host: str
-    port: int
-    expected: str  # "common address 7"
-    found: str
-    message: str  # "wrong device at HOST:PORT: expected ..., found ..."
 
 
 MasterEvent = (

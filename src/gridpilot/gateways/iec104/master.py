@@ -295,19 +295,15 @@ class Iec104Master:
         if self._wrong is not None or self._link is None:
             return
         expected = f"common address {self.common_address}"
-        message = f"wrong device at {self.host}:{self.port}: expected {expected}, found {found}"
-        self._wrong = message
+        wrong = WrongDevice(host=self.host, port=self.port, expected=expected, found=found)
+        self._wrong = wrong.message
         self.stats.wrong_device += 1
         log.warning(
             "%s; refusing the connection",
-            message,
+            wrong.message,
             extra={"rtu": f"{self.host}:{self.port}", "expected": expected, "found": found},
         )
-        self._emit(
-            WrongDevice(
-                host=self.host, port=self.port, expected=expected, found=found, message=message
-            )
-        )
+        self._emit(wrong)
         self._link.abort()
 
     def _emit(self, event: MasterEvent) -> None:

@@ -24,6 +24,7 @@ from types import TracebackType
 
 from gridpilot.core.backoff import Backoff
 from gridpilot.core.errors import ConfigError
+from gridpilot.gateways.identity import WrongDevice
 from gridpilot.gateways.modbus.events import (
     DerEvent,
     DerReading,
@@ -226,7 +227,7 @@ class DerPoller:
 
     def _wrong_message(self, unit: int, found: str) -> str:
         expected = f"unit {unit} serial {self._units[unit].serial!r}"
-        return f"wrong device at {self.host}:{self.port}: expected {expected}, found {found}"
+        return WrongDevice(host=self.host, port=self.port, expected=expected, found=found).message
 
     def _wrong_device(self, u: _Unit, found: str) -> DerUnavailable | None:
         """Refuse a unit that is another device; an event when what is found is news."""
