@@ -161,7 +161,13 @@ def _parser() -> argparse.ArgumentParser:
     ls = usub.add_parser("list", help="every user and role")
     rm = usub.add_parser("remove", help="delete a user (its sessions end at once)")
     rm.add_argument("name")
-    for command in (add, ls, rm):
+    end = usub.add_parser(
+        "end-sessions",
+        help="end the web sessions of a user, or of everyone (they log in again); works while "
+        "the platform runs or not",
+    )
+    end.add_argument("name", nargs="?", default=None, help="the user (default: every user)")
+    for command in (add, ls, rm, end):
         command.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
 
     init = sub.add_parser(
@@ -371,6 +377,17 @@ def _user(args: argparse.Namespace) -> int:
             "or GRIDPILOT_DATA_DIR=DIR"
         )
     users = UserStore(folder)
+    if args.user_command == "end-sessions":
+        from gridpilot.services.web.sessions import AuthDb, SessionStore
+
+        sessions = SessionStore(AuthDb(folder))
+        if args.name is None:
+            print(f"ended {sessions.end_all()} session(s) of every user")
+        elif users.get(args.name) is None:
+            raise GridPilotError(f"no user {args.name!r}: `gridpilot user list` shows them")
+        else:
+            print(f"ended {sessions.end_user(args.name)} session(s) of {args.name}")
+        return 0
     if args.user_command == "add":
         given = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
         password = users.add(args.name, Role(args.role), given, must_change=given is None)
@@ -381,8 +398,11 @@ def _user(args: argparse.Namespace) -> int:
             print(f"user {args.name} ({args.role}) added")
         return 0
     if args.user_command == "remove":
+        from gridpilot.services.web.sessions import AuthDb, SessionStore
+
         users.remove(args.name)
-        print(f"user {args.name} removed")
+        ended = SessionStore(AuthDb(folder)).end_user(args.name)
+        print(f"user {args.name} removed ({ended} session(s) ended)")
         return 0
     for u in users.list():
         note = "  (one-time password not changed yet)" if u.must_change else ""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,20 @@ class Api(httpx.AsyncClient):
 
 
 @contextlib.asynccontextmanager
-async def serve(web_nc: Client, data_dir: Path) -> AsyncIterator[Api]:
+async def serve(
+    web_nc: Client, data_dir: Path, *, clock: Callable[[], int] = time.time_ns
+) -> AsyncIterator[Api]:
     """The app over ``web_nc`` (a connection as the web identity) on a free port, with the
-    users of PASSWORDS in ``data_dir``; the grid must be published already."""
+    users of PASSWORDS in ``data_dir``; the grid must be published already. ``clock`` is the
+    sessions' and login throttle's (ns)."""
     users = UserStore(data_dir)
     users.add("vic", Role.VIEWER, PASSWORDS["vic"])
     users.add("olga", Role.OPERATOR, PASSWORDS["olga"])
     users.add("ada", Role.ADMIN, PASSWORDS["ada"])
     bridge = Bridge(web_nc)
     await bridge.start()
-    app = create_app(bridge=bridge, users=users, tokens=Tokens(data_dir, users), grid=GRID)
+    tokens = Tokens(data_dir, users, clock=clock)
+    app = create_app(bridge=bridge, users=users, tokens=tokens, grid=GRID)
     port = pick_port("127.0.0.1", 0, [])
     server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())

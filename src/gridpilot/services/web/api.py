@@ -404,7 +404,8 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
     "freshness" message says how old the latest estimate is now and whether this service has
     the bus (``bus_connected``), and a "quality" message lists the measurements whose latest
     report was not good (``flagged``: source, mrid, measurand, terminal, quality bits).
-    Refused with close code 4401 without a valid session, 4404 for an unknown grid."""
+    Refused with close code 4401 without a valid session, 4404 for an unknown grid; closed with
+    4401 within about 2 s once the session ends (logout, revoked, expired)."""
     try:
         _session(socket)
         await bridge(socket).package(grid)
@@ -430,6 +431,9 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
                 client.estimate = None
                 next_estimate = now + 1.0 / LIVE_ESTIMATES_PER_S
             if now >= next_services:
+                if ended := _ended(socket):
+                    await socket.close(code=4401, reason=ended[:120])
+                    return
                 await socket.send_json({"type": "services", "services": b.services()})
                 await socket.send_json(
                     {
@@ -448,6 +452,15 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
         pass  # the browser went away (a closed tab, a lost network): nothing went wrong here
     finally:
         b.disconnect(client)
+
+
+def _ended(socket: WebSocket[Any, Any, Any]) -> str:
+    """Why the socket's session is no longer valid ("" while it is)."""
+    try:
+        _session(socket)
+    except NotAuthorizedException as exc:
+        return str(exc.detail)
+    return ""
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -469,7 +482,10 @@ def _unavailable(_: Request[Any, Any, Any], exc: Unavailable) -> Response[dict[s
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     # a body that is not JSON at all is as malformed as one with wrong fields: 422 for both
     status = 422 if exc.status_code == 400 else exc.status_code
-    return Response({"status_code": status, "detail": exc.detail}, status_code=status)
+    body: dict[str, Any] = {"status_code": status, "detail": exc.detail}
+    if exc.extra:
+        body["extra"] = exc.extra  # e.g. a 429's retry_after_s
+    return Response(body, status_code=status, headers=exc.headers)  # e.g. a 429's Retry-After
 
 
 def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -539,5 +555,6 @@ def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -
     app.state.bridge = bridge
     app.state.users = users
     app.state.tokens = tokens
+    app.state.login_lock = asyncio.Lock()
     app.state.grid = grid
     return app

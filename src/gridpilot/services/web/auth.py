@@ -3,11 +3,19 @@ trail (the records of ``gp.<grid>.audit`` the historian keeps, asked for over th
 
 Routes here are part of the app ``api.create_app`` builds; the guards and helpers are what
 every route uses.
+
+Login throttling (``sessions.LoginThrottle``): after 5 failures of one user name, or 20 from
+one address, within 15 minutes, logins of that name or from that address are refused with 429
+and a ``Retry-After`` header (seconds) for 30 s, doubled at every further failure up to 15 min;
+every refusal and every lockout is audited (action ``login``, ``ok`` false) and logged.
+Sessions are kept server-side: logout ends one, a password change the user's others, a user's
+removal all of theirs, an admin all of them (``POST /api/auth/sessions/end-all``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -16,6 +24,7 @@ from litestar import Request, Response, WebSocket, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import (
+    HTTPException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
@@ -26,9 +35,11 @@ from litestar.handlers.base import BaseRouteHandler
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.errors import ConfigError
-from gridpilot.services.web.bridge import Bridge
+from gridpilot.services.web.bridge import Bridge, Unavailable
+from gridpilot.services.web.sessions import MAX_KEY, Lock
 from gridpilot.services.web.users import AuthError, Role, Session, Tokens, User, UserStore
 
+log = logging.getLogger(__name__)
 COOKIE = "gp_session"
 AUDIT_DAYS = 7  # the audit page's default range
 AUDIT_LIMIT = 2000
@@ -66,6 +77,10 @@ class NewUser(msgspec.Struct, frozen=True, kw_only=True):
     password: str | None = None  # None: a random one is made and returned once
 
 
+class SessionsEnded(msgspec.Struct, frozen=True, kw_only=True):
+    ended: int  # how many sessions were active and are ended now
+
+
 class UserView(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     role: str
@@ -74,10 +89,22 @@ class UserView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # -- authentication ---------------------------------------------------------------------------
-def _session(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
-    tokens: Tokens = connection.app.state.tokens
+class TooManyAttempts(HTTPException):
+    """429: too many failed logins of this user name or from this address."""
+
+    status_code = 429
+
+
+def token_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The session token of a request or WebSocket: the bearer header, else the cookie."""
     header = connection.headers.get("authorization", "")
     token = header[7:] if header.lower().startswith("bearer ") else connection.cookies.get(COOKIE)
+    return token or None
+
+
+def _session(connection: ASGIConnection[Any, Any, Any, Any]) -> Session:
+    tokens: Tokens = connection.app.state.tokens
+    token = token_of(connection)
     if not token:
         raise NotAuthorizedException("not logged in: POST /api/auth/login first")
     try:
@@ -144,6 +171,66 @@ async def audit(
     )
 
 
+async def audit_as(
+    request: Request[Any, Any, Any],
+    user: str,
+    role: str,
+    action: str,
+    target: str = "",
+    *,
+    ok: bool = True,
+    error: str = "",
+    **detail: Any,
+) -> None:
+    """An audit record of an action without a session's guard (sign-in attempts, logout). When
+    the bus does not take it the structured log line already written stands for it: a refused
+    login is answered anyway."""
+    record = s.AuditRecord(
+        grid=request.app.state.grid, t_ns=time.time_ns(), user=user, role=role, action=action,
+        target=target, detail=detail, ok=ok, error=error,
+    )  # fmt: skip
+    try:
+        await bridge(request).audit(record)
+    except Unavailable as exc:
+        log.warning("audit record lost", extra={"action": action, "user": user, "error": str(exc)})
+
+
+def _address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def _refuse_locked(
+    request: Request[Any, Any, Any], name: str, address: str, lock: Lock, *, action: str
+) -> TooManyAttempts:
+    """Audit and log a login refused (``action`` "login") or a lockout that starts
+    ("login_lockout"); the 429 to raise."""
+    tokens: Tokens = request.app.state.tokens
+    now = tokens.clock()
+    wait = lock.retry_after_s(now)
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(lock.until_ns / 1e9))
+    what = f"user name {name!r}" if lock.kind == "user" else f"address {address}"
+    message = (
+        f"too many failed logins of {what}: try again in {wait} s (at {until}); "
+        "an admin can also reset the password"
+    )
+    log.warning(
+        "login locked" if action == "login" else "login lockout",
+        extra={
+            "user": name, "address": address, "locked": lock.kind, "failures": lock.failures,
+            "retry_after_s": wait,
+        },
+    )  # fmt: skip
+    await audit_as(
+        request, name, "", action, name, ok=False, error=message, address=address,
+        locked=lock.kind, failures=lock.failures, retry_after_s=wait,
+    )  # fmt: skip
+    return TooManyAttempts(
+        detail=message,
+        headers={"Retry-After": str(wait)},
+        extra={"retry_after_s": wait, "locked": lock.kind},
+    )
+
+
 # -- routes -----------------------------------------------------------------------------------
 def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginReply]:
     """A new session for ``user``: the token in the answer and as an HttpOnly cookie."""
@@ -168,16 +255,57 @@ def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginRep
 
 @post("/api/auth/login", tags=["auth"])
 async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginReply]:
+    """Sign in. Refused with 401 for a wrong name or password, and with 429 and a Retry-After
+    header (seconds) after too many failures of this name or from this address (the right
+    password too, until then)."""
     users: UserStore = request.app.state.users
-    user = await asyncio.to_thread(users.verify, data.user, data.password)
+    tokens: Tokens = request.app.state.tokens
+    name, address = data.user[:MAX_KEY], _address(request)
+    # one login at a time: parallel guesses cannot slip past the count (scrypt: ~30 ms each)
+    async with request.app.state.login_lock:
+        lock = await asyncio.to_thread(tokens.throttle.locked, name, address)
+        if lock is not None:
+            raise await _refuse_locked(request, name, address, lock, action="login")
+        user = await asyncio.to_thread(users.verify, data.user, data.password)
+        if user is None:
+            started = await asyncio.to_thread(tokens.throttle.failed, name, address)
+        else:
+            await asyncio.to_thread(tokens.throttle.succeeded, name)
     if user is None:
+        log.info("login failed", extra={"user": name, "address": address})
+        await audit_as(
+            request, name, "", "login", name, ok=False, error="wrong user name or password",
+            address=address,
+        )  # fmt: skip
+        for lock in started:
+            await _refuse_locked(request, name, address, lock, action="login_lockout")
         raise NotAuthorizedException("wrong user name or password")
     return _signed_in(request, user)
 
 
 @post("/api/auth/logout", tags=["auth"], status_code=204)
-async def logout() -> Response[None]:
+async def logout(request: Request[Any, Any, Any]) -> Response[None]:
+    """End this session (its token is refused from now on) and clear the cookie; 204 also
+    without a valid session."""
+    tokens: Tokens = request.app.state.tokens
+    token = token_of(request)
+    user = await asyncio.to_thread(tokens.revoke, token) if token else None
+    if user is not None:
+        log.info("logout", extra={"user": user, "address": _address(request)})
+        await audit_as(request, user, "", "logout", user)
     return Response(None, status_code=204, cookies=[Cookie(key=COOKIE, value="", max_age=0)])
+
+
+@post("/api/auth/sessions/end-all", tags=["auth"], guards=ADMIN, status_code=200)
+async def end_all_sessions(request: Request[Any, Any, Any]) -> Response[SessionsEnded]:
+    """End every session of every user, the caller's own too (everyone logs in again; the
+    answer clears the caller's cookie)."""
+    tokens: Tokens = request.app.state.tokens
+    ended = await asyncio.to_thread(tokens.sessions.end_all)
+    log.warning("all sessions ended", extra={"by": who(request).user, "ended": ended})
+    await audit(request, request.app.state.grid, "sessions_end_all", "*", ended=ended)
+    cookie = Cookie(key=COOKIE, value="", max_age=0)
+    return Response(SessionsEnded(ended=ended), cookies=[cookie])
 
 
 @get("/api/auth/me", tags=["auth"], guards=LOGGED_IN)
@@ -204,6 +332,10 @@ async def change_password(
         user = await asyncio.to_thread(users.set_password, session.user, data.new_password)
     except ConfigError as exc:
         raise ValidationException(str(exc)) from None
+    # every session of the user ends, this one too: the answer carries a new one
+    tokens: Tokens = request.app.state.tokens
+    ended = await asyncio.to_thread(tokens.sessions.end_user, session.user)
+    await audit(request, request.app.state.grid, "password_change", session.user, ended=ended)
     return _signed_in(request, user)
 
 
@@ -241,7 +373,22 @@ async def remove_user(request: Request[Any, Any, Any], name: str) -> None:
         await asyncio.to_thread(users.remove, name)
     except ConfigError as exc:
         raise ValidationException(str(exc)) from None
-    await audit(request, request.app.state.grid, "user_remove", name)
+    tokens: Tokens = request.app.state.tokens
+    ended = await asyncio.to_thread(tokens.sessions.end_user, name)
+    await audit(request, request.app.state.grid, "user_remove", name, sessions_ended=ended)
+
+
+@delete("/api/users/{name:str}/sessions", tags=["users"], guards=ADMIN, status_code=200)
+async def end_user_sessions(request: Request[Any, Any, Any], name: str) -> SessionsEnded:
+    """End every session of one user (the caller's own too when it is the caller)."""
+    users: UserStore = request.app.state.users
+    if users.get(name) is None:
+        raise NotFoundException(f"no user {name!r}")
+    tokens: Tokens = request.app.state.tokens
+    ended = await asyncio.to_thread(tokens.sessions.end_user, name)
+    log.warning("sessions ended", extra={"user": name, "by": who(request).user, "ended": ended})
+    await audit(request, request.app.state.grid, "sessions_end", name, ended=ended)
+    return SessionsEnded(ended=ended)
 
 
 class AuditTrail(msgspec.Struct, frozen=True, kw_only=True):
@@ -281,5 +428,6 @@ async def audit_trail(
 
 
 ROUTES: list[Any] = [
-    login, logout, me, change_password, list_users, add_user, remove_user, audit_trail,
+    login, logout, end_all_sessions, me, change_password, list_users, add_user, remove_user,
+    end_user_sessions, audit_trail,
 ]  # fmt: skip

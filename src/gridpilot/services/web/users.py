@@ -10,8 +10,9 @@ login; there is no default password.
 
 A session token is ``<base64 JSON claims>.<base64 HMAC-SHA256>`` signed with a random key in
 ``<data-dir>/web_secret``; it expires after ``SESSION_S`` and is refused once its user is
-removed, renamed to another role or changes password (the claims carry the role and a
-password generation).
+removed or changes password (the claims carry a password generation), and once its session
+is ended: the claims name a session id kept server-side (``sessions.SessionStore``), deleted at
+logout, password change, user removal or when an admin ends sessions.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from gridpilot.core.errors import ConfigError
 from gridpilot.services.web.common_passwords import COMMON
+from gridpilot.services.web.sessions import AuthDb, Clock, LoginThrottle, SessionStore
 
 USERS_FILE = "users.json"
 SECRET_FILE = "web_secret"
@@ -71,6 +73,7 @@ class Session:
     generation: int
     expires_ns: int
     must_change: bool
+    sid: str = ""  # the server-side session id
 
 
 class AuthError(Exception):
@@ -269,54 +272,82 @@ class UserStore:
 
 
 class Tokens:
-    """Signs and checks session tokens with the key in ``<data-dir>/web_secret``."""
+    """Signs and checks session tokens with the key in ``<data-dir>/web_secret``; keeps the
+    sessions and the login throttle in ``<data-dir>/web_auth.sqlite``. ``clock`` (ns since the
+    epoch) is injectable for tests."""
 
-    def __init__(self, data_dir: Path, users: UserStore) -> None:
+    def __init__(self, data_dir: Path, users: UserStore, *, clock: Clock = time.time_ns) -> None:
         path = Path(data_dir) / SECRET_FILE
         if not path.exists():
             _write_private(path, secrets.token_hex(32) + "\n")
         self._key = bytes.fromhex(path.read_text().strip())
         self.users = users
+        self.clock = clock
+        self.db = AuthDb(data_dir, clock=clock)
+        self.sessions = SessionStore(self.db)
+        self.throttle = LoginThrottle(self.db)
 
     def issue(self, user: User, *, now_ns: int | None = None) -> tuple[str, Session]:
-        now_ns = time.time_ns() if now_ns is None else now_ns
+        """A new session of ``user`` (stored server-side) and its signed token."""
+        now_ns = self.clock() if now_ns is None else now_ns
+        expires_ns = now_ns + SESSION_S * 10**9
+        sid = self.sessions.create(user.name, expires_ns)
         session = Session(
             user=user.name,
             role=user.role,
             generation=user.generation,
-            expires_ns=now_ns + SESSION_S * 10**9,
+            expires_ns=expires_ns,
             must_change=user.must_change,
+            sid=sid,
         )
         claims = json.dumps(
-            {"u": session.user, "g": session.generation, "e": session.expires_ns},
+            {"u": session.user, "g": session.generation, "e": session.expires_ns, "s": sid},
             separators=(",", ":"),
         ).encode()
         body = base64.urlsafe_b64encode(claims).rstrip(b"=")
         sig = base64.urlsafe_b64encode(hmac.digest(self._key, body, "sha256")).rstrip(b"=")
         return (body + b"." + sig).decode(), session
 
-    def check(self, token: str, *, now_ns: int | None = None) -> Session:
-        now_ns = time.time_ns() if now_ns is None else now_ns
+    def _claims(self, token: str) -> tuple[str, int, int, str]:
+        """User, generation, expiry and session id of a token signed with our key."""
         try:
             body, sig = token.encode().split(b".")
             want = base64.urlsafe_b64encode(hmac.digest(self._key, body, "sha256")).rstrip(b"=")
             if not hmac.compare_digest(sig, want):
                 raise AuthError("bad session token: log in again")
             claims = json.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))
-            name, generation, expires = str(claims["u"]), int(claims["g"]), int(claims["e"])
+            return str(claims["u"]), int(claims["g"]), int(claims["e"]), str(claims["s"])
         except AuthError:
             raise
         except (ValueError, KeyError, TypeError):
             raise AuthError("malformed session token: log in again") from None
+
+    def check(self, token: str, *, now_ns: int | None = None) -> Session:
+        """The session of a valid token; AuthError saying why not (expired, ended, ...)."""
+        now_ns = self.clock() if now_ns is None else now_ns
+        name, generation, expires, sid = self._claims(token)
         if expires < now_ns:
             raise AuthError("session expired: log in again")
+        if not self.sessions.active(sid, name):
+            raise AuthError("session ended (logged out, or ended by an admin): log in again")
         user = self.users.get(name)
         if user is None or user.generation != generation:
-            raise AuthError("session no longer valid (user removed or password changed)")
+            raise AuthError(
+                "session no longer valid (user removed or password changed): log in again"
+            )
         return Session(
             user=user.name,
             role=user.role,
             generation=generation,
             expires_ns=expires,
             must_change=user.must_change,
+            sid=sid,
         )
+
+    def revoke(self, token: str) -> str | None:
+        """End the session of ``token`` (logout); its user when it was active, else None."""
+        try:
+            name, _, _, sid = self._claims(token)
+        except AuthError:
+            return None
+        return name if self.sessions.end(sid) else None
