@@ -292,7 +292,8 @@ async def logout(request: Request[Any, Any, Any]) -> Response[None]:
     user = await asyncio.to_thread(tokens.revoke, token) if token else None
     if user is not None:
         log.info("logout", extra={"user": user, "address": _address(request)})
-        await audit_as(request, user, "", "logout", user)
+        known = request.app.state.users.get(user)
+        await audit_as(request, user, known.role if known else "", "logout", user)
     return Response(None, status_code=204, cookies=[Cookie(key=COOKIE, value="", max_age=0)])
 
 
@@ -404,8 +405,9 @@ async def audit_trail(
     t_to_ns: int | None = None,
     limit: int = AUDIT_LIMIT,
 ) -> AuditTrail:
-    """Who did what through the HMI and the API (sign-ins excepted): switching, set-points,
-    acknowledgements, training, user changes; from the historian. The range defaults to the
+    """Who did what through the HMI and the API: switching, set-points, acknowledgements,
+    training, user and session changes, failed and refused sign-ins and lockouts, logouts
+    (successful sign-ins excepted); from the historian. The range defaults to the
     last 7 days."""
     await bridge(request).package(grid)
     now = time.time_ns()

@@ -59,6 +59,8 @@ export function plainMessage(status, detail, extra) {
       return `Conflict: ${d}`;
     case 413:
       return "The request was too large.";
+    case 429:
+      return `Too many attempts: ${d}`;
     case 500:
       return `The server failed to handle the request: ${d}`;
     case 502:
