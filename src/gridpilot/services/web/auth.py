@@ -209,10 +209,7 @@ async def _refuse_locked(
     wait = lock.retry_after_s(now)
     until = time.strftime("%H:%M:%S UTC", time.gmtime(lock.until_ns / 1e9))
     what = f"user name {name!r}" if lock.kind == "user" else f"address {address}"
-    message = (
-        f"too many failed logins of {what}: try again in {wait} s (at {until}); "
-        "an admin can also reset the password"
-    )
+    message = f"too many failed logins of {what}: try again in {wait} s (at {until})"
     log.warning(
         "login locked" if action == "login" else "login lockout",
         extra={
