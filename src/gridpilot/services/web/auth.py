@@ -27,6 +27,7 @@ from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.errors import ConfigError
 from gridpilot.services.web.bridge import Bridge
+from gridpilot.services.web.contract import SECURED, errors
 from gridpilot.services.web.users import AuthError, Role, Session, Tokens, User, UserStore
 
 COOKIE = "gp_session"
@@ -166,7 +167,13 @@ def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginRep
     return Response(reply, cookies=[cookie])
 
 
-@post("/api/auth/login", tags=["auth"])
+@post(
+    "/api/auth/login", tags=["auth"], security=[],
+    responses=errors(
+        401, 403, 415, 422, 429, e401="Wrong user name or password.",
+        e403="Refused: the request came from another origin (Origin or Referer header).",
+    ),
+)  # fmt: skip
 async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginReply]:
     users: UserStore = request.app.state.users
     user = await asyncio.to_thread(users.verify, data.user, data.password)
@@ -175,12 +182,17 @@ async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginR
     return _signed_in(request, user)
 
 
-@post("/api/auth/logout", tags=["auth"], status_code=204)
+@post(
+    "/api/auth/logout", tags=["auth"], status_code=204, security=[],
+    responses=errors(
+        403, 415, e403="Refused: the request came from another origin (Origin or Referer header).",
+    ),
+)  # fmt: skip
 async def logout() -> Response[None]:
     return Response(None, status_code=204, cookies=[Cookie(key=COOKIE, value="", max_age=0)])
 
 
-@get("/api/auth/me", tags=["auth"], guards=LOGGED_IN)
+@get("/api/auth/me", tags=["auth"], guards=LOGGED_IN, security=SECURED, responses=errors(401))
 async def me(request: Request[Any, Any, Any]) -> Me:
     session = who(request)
     return Me(
@@ -191,7 +203,13 @@ async def me(request: Request[Any, Any, Any]) -> Me:
     )
 
 
-@post("/api/auth/password", tags=["auth"], guards=LOGGED_IN, status_code=200)
+@post(
+    "/api/auth/password", tags=["auth"], guards=LOGGED_IN, status_code=200, security=SECURED,
+    responses=errors(
+        401, 403, 415, 422,
+        e403="Refused: the old password is wrong, or the request came from another origin.",
+    ),
+)  # fmt: skip
 async def change_password(
     request: Request[Any, Any, Any], data: PasswordChange
 ) -> Response[LoginReply]:
@@ -207,7 +225,7 @@ async def change_password(
     return _signed_in(request, user)
 
 
-@get("/api/users", tags=["users"], guards=ADMIN)
+@get("/api/users", tags=["users"], guards=ADMIN, security=SECURED, responses=errors(401, 403))
 async def list_users(request: Request[Any, Any, Any]) -> list[UserView]:
     users: UserStore = request.app.state.users
     return [
@@ -215,7 +233,14 @@ async def list_users(request: Request[Any, Any, Any]) -> list[UserView]:
     ]
 
 
-@post("/api/users", tags=["users"], guards=ADMIN, status_code=201)
+@post(
+    "/api/users",
+    tags=["users"],
+    guards=ADMIN,
+    status_code=201,
+    security=SECURED,
+    responses=errors(401, 403, 415, 422, 503),
+)
 async def add_user(request: Request[Any, Any, Any], data: NewUser) -> UserView:
     users: UserStore = request.app.state.users
     try:
@@ -232,7 +257,14 @@ async def add_user(request: Request[Any, Any, Any], data: NewUser) -> UserView:
     )  # fmt: skip
 
 
-@delete("/api/users/{name:str}", tags=["users"], guards=ADMIN, status_code=204)
+@delete(
+    "/api/users/{name:str}",
+    tags=["users"],
+    guards=ADMIN,
+    status_code=204,
+    security=SECURED,
+    responses=errors(401, 403, 404, 415, 422, 503),
+)
 async def remove_user(request: Request[Any, Any, Any], name: str) -> None:
     users: UserStore = request.app.state.users
     if users.get(name) is None:
@@ -249,7 +281,13 @@ class AuditTrail(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool  # more records in the range than the limit: ask from after the last
 
 
-@get("/api/grids/{grid:str}/audit", tags=["users"], guards=ADMIN)
+@get(
+    "/api/grids/{grid:str}/audit",
+    tags=["users"],
+    guards=ADMIN,
+    security=SECURED,
+    responses=errors(401, 403, 404, 422, 503),
+)
 async def audit_trail(
     request: Request[Any, Any, Any],
     grid: str,
