@@ -475,9 +475,9 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
     "freshness" message says how old the latest estimate is now and whether this service has
     the bus (``bus_connected``), and a "quality" message lists the measurements whose latest
     report was not good (``flagged``: source, mrid, measurand, terminal, quality bits).
-    Refused with close code 4401 without a valid session, 4403 from another origin (the
-    browser's Origin header) or before a one-time password is changed, 4404 for an unknown
-    grid."""
+    Refused (the handshake answered 403; an ASGI server that can tell close codes: 4401)
+    without a valid session, from another origin (the browser's Origin header: 4403) or before
+    a one-time password is changed (4403), for an unknown grid (4404)."""
     claimed = socket.headers.get("origin")
     if claimed is not None and origin_of(claimed) not in _origins(socket):
         await socket.close(code=4403, reason="cross-origin WebSocket refused")
