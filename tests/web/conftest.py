@@ -38,6 +38,7 @@ class Api(httpx.AsyncClient):
     bridge: Bridge  # the app's window on the bus (tests look at what it holds)
     app: Litestar  # the app itself (its route table)
     users: UserStore  # the app's users (tests add some)
+    tokens: Tokens  # its sessions (tests issue some without signing in)
 
     def websocket_connect(self, path: str, headers: dict[str, str] | None = None) -> Any:
         return websockets.connect(self.ws_url + path, additional_headers=headers or {})
@@ -53,7 +54,8 @@ async def serve(web_nc: Client, data_dir: Path) -> AsyncIterator[Api]:
     users.add("ada", Role.ADMIN, PASSWORDS["ada"])
     bridge = Bridge(web_nc)
     await bridge.start()
-    app = create_app(bridge=bridge, users=users, tokens=Tokens(data_dir, users), grid=GRID)
+    tokens = Tokens(data_dir, users)
+    app = create_app(bridge=bridge, users=users, tokens=tokens, grid=GRID)
     port = pick_port("127.0.0.1", 0, [])
     server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
@@ -67,6 +69,7 @@ async def serve(web_nc: Client, data_dir: Path) -> AsyncIterator[Api]:
             client.bridge = bridge
             client.app = app
             client.users = users
+            client.tokens = tokens
             yield client
     finally:
         server.should_exit = True
