@@ -49,6 +49,7 @@ from gridpilot.core.estimates import EstimateWriter, encode_layout, layout_key
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.services.historian.service import HistorianService
 from gridpilot.services.monitoring.service import MonitoringService
+from gridpilot.services.web.api import create_app
 from gridpilot.services.web.users import Role
 from tests.conftest import ADMIN
 from tests.pipeline import grid as load
@@ -401,3 +402,39 @@ async def test_every_route_lets_through_whom_its_guard_promises(api: Api) -> Non
             if got != want:
                 wrong.append(f"{method} {template} as {caller}: {got}, expected {want}")
     assert not wrong, "\n".join(wrong)
+
+
+# -- the document itself ------------------------------------------------------------------------
+def _document() -> dict[str, Any]:
+    from unittest.mock import MagicMock  # the document needs the routes, not a bus
+
+    app = create_app(bridge=MagicMock(), users=MagicMock(), tokens=MagicMock(), grid=GRID)
+    doc: dict[str, Any] = app.openapi_schema.to_schema()
+    return doc
+
+
+@pytest.mark.security
+def test_the_document_is_the_same_every_time_and_says_who_may_call() -> None:
+    first, second = _document(), _document()
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+    assert "security" not in first  # each operation says it, or needs none
+    for path, item in first["paths"].items():
+        for method, operation in item.items():
+            where = f"{method.upper()} {path}"
+            responses = operation["responses"]
+            assert "400" not in responses, where  # malformed requests are answered 422
+            open_route = path in ("/api/health", "/api/auth/login", "/api/auth/logout")
+            if open_route:
+                assert "security" not in operation, where
+                assert ("401" in responses) == (path == "/api/auth/login"), where  # password
+            else:
+                assert operation["security"] == [{"bearer": []}, {"cookie": []}], where
+                assert "401" in responses, where
+            if method in ("post", "put", "patch", "delete"):
+                assert {"403", "415"} <= set(responses), where  # Origin, Content-Type
+            for code, response in responses.items():
+                if code == "204":
+                    assert "content" not in response, where
+                elif int(code) >= 400:
+                    body = response["content"]["application/json"]["schema"]
+                    assert body == {"$ref": "#/components/schemas/ErrorBody"}, (where, code)
