@@ -154,6 +154,18 @@ def open_page(browser: Browser, platform: Platform) -> Iterator[Page]:
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+def wait_for(page: Page, expression: str, *, arg: Any = None, timeout: float = 15_000) -> None:
+    """Until ``expression`` (a JavaScript expression, or a function of ``arg``) is true on the
+    page. Playwright's own wait_for_function compiles its predicate with eval inside the page,
+    which the HMI's Content-Security-Policy forbids (as it should); evaluated from outside
+    through DevTools, the expression is not subject to the page's policy."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout / 1000:g} s: {expression}")
+        page.wait_for_timeout(50)  # about three frames: what wait_for_function's polling does
+
+
 def login(page: Page, user: str, password: str, *, ready: bool = True) -> None:
     page.goto("/")
     page.get_by_test_id("login-user").fill(user)
@@ -161,7 +173,7 @@ def login(page: Page, user: str, password: str, *, ready: bool = True) -> None:
     page.get_by_test_id("login-submit").click()
     if ready:
         expect(page.get_by_test_id("app-screen")).to_be_visible()
-        page.wait_for_function("document.body.dataset.diagram === 'ready'")
+        wait_for(page, "document.body.dataset.diagram === 'ready'")
         expect(page.get_by_test_id("status-live")).to_have_attribute("data-state", "live")
 
 

@@ -27,6 +27,7 @@ from tests.web.hmi_support import (
     fetch,
     login,
     require_browser,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -154,10 +155,11 @@ FIT_CHECK = """() => {
 
 def test_the_diagram_fits_its_canvas_and_labels_clear_the_symbols(page: Page) -> None:
     login(page, "op", PASSWORDS["op"])
-    page.wait_for_function("gpHmi.estCount > 0")
+    wait_for(page, "gpHmi.estCount > 0")
     for size in ({"width": 1600, "height": 900}, {"width": 1150, "height": 700}):
         page.set_viewport_size(size)
-        page.wait_for_function(
+        wait_for(
+        page,
             "([w, h]) => gpHmi.diagram.k === gpHmi.diagram.fitK && gpHmi.diagram.w > 0 "
             "&& document.body.clientWidth === w", arg=[size["width"], size["height"]]
         )  # fmt: skip
@@ -180,10 +182,8 @@ def test_suspect_and_missing_measurements_are_marked(page: Page) -> None:
             "measurand": "power", "error": 1.5, "duration_s": 120,
         })  # fmt: skip
         assert r["status"] == 200, r
-        page.wait_for_function("gpHmi.diagram.markOf('bus', 'bus_6') === 'missing'", timeout=20_000)
-        page.wait_for_function(
-            "gpHmi.diagram.markOf('branch', 'trafo_0_1') === 'suspect'", timeout=20_000
-        )
+        wait_for(page, "gpHmi.diagram.markOf('bus', 'bus_6') === 'missing'", timeout=20_000)
+        wait_for(page, "gpHmi.diagram.markOf('branch', 'trafo_0_1') === 'suspect'", timeout=20_000)
         click_on_diagram(page, "branch", "trafo_0_1")
         removed = page.locator(
             "[data-testid=meas-row][data-source=rtu_trafo_0_1][data-removed='1']"
