@@ -4,8 +4,14 @@ Every route reads or writes through the ``Bridge`` (the bus). Authentication: a 
 from ``POST /api/auth/login``, sent back as the ``gp_session`` cookie (browsers) or as
 ``Authorization: Bearer <token>`` (scripts). Roles: viewer reads, operator also acknowledges,
 switches and trains, admin also manages users. Errors are JSON ``{"status_code", "detail"}``:
-401 not logged in, 403 wrong role (or a one-time password not yet changed), 404 unknown
-grid/equipment, 422 a malformed request (with what was wrong), 503 a service did not answer.
+401 not logged in, 403 wrong role (or a one-time password not yet changed, or a request from
+another origin: see below), 404 unknown grid/equipment, 415 a body not sent as
+``application/json``, 422 a malformed request (with what was wrong), 429 too many failed
+sign-ins, 503 a service did not answer. Each operation lists the ones it can give.
+
+A POST, PUT, PATCH or DELETE from a browser must come from this service's pages: its Origin
+(or Referer) header must be this service's address (or ``GRIDPILOT_PUBLIC_ORIGIN``), and a
+request signed in by the cookie must carry one of them; scripts with a Bearer token need not.
 """
 
 from __future__ import annotations
