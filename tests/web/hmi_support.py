@@ -149,9 +149,17 @@ def open_page(browser: Browser, platform: Platform) -> Iterator[Page]:
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    # what the Content-Security-Policy blocked (a script, a style, a connection) is only told
+    # on the console: the HMI must need nothing its policy forbids
+    pg.on("console", lambda m: _csp_violation(m.type, m.text, errors))
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _csp_violation(kind: str, text: str, errors: list[str]) -> None:
+    if kind == "error" and "Content Security Policy" in text:
+        errors.append(text)
 
 
 def wait_for(page: Page, expression: str, *, arg: Any = None, timeout: float = 15_000) -> None:

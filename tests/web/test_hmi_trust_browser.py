@@ -22,6 +22,7 @@ from tests.web.hmi_support import (
     Browser,
     Page,
     Platform,
+    _csp_violation,
     click_on_diagram,
     expect,
     fetch,
@@ -52,13 +53,18 @@ def test_api_reference_renders_without_the_internet(browser: Browser, platform: 
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto("/api/schema")
+    blocked: list[str] = []  # what the policy refused: only Redoc's footer logo from its CDN
+    page.on("console", lambda m: _csp_violation(m.type, m.text, blocked))
+    response = page.goto("/api/schema")
+    assert response is not None
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     expect(page.locator("h1")).to_contain_text("GridPilot API", timeout=15_000)
     expect(page.get_by_role("menuitem", name="commands")).to_be_visible()
     page.get_by_role("menuitem", name="commands").click()
     expect(page.get_by_text("/api/grids/{grid}/commands/switch").first).to_be_attached()
     assert outside == [], outside
     assert not errors, errors
+    assert all("https://cdn.redoc.ly/redoc/logo-mini.svg" in b for b in blocked), blocked
     context.close()
 
 
