@@ -207,13 +207,24 @@ def platform_up(grid: str, data_dir: Path, speed: float) -> Iterator[tuple[str, 
 
 
 # -- in the browser -------------------------------------------------------------------------
+def wait_until(page: Page, expression: str, *, timeout: float) -> None:
+    """Until the JavaScript ``expression`` is true on the page, evaluated through DevTools:
+    Playwright's wait_for_function compiles its predicate with eval in the page, which the
+    HMI's Content-Security-Policy forbids."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout / 1000:g} s: {expression}")
+        page.wait_for_timeout(50)
+
+
 def sign_in(page: Page, url: str) -> None:
     page.goto(url)
     page.get_by_test_id("login-user").fill(USER)
     page.get_by_test_id("login-password").fill(PASSWORD)
     page.get_by_test_id("login-submit").click()
-    page.wait_for_function("document.body.dataset.diagram === 'ready'", timeout=120_000)
-    page.wait_for_function("gpHmi.metrics.firstEstimateAt !== null", timeout=60_000)
+    wait_until(page, "document.body.dataset.diagram === 'ready'", timeout=120_000)
+    wait_until(page, "gpHmi.metrics.firstEstimateAt !== null", timeout=60_000)
 
 
 @dataclass
@@ -339,15 +350,17 @@ def screenshot(browser: Browser, url: str, path: Path) -> None:
                         "measurand": "voltage", "error": 0.1, "duration_s": 60}  # fmt: skip
                 page.evaluate(inject, body)
     raised = "document.querySelectorAll('tr[data-state=raised]').length"
-    page.wait_for_function(f"{raised} > 3", timeout=30_000)
+    wait_until(page, f"{raised} > 3", timeout=30_000)
     page.wait_for_timeout(4000)
     page.evaluate(inject, {"kind": "clear"})
-    page.wait_for_function(f"{raised} === 0", timeout=30_000)
+    wait_until(page, f"{raised} === 0", timeout=30_000)
     page.wait_for_timeout(3000)
     page.get_by_test_id("alarm-ack").first.click()
     page.evaluate("gpHmi.select({kind: 'bus', id: 'bus_4'})")
-    page.wait_for_function(
-        "document.querySelector('[data-testid=trend-chart]').dataset.points > 3", timeout=30_000
+    wait_until(
+        page,
+        "document.querySelector('[data-testid=trend-chart]').dataset.points > 3",
+        timeout=30_000,
     )
     page.wait_for_timeout(1500)
     page.mouse.move(5, 300)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 import websockets
+from litestar import Litestar
 from nats.aio.client import Client
 
 from gridpilot.core.bus import ensure_jetstream
@@ -36,6 +37,9 @@ class Api(httpx.AsyncClient):
 
     ws_url: str
     bridge: Bridge  # the app's window on the bus (tests look at what it holds)
+    app: Litestar  # the app itself (its route table)
+    users: UserStore  # the app's users (tests add some)
+    tokens: Tokens  # its sessions (tests issue some without signing in)
 
     def websocket_connect(self, path: str, headers: dict[str, str] | None = None) -> Any:
         return websockets.connect(self.ws_url + path, additional_headers=headers or {})
@@ -67,6 +71,9 @@ async def serve(
         async with Api(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             client.ws_url = f"ws://127.0.0.1:{port}"
             client.bridge = bridge
+            client.app = app
+            client.users = users
+            client.tokens = tokens
             yield client
     finally:
         server.should_exit = True

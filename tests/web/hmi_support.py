@@ -149,9 +149,29 @@ def open_page(browser: Browser, platform: Platform) -> Iterator[Page]:
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    # what the Content-Security-Policy blocked (a script, a style, a connection) is only told
+    # on the console: the HMI must need nothing its policy forbids
+    pg.on("console", lambda m: _csp_violation(m.type, m.text, errors))
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _csp_violation(kind: str, text: str, errors: list[str]) -> None:
+    if kind == "error" and "Content Security Policy" in text:
+        errors.append(text)
+
+
+def wait_for(page: Page, expression: str, *, arg: Any = None, timeout: float = 15_000) -> None:
+    """Until ``expression`` (a JavaScript expression, or a function of ``arg``) is true on the
+    page. Playwright's own wait_for_function compiles its predicate with eval inside the page,
+    which the HMI's Content-Security-Policy forbids (as it should); evaluated from outside
+    through DevTools, the expression is not subject to the page's policy."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout / 1000:g} s: {expression}")
+        page.wait_for_timeout(50)  # about three frames: what wait_for_function's polling does
 
 
 def login(page: Page, user: str, password: str, *, ready: bool = True) -> None:
@@ -161,7 +181,7 @@ def login(page: Page, user: str, password: str, *, ready: bool = True) -> None:
     page.get_by_test_id("login-submit").click()
     if ready:
         expect(page.get_by_test_id("app-screen")).to_be_visible()
-        page.wait_for_function("document.body.dataset.diagram === 'ready'")
+        wait_for(page, "document.body.dataset.diagram === 'ready'")
         expect(page.get_by_test_id("status-live")).to_have_attribute("data-state", "live")
 
 

@@ -88,8 +88,11 @@ async def test_malformed_requests_get_422_with_a_message(api: Api) -> None:
         r = await api.post(url, json=body, headers=operator)
         assert r.status_code == 422, r.text
         assert r.json()["detail"]
-    r = await api.post(url, content=b"{not json", headers=operator)
+    json_type = {**operator, "Content-Type": "application/json"}
+    r = await api.post(url, content=b"{not json", headers=json_type)
     assert r.status_code == 422
+    r = await api.post(url, content=b"{not json", headers=operator)  # and not said to be JSON
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"]
     r = await api.get(f"/api/grids/{GRID}/history?mrid=b&bucket_s=abc", headers=operator)
     assert r.status_code == 422 and "bucket_s" in r.text
     r = await api.post("/api/auth/login", json={"user": "olga"})

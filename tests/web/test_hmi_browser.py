@@ -23,6 +23,7 @@ from tests.web.hmi_support import (
     fetch,
     login,
     require_browser,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_values_change_live_and_the_socket_reconnects(page: Page) -> None:
     expect(page.get_by_test_id("status-live")).to_contain_text("reconnecting")
     expect(page.get_by_test_id("status-live")).to_have_attribute("data-state", "live")
     n = estimate_count(page)
-    page.wait_for_function(f"gpHmi.estCount > {n}")
+    wait_for(page, f"gpHmi.estCount > {n}")
 
 
 def test_trend_of_a_branch_with_ranges(page: Page) -> None:
@@ -94,8 +95,10 @@ def test_trend_of_a_branch_with_ranges(page: Page) -> None:
     click_on_diagram(page, "branch", "line_1_2")
     expect(page.get_by_test_id("details-title")).to_have_text("Line 1-2")
     chart = page.get_by_test_id("trend-chart")
-    page.wait_for_function(
-        "document.querySelector('[data-testid=trend-chart]').dataset.points > 3", timeout=15_000
+    wait_for(
+        page,
+        "document.querySelector('[data-testid=trend-chart]').dataset.points > 3",
+        timeout=15_000,
     )
     expect(chart).to_have_attribute("data-aggregated", "0")
     page.get_by_test_id("trend-range-1h").click()
@@ -142,7 +145,7 @@ def test_operator_acknowledges_an_alarm(page: Page) -> None:
         expect(row).to_have_attribute("data-severity", re.compile("critical|warning"))
         expect(row.get_by_test_id("alarm-message")).to_contain_text("bus_12 voltage")
         expect(page.get_by_test_id("alarm-summary")).to_contain_text("alarm")
-        page.wait_for_function("gpHmi.diagram.busClass('bus_12') === 'high'")
+        wait_for(page, "gpHmi.diagram.busClass('bus_12') === 'high'")
         row.get_by_test_id("alarm-ack").click()
         expect(row.get_by_test_id("alarm-acked-by")).to_have_text("✓ op")
         expect(row).to_have_attribute("data-acknowledged", "1")
@@ -153,7 +156,7 @@ def test_operator_acknowledges_an_alarm(page: Page) -> None:
     expect(row).to_have_count(0, timeout=20_000)
     other = page.locator("[data-testid=alarm-row][data-alarm-id='voltage_high:bus_13']")
     expect(other).to_have_attribute("data-state", "cleared")
-    page.wait_for_function("gpHmi.diagram.busClass('bus_12') === 'normal'")
+    wait_for(page, "gpHmi.diagram.busClass('bus_12') === 'normal'")
 
 
 def test_operator_opens_a_switch_after_confirming(page: Page) -> None:
@@ -178,9 +181,9 @@ def test_operator_opens_a_switch_after_confirming(page: Page) -> None:
     expect(result).to_contain_text("sw_0 opened")
     expect(result).to_contain_text("executed by")
     # the field reports the new topology: the switch is drawn open, then a new estimate comes
-    page.wait_for_function("gpHmi.diagram.switchClosed('sw_0') === false", timeout=15_000)
+    wait_for(page, "gpHmi.diagram.switchClosed('sw_0') === false", timeout=15_000)
     expect(row.get_by_test_id("switch-state")).to_have_text("OPEN")
-    page.wait_for_function("gpHmi.topologyT && gpHmi.est.t_ns > gpHmi.topologyT", timeout=10_000)
+    wait_for(page, "gpHmi.topologyT && gpHmi.est.t_ns > gpHmi.topologyT", timeout=10_000)
     assert page.evaluate("gpHmi.diagram.branchClass('line_6_7')") == "open"
 
     # and back: closed again
@@ -188,7 +191,7 @@ def test_operator_opens_a_switch_after_confirming(page: Page) -> None:
     expect(page.get_by_test_id("confirm-text")).to_have_text("Close switch sw_0 on Line 6-7?")
     page.get_by_test_id("confirm-ok").click()
     expect(result).to_contain_text("sw_0 closed", timeout=20_000)
-    page.wait_for_function("gpHmi.diagram.switchClosed('sw_0') === true", timeout=15_000)
+    wait_for(page, "gpHmi.diagram.switchClosed('sw_0') === true", timeout=15_000)
 
 
 def test_viewer_cannot_switch(page: Page) -> None:
@@ -248,8 +251,10 @@ def test_main_view_screenshot(page: Page) -> None:
     """The main view with a bus selected and its trend (saved with GRIDPILOT_HMI_SCREENSHOT)."""
     login(page, "op", PASSWORDS["op"])
     click_on_diagram(page, "bus", "bus_4")
-    page.wait_for_function(
-        "document.querySelector('[data-testid=trend-chart]').dataset.points > 3", timeout=15_000
+    wait_for(
+        page,
+        "document.querySelector('[data-testid=trend-chart]').dataset.points > 3",
+        timeout=15_000,
     )
     page.mouse.move(5, 5)  # no tooltip
     target = os.environ.get("GRIDPILOT_HMI_SCREENSHOT")

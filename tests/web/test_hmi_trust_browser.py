@@ -22,11 +22,13 @@ from tests.web.hmi_support import (
     Browser,
     Page,
     Platform,
+    _csp_violation,
     click_on_diagram,
     expect,
     fetch,
     login,
     require_browser,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -51,13 +53,18 @@ def test_api_reference_renders_without_the_internet(browser: Browser, platform: 
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto("/api/schema")
+    blocked: list[str] = []  # what the policy refused: only Redoc's footer logo from its CDN
+    page.on("console", lambda m: _csp_violation(m.type, m.text, blocked))
+    response = page.goto("/api/schema")
+    assert response is not None
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     expect(page.locator("h1")).to_contain_text("GridPilot API", timeout=15_000)
     expect(page.get_by_role("menuitem", name="commands")).to_be_visible()
     page.get_by_role("menuitem", name="commands").click()
     expect(page.get_by_text("/api/grids/{grid}/commands/switch").first).to_be_attached()
     assert outside == [], outside
     assert not errors, errors
+    assert all("https://cdn.redoc.ly/redoc/logo-mini.svg" in b for b in blocked), blocked
     context.close()
 
 
@@ -154,10 +161,11 @@ FIT_CHECK = """() => {
 
 def test_the_diagram_fits_its_canvas_and_labels_clear_the_symbols(page: Page) -> None:
     login(page, "op", PASSWORDS["op"])
-    page.wait_for_function("gpHmi.estCount > 0")
+    wait_for(page, "gpHmi.estCount > 0")
     for size in ({"width": 1600, "height": 900}, {"width": 1150, "height": 700}):
         page.set_viewport_size(size)
-        page.wait_for_function(
+        wait_for(
+        page,
             "([w, h]) => gpHmi.diagram.k === gpHmi.diagram.fitK && gpHmi.diagram.w > 0 "
             "&& document.body.clientWidth === w", arg=[size["width"], size["height"]]
         )  # fmt: skip
@@ -180,10 +188,8 @@ def test_suspect_and_missing_measurements_are_marked(page: Page) -> None:
             "measurand": "power", "error": 1.5, "duration_s": 120,
         })  # fmt: skip
         assert r["status"] == 200, r
-        page.wait_for_function("gpHmi.diagram.markOf('bus', 'bus_6') === 'missing'", timeout=20_000)
-        page.wait_for_function(
-            "gpHmi.diagram.markOf('branch', 'trafo_0_1') === 'suspect'", timeout=20_000
-        )
+        wait_for(page, "gpHmi.diagram.markOf('bus', 'bus_6') === 'missing'", timeout=20_000)
+        wait_for(page, "gpHmi.diagram.markOf('branch', 'trafo_0_1') === 'suspect'", timeout=20_000)
         click_on_diagram(page, "branch", "trafo_0_1")
         removed = page.locator(
             "[data-testid=meas-row][data-source=rtu_trafo_0_1][data-removed='1']"

@@ -4,8 +4,14 @@ Every route reads or writes through the ``Bridge`` (the bus). Authentication: a 
 from ``POST /api/auth/login``, sent back as the ``gp_session`` cookie (browsers) or as
 ``Authorization: Bearer <token>`` (scripts). Roles: viewer reads, operator also acknowledges,
 switches and trains, admin also manages users. Errors are JSON ``{"status_code", "detail"}``:
-401 not logged in, 403 wrong role (or a one-time password not yet changed), 404 unknown
-grid/equipment, 422 a malformed request (with what was wrong), 503 a service did not answer.
+401 not logged in, 403 wrong role (or a one-time password not yet changed, or a request from
+another origin: see below), 404 unknown grid/equipment, 415 a body not sent as
+``application/json``, 422 a malformed request (with what was wrong), 429 too many failed
+sign-ins, 503 a service did not answer. Each operation lists the ones it can give.
+
+A POST, PUT, PATCH or DELETE from a browser must come from this service's pages: its Origin
+(or Referer) header must be this service's address (or ``GRIDPILOT_PUBLIC_ORIGIN``), and a
+request signed in by the cookie must carry one of them; scripts with a Bearer token need not.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ from gridpilot.services.web.bridge import (
     Unavailable,
     compact_estimate,
 )
+from gridpilot.services.web.contract import SECURED, errors, finish_openapi
 from gridpilot.services.web.layout import layout
+from gridpilot.services.web.protect import RequestCheck, origin_of, own_origin, security_headers
 from gridpilot.services.web.users import Tokens, UserStore
 
 log = logging.getLogger(__name__)
@@ -60,8 +68,14 @@ REDOC_JS = "/vendor/redoc/redoc.standalone.js"  # static/vendor/redoc: MIT, see 
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
-    "worker-src 'self' blob:; connect-src 'self'"
+    "worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
 )
+# what each kind of route can answer besides its success (contract.MEANING says why)
+READ = errors(401, 403, 503)  # a viewer's read of the platform
+GRID_READ = errors(401, 403, 404, 503)  # a viewer's read of one grid
+GRID_QUERY = errors(401, 403, 404, 422, 503)  # the same with query parameters checked
+GRID_WRITE = errors(401, 403, 404, 415, 422, 503)  # an operator's action on one grid
 
 
 # -- request and response bodies --------------------------------------------------------------
@@ -133,24 +147,32 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # -- routes -----------------------------------------------------------------------------------
-@get("/api/health", tags=["platform"])
+@get("/api/health", tags=["platform"], security=[])
 async def health(request: Request[Any, Any, Any]) -> Health:
     """Liveness and readiness for probes: no login needed."""
     return Health(ok=True, bus_connected=bridge(request).nc.is_connected)
 
 
-@get("/api/services", tags=["platform"], guards=VIEWER)
+@get(
+    "/api/services", tags=["platform"], guards=VIEWER, security=SECURED, responses=errors(401, 403)
+)
 async def services(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     """Every service's latest heartbeat: state, age, counters."""
     return bridge(request).services()
 
 
-@get("/api/grids", tags=["grid"], guards=VIEWER)
+@get("/api/grids", tags=["grid"], guards=VIEWER, security=SECURED, responses=READ)
 async def grids(request: Request[Any, Any, Any]) -> list[str]:
     return await bridge(request).grids()
 
 
-@get("/api/grids/{grid:str}/topology", tags=["grid"], guards=VIEWER)
+@get(
+    "/api/grids/{grid:str}/topology",
+    tags=["grid"],
+    guards=VIEWER,
+    security=SECURED,
+    responses=GRID_READ,
+)
 async def topology(request: Request[Any, Any, Any], grid: str) -> Topology:
     """Buses with diagram positions, branches, switches with their present state."""
     pkg = await bridge(request).package(grid)
@@ -206,7 +228,13 @@ async def topology(request: Request[Any, Any, Any], grid: str) -> Topology:
     )
 
 
-@get("/api/grids/{grid:str}/estimate", tags=["grid"], guards=VIEWER)
+@get(
+    "/api/grids/{grid:str}/estimate",
+    tags=["grid"],
+    guards=VIEWER,
+    security=SECURED,
+    responses=GRID_READ,
+)
 async def estimate(request: Request[Any, Any, Any], grid: str) -> Response[s.StateEstimate]:
     """The latest state estimate. Response headers: X-Estimate-Age-S, seconds since this
     service received it (absent when unknown: read from the store at start-up, no live one
@@ -222,7 +250,13 @@ async def estimate(request: Request[Any, Any, Any], grid: str) -> Response[s.Sta
     return Response(est, headers=headers)
 
 
-@get("/api/grids/{grid:str}/measurements", tags=["grid"], guards=VIEWER)
+@get(
+    "/api/grids/{grid:str}/measurements",
+    tags=["grid"],
+    guards=VIEWER,
+    security=SECURED,
+    responses=GRID_READ,
+)
 async def measurements(
     request: Request[Any, Any, Any], grid: str, mrid: list[str] | None = None
 ) -> list[s.MeasurementSet]:
@@ -244,7 +278,13 @@ async def measurements(
     return out
 
 
-@get("/api/grids/{grid:str}/devices", tags=["grid"], guards=VIEWER)
+@get(
+    "/api/grids/{grid:str}/devices",
+    tags=["grid"],
+    guards=VIEWER,
+    security=SECURED,
+    responses=GRID_READ,
+)
 async def devices(request: Request[Any, Any, Any], grid: str) -> list[DeviceView]:
     """Every field device of the grid's placement and what it measures (also the ones that
     have not reported yet, like a meter between its 15-minute readings)."""
@@ -262,13 +302,25 @@ async def devices(request: Request[Any, Any, Any], grid: str) -> list[DeviceView
     ]
 
 
-@get("/api/grids/{grid:str}/alarms", tags=["alarms"], guards=VIEWER)
+@get(
+    "/api/grids/{grid:str}/alarms",
+    tags=["alarms"],
+    guards=VIEWER,
+    security=SECURED,
+    responses=GRID_READ,
+)
 async def alarms(request: Request[Any, Any, Any], grid: str) -> list[s.Alarm]:
     """The active alarms (raised, or cleared but not yet acknowledged)."""
     return await bridge(request).alarms(grid)
 
 
-@post("/api/grids/{grid:str}/alarms/{alarm_id:str}/ack", tags=["alarms"], guards=OPERATOR)
+@post(
+    "/api/grids/{grid:str}/alarms/{alarm_id:str}/ack",
+    tags=["alarms"],
+    guards=OPERATOR,
+    security=SECURED,
+    responses=errors(401, 403, 404, 415, 503),
+)
 async def acknowledge(request: Request[Any, Any, Any], grid: str, alarm_id: str) -> s.Reply:
     await bridge(request).package(grid)
     user = who(request).user
@@ -280,7 +332,13 @@ async def acknowledge(request: Request[Any, Any, Any], grid: str, alarm_id: str)
     return reply
 
 
-@get("/api/grids/{grid:str}/history", tags=["history"], guards=VIEWER)
+@get(
+    "/api/grids/{grid:str}/history",
+    tags=["history"],
+    guards=VIEWER,
+    security=SECURED,
+    responses=GRID_QUERY,
+)
 async def history(
     request: Request[Any, Any, Any],
     grid: str,
@@ -330,7 +388,14 @@ async def _command(request: Request[Any, Any, Any], cmd: s.Command) -> s.Command
     return result
 
 
-@post("/api/grids/{grid:str}/commands/switch", tags=["commands"], guards=OPERATOR, status_code=200)
+@post(
+    "/api/grids/{grid:str}/commands/switch",
+    tags=["commands"],
+    guards=OPERATOR,
+    status_code=200,
+    security=SECURED,
+    responses=GRID_WRITE,
+)
 async def switch(
     request: Request[Any, Any, Any], grid: str, data: SwitchRequest
 ) -> s.CommandResult:
@@ -352,7 +417,12 @@ async def switch(
 
 
 @post(
-    "/api/grids/{grid:str}/commands/setpoint", tags=["commands"], guards=OPERATOR, status_code=200
+    "/api/grids/{grid:str}/commands/setpoint",
+    tags=["commands"],
+    guards=OPERATOR,
+    status_code=200,
+    security=SECURED,
+    responses=GRID_WRITE,
 )
 async def setpoint(
     request: Request[Any, Any, Any], grid: str, data: SetpointRequest
@@ -379,7 +449,14 @@ async def setpoint(
     return await _command(request, cmd)
 
 
-@post("/api/grids/{grid:str}/training/inject", tags=["training"], guards=OPERATOR, status_code=200)
+@post(
+    "/api/grids/{grid:str}/training/inject",
+    tags=["training"],
+    guards=OPERATOR,
+    status_code=200,
+    security=SECURED,
+    responses=GRID_WRITE,
+)
 async def inject(request: Request[Any, Any, Any], grid: str, data: s.InjectRequest) -> s.Reply:
     """Disturb the digital twin for operator training: a gross measurement error, a
     communication outage, or clear them all."""
@@ -404,14 +481,23 @@ async def live(socket: WebSocket[Any, Any, Any], grid: str) -> None:
     "freshness" message says how old the latest estimate is now and whether this service has
     the bus (``bus_connected``), and a "quality" message lists the measurements whose latest
     report was not good (``flagged``: source, mrid, measurand, terminal, quality bits).
-    Refused with close code 4401 without a valid session, 4404 for an unknown grid; closed with
-    4401 within about 2 s once the session ends (logout, revoked, expired)."""
+    Refused (the handshake answered 403; an ASGI server that can tell close codes: 4401)
+    without a valid session, from another origin (the browser's Origin header: 4403) or before
+    a one-time password is changed (4403), for an unknown grid (4404); closed with 4401 within
+    about 2 s once the session ends (logout, revoked, expired)."""
+    claimed = socket.headers.get("origin")
+    if claimed is not None and origin_of(claimed) not in _origins(socket):
+        await socket.close(code=4403, reason="cross-origin WebSocket refused")
+        return
     try:
-        _session(socket)
+        session = _session(socket)
         await bridge(socket).package(grid)
     except (NotAuthorizedException, NotFound) as exc:
         code = 4401 if isinstance(exc, NotAuthorizedException) else 4404
         await socket.close(code=code, reason=str(exc)[:120])
+        return
+    if session.must_change:
+        await socket.close(code=4403, reason="change your one-time password first")
         return
     await socket.accept()
     b = bridge(socket)
@@ -463,6 +549,13 @@ def _ended(socket: WebSocket[Any, Any, Any]) -> str:
     return ""
 
 
+def _origins(socket: WebSocket[Any, Any, Any]) -> set[str]:
+    """The origins a browser may open the live socket from: the one it reached, the public."""
+    own = own_origin(socket.scope, socket.headers)
+    public: str | None = socket.app.state.public_origin
+    return {o for o in (own, public) if o}
+
+
 # -- errors -----------------------------------------------------------------------------------
 def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     detail: dict[str, Any] = {"status_code": 422, "detail": exc.detail}
@@ -501,7 +594,11 @@ def _log_exception(exc: Exception, scope: Any) -> None:
         log.error("request failed: %r", exc, exc_info=exc, extra={"path": scope.get("path")})
 
 
-def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -> Litestar:
+def create_app(
+    *, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str, public_origin: str | None = None
+) -> Litestar:
+    """The web app; ``public_origin`` (protect.public_origin checks it): the address users open
+    when it is not the one requests reach (a reverse proxy), accepted as their Origin too."""
     routes: list[Any] = [
         health, *auth.ROUTES, services, grids, topology, estimate, measurements, devices, alarms,
         acknowledge, history, switch, setpoint, inject, live,
@@ -539,8 +636,10 @@ def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -
                     ),
                 }
             ),
-            security=[{"bearer": []}, {"cookie": []}],
+            # no document-wide security: each route that needs a session says so (SECURED)
         ),
+        middleware=[RequestCheck([public_origin] if public_origin else [])],
+        before_send=[security_headers],
         exception_handlers={
             ValidationException: _validation,
             NotFound: _not_found,
@@ -557,4 +656,6 @@ def create_app(*, bridge: Bridge, users: UserStore, tokens: Tokens, grid: str) -
     app.state.tokens = tokens
     app.state.login_lock = asyncio.Lock()
     app.state.grid = grid
+    app.state.public_origin = public_origin
+    finish_openapi(app)
     return app

@@ -36,6 +36,7 @@ from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.errors import ConfigError
 from gridpilot.services.web.bridge import Bridge, Unavailable
+from gridpilot.services.web.contract import SECURED, errors
 from gridpilot.services.web.sessions import MAX_KEY, Lock
 from gridpilot.services.web.users import AuthError, Role, Session, Tokens, User, UserStore
 
@@ -250,7 +251,13 @@ def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginRep
     return Response(reply, cookies=[cookie])
 
 
-@post("/api/auth/login", tags=["auth"])
+@post(
+    "/api/auth/login", tags=["auth"], security=[],
+    responses=errors(
+        401, 403, 415, 422, 429, e401="Wrong user name or password.",
+        e403="Refused: the request came from another origin (Origin or Referer header).",
+    ),
+)  # fmt: skip
 async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginReply]:
     """Sign in. Refused with 401 for a wrong name or password, and with 429 and a Retry-After
     header (seconds) after too many failures of this name or from this address (the right
@@ -280,7 +287,12 @@ async def login(request: Request[Any, Any, Any], data: Login) -> Response[LoginR
     return _signed_in(request, user)
 
 
-@post("/api/auth/logout", tags=["auth"], status_code=204)
+@post(
+    "/api/auth/logout", tags=["auth"], status_code=204, security=[],
+    responses=errors(
+        403, 415, e403="Refused: the request came from another origin (Origin or Referer header).",
+    ),
+)  # fmt: skip
 async def logout(request: Request[Any, Any, Any]) -> Response[None]:
     """End this session (its token is refused from now on) and clear the cookie; 204 also
     without a valid session."""
@@ -294,7 +306,10 @@ async def logout(request: Request[Any, Any, Any]) -> Response[None]:
     return Response(None, status_code=204, cookies=[Cookie(key=COOKIE, value="", max_age=0)])
 
 
-@post("/api/auth/sessions/end-all", tags=["auth"], guards=ADMIN, status_code=200)
+@post(
+    "/api/auth/sessions/end-all", tags=["auth"], guards=ADMIN, status_code=200,
+    security=SECURED, responses=errors(401, 403, 415, 503),
+)  # fmt: skip
 async def end_all_sessions(request: Request[Any, Any, Any]) -> Response[SessionsEnded]:
     """End every session of every user, the caller's own too (everyone logs in again; the
     answer clears the caller's cookie)."""
@@ -306,7 +321,7 @@ async def end_all_sessions(request: Request[Any, Any, Any]) -> Response[Sessions
     return Response(SessionsEnded(ended=ended), cookies=[cookie])
 
 
-@get("/api/auth/me", tags=["auth"], guards=LOGGED_IN)
+@get("/api/auth/me", tags=["auth"], guards=LOGGED_IN, security=SECURED, responses=errors(401))
 async def me(request: Request[Any, Any, Any]) -> Me:
     session = who(request)
     return Me(
@@ -317,7 +332,13 @@ async def me(request: Request[Any, Any, Any]) -> Me:
     )
 
 
-@post("/api/auth/password", tags=["auth"], guards=LOGGED_IN, status_code=200)
+@post(
+    "/api/auth/password", tags=["auth"], guards=LOGGED_IN, status_code=200, security=SECURED,
+    responses=errors(
+        401, 403, 415, 422,
+        e403="Refused: the old password is wrong, or the request came from another origin.",
+    ),
+)  # fmt: skip
 async def change_password(
     request: Request[Any, Any, Any], data: PasswordChange
 ) -> Response[LoginReply]:
@@ -337,7 +358,7 @@ async def change_password(
     return _signed_in(request, user)
 
 
-@get("/api/users", tags=["users"], guards=ADMIN)
+@get("/api/users", tags=["users"], guards=ADMIN, security=SECURED, responses=errors(401, 403))
 async def list_users(request: Request[Any, Any, Any]) -> list[UserView]:
     users: UserStore = request.app.state.users
     return [
@@ -345,7 +366,14 @@ async def list_users(request: Request[Any, Any, Any]) -> list[UserView]:
     ]
 
 
-@post("/api/users", tags=["users"], guards=ADMIN, status_code=201)
+@post(
+    "/api/users",
+    tags=["users"],
+    guards=ADMIN,
+    status_code=201,
+    security=SECURED,
+    responses=errors(401, 403, 415, 422, 503),
+)
 async def add_user(request: Request[Any, Any, Any], data: NewUser) -> UserView:
     users: UserStore = request.app.state.users
     try:
@@ -362,7 +390,14 @@ async def add_user(request: Request[Any, Any, Any], data: NewUser) -> UserView:
     )  # fmt: skip
 
 
-@delete("/api/users/{name:str}", tags=["users"], guards=ADMIN, status_code=204)
+@delete(
+    "/api/users/{name:str}",
+    tags=["users"],
+    guards=ADMIN,
+    status_code=204,
+    security=SECURED,
+    responses=errors(401, 403, 404, 415, 422, 503),
+)
 async def remove_user(request: Request[Any, Any, Any], name: str) -> None:
     users: UserStore = request.app.state.users
     if users.get(name) is None:
@@ -376,7 +411,14 @@ async def remove_user(request: Request[Any, Any, Any], name: str) -> None:
     await audit(request, request.app.state.grid, "user_remove", name, sessions_ended=ended)
 
 
-@delete("/api/users/{name:str}/sessions", tags=["users"], guards=ADMIN, status_code=200)
+@delete(
+    "/api/users/{name:str}/sessions",
+    tags=["users"],
+    guards=ADMIN,
+    status_code=200,
+    security=SECURED,
+    responses=errors(401, 403, 404, 415, 503),
+)
 async def end_user_sessions(request: Request[Any, Any, Any], name: str) -> SessionsEnded:
     """End every session of one user (the caller's own too when it is the caller)."""
     users: UserStore = request.app.state.users
@@ -394,7 +436,13 @@ class AuditTrail(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool  # more records in the range than the limit: ask from after the last
 
 
-@get("/api/grids/{grid:str}/audit", tags=["users"], guards=ADMIN)
+@get(
+    "/api/grids/{grid:str}/audit",
+    tags=["users"],
+    guards=ADMIN,
+    security=SECURED,
+    responses=errors(401, 403, 404, 422, 503),
+)
 async def audit_trail(
     request: Request[Any, Any, Any],
     grid: str,

@@ -15,6 +15,7 @@ from gridpilot.core.service import Service
 from gridpilot.platform.broker import HTTP_PORT
 from gridpilot.services.web.api import create_app
 from gridpilot.services.web.bridge import Bridge
+from gridpilot.services.web.protect import public_origin
 from gridpilot.services.web.users import Tokens, UserStore
 
 
@@ -46,9 +47,10 @@ class WebService(Service):
             )
         self.bridge = Bridge(self.nc)
         await self.bridge.start()
+        public = os.environ.get("GRIDPILOT_PUBLIC_ORIGIN", "").strip()
         app = create_app(
             bridge=self.bridge, users=users, tokens=Tokens(self.config.data_dir, users),
-            grid=self.grid,
+            grid=self.grid, public_origin=public_origin(public) if public else None,
         )  # fmt: skip
         host, port = http_address()
         config = uvicorn.Config(
