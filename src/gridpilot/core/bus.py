@@ -165,6 +165,17 @@ def client_context(
     return ctx
 
 
+class _SslEofNoise(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl": nats-py
+    returns True there for every connection, harmless over TLS but printed on every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_SslEofNoise())
+
+
 def env_tls() -> ssl.SSLContext | None:
     """The client context GRIDPILOT_NATS_CA (with GRIDPILOT_NATS_CERT and GRIDPILOT_NATS_KEY)
     describes; None when GRIDPILOT_NATS_CA is not set."""

@@ -194,7 +194,7 @@ def _make_ca(p: Pki, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePriva
         .sign(key, hashes.SHA256())
     )
     _write_private(p.ca_key, _key_pem(key))
-    _write_private(p.ca, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_private(p.ca, cert.public_bytes(serialization.Encoding.PEM))
     log.info("tls event=ca_created path=%s", p.ca)
     return cert, key
 
@@ -253,7 +253,7 @@ def _issue(
         builder = builder.add_extension(_san(server_hosts), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_private(pair.key, _key_pem(key))
-    _write_private(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_private(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def server_hosts(p: Pki) -> list[str]:
