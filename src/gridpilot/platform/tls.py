@@ -99,7 +99,8 @@ def check_host(host: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
-    if text and _DNS_RE.fullmatch(text) and not text.replace(".", "").isdigit():
+    name = text[2:] if text.startswith("*.") else text  # a wildcard: *.nats.example.org
+    if name and _DNS_RE.fullmatch(name) and not name.replace(".", "").isdigit():
         return text.rstrip(".").lower()
     raise ConfigError(
         f"--hosts: {host!r} is neither an IP address nor a DNS name (use e.g. "
