@@ -142,6 +142,11 @@ class Supervisor:
                 "--tls and --monitor configure the embedded broker, not one given by --nats-url "
                 f"(for that: a tls:// URL, and {ENV_CA} naming its CA)"
             )
+        if tls and edge is not None and hub and not is_tls_url(hub):
+            raise ConfigError(
+                "--tls on an edge needs a TLS hub: use --hub tls://HOST:PORT (the hub runs "
+                "with --tls or --leaf-cert)"
+            )
         self.tls = tls
         self.monitor = monitor
         self.pki: Pki | None = None
