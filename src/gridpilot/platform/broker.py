@@ -262,14 +262,16 @@ def render_config(
                 f"  authorization {{\n    user: {_q(LEAFNODE_USER)}\n"
                 f"    password: {_q(leafnode_password(data_dir))}\n  }}\n"
             )
-            if leaf_tls is not None or tls is not None:
-                # with --tls the edges authenticate with a certificate from our CA too
-                pair = leaf_tls if leaf_tls is not None else LeafTls(tls.cert, tls.key)  # type: ignore[union-attr]
-                cert, key = pair.cert, pair.key
+            # the hub's own certificate (--leaf-cert), else the platform's (--tls); with --tls
+            # the edges authenticate with a client certificate from its CA too
+            pair = leaf_tls
+            if pair is None and tls is not None:
+                pair = LeafTls(tls.cert, tls.key)
+            if pair is not None:
                 extra += _tls_block(
                     "  ",
-                    Path(cert).absolute(),
-                    Path(key).absolute(),
+                    Path(pair.cert).absolute(),
+                    Path(pair.key).absolute(),
                     None if tls is None else Path(tls.ca).absolute(),
                     LEAF_TLS_TIMEOUT_S,
                 )
