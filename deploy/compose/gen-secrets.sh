@@ -1,9 +1,15 @@
 #!/bin/sh
 # Generate the compose secrets (one random password per NATS identity and PostgreSQL) into
-# deploy/compose/secrets/ (git-ignored); existing files are kept. The directory is 0700;
-# the files are 0644 because podman-compose bind-mounts them and the containers run as
-# uid 10001 (postgres as its own uid): the directory, not the file mode, keeps them private
-# on the host.
+# deploy/compose/secrets/ (git-ignored), and the TLS certificates every connection uses into
+# deploy/compose/secrets/tls/ (`gridpilot certs`: a private CA, a server certificate for the
+# NATS nodes and the HMI, one client certificate per NATS identity). Existing files are kept
+# (the CA too: `--renew` re-issues the certificates). The directories are 0700; the files are
+# 0644 because podman-compose bind-mounts them and the containers run as uid 10001 (postgres
+# as its own uid): the directory, not the file mode, keeps them private on the host. The CA
+# key is not needed by any container and stays 0600.
+#
+# gridpilot comes from PATH, else `python3 -m gridpilot`, else the image ($GRIDPILOT_IMAGE,
+# default localhost/gridpilot:latest) run with podman or docker.
 set -eu
 dir="$(cd "$(dirname "$0")" && pwd)/secrets"
 mkdir -p "$dir"
@@ -16,3 +22,17 @@ for name in nats_admin nats_simulator nats_state_estimation nats_monitoring nats
         chmod 644 "$dir/$name"
     fi
 done
+
+hosts="nats1,nats2,nats3,web,${GRIDPILOT_TLS_HOSTS:-localhost}"
+if command -v gridpilot >/dev/null 2>&1; then
+    gridpilot certs --data-dir "$dir" --hosts "$hosts" "$@"
+elif python3 -c "import gridpilot" >/dev/null 2>&1; then
+    python3 -m gridpilot certs --data-dir "$dir" --hosts "$hosts" "$@"
+else
+    engine="$(command -v podman || command -v docker)"
+    "$engine" run --rm --user 0 -v "$dir:/out:z" --entrypoint gridpilot \
+        "${GRIDPILOT_IMAGE:-localhost/gridpilot:latest}" certs --data-dir /out --hosts "$hosts" "$@"
+fi
+chmod 700 "$dir/tls"
+find "$dir/tls" -type f ! -name ca.key -exec chmod 644 {} +
+chmod 600 "$dir/tls/ca.key"

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     url = found.endpoints.get("nats", "")
     if not url:
         raise GridPilotError(f"{found.data_dir}: endpoints.json names no NATS server")
-    alarms = asyncio.run(_read(found.data_dir, url, grid))
+    alarms = asyncio.run(_read(found.data_dir, url, grid, found.endpoints))
     rows = [_row(a, time.time_ns()) for a in sorted(alarms, key=_order)]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -65,14 +65,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _read(data_dir: Path, url: str, grid: str) -> list[Alarm]:
+async def _read(
+    data_dir: Path, url: str, grid: str, endpoints: dict[str, str] | None = None
+) -> list[Alarm]:
     from gridpilot.core.bus import connect
     from gridpilot.platform import permissions
+    from gridpilot.platform.tls import platform_context
     from gridpilot.services.monitoring.store import decode_table
 
     password = permissions.service_password(data_dir, permissions.VIEWER)
+    tls = platform_context(data_dir, endpoints or {}, permissions.VIEWER)
     nc = await connect(
-        url, user=permissions.VIEWER, password=password, name="cli-alarms", startup_timeout=5
+        url,
+        user=permissions.VIEWER,
+        password=password,
+        name="cli-alarms",
+        startup_timeout=5,
+        tls=tls,
     )
     try:
         kv = await nc.jetstream().key_value("gp_alarms")

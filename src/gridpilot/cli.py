@@ -105,6 +105,44 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY.pem",
         help="with --leaf-cert: its private key (PEM)",
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port: NATS (services present client certificates), cluster routes, "
+        "leaf link (edges present client certificates), MQTT (mqtts) and the HMI (https), with "
+        "the certificates in <data-dir>/tls (made when absent: see `gridpilot certs`)",
+    )
+    up.add_argument(
+        "--monitor",
+        action="store_true",
+        help="also open nats-server's monitoring port on 127.0.0.1 (no login: it lists every "
+        "connection, user and subscription)",
+    )
+
+    certs = sub.add_parser(
+        "certs", help="make the private CA and the certificates `up --tls` uses (<data-dir>/tls)"
+    )
+    certs.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_UP_HELP)
+    certs.add_argument(
+        "--hosts",
+        default="",
+        metavar="H1,H2",
+        help="names and addresses the server certificate is also valid for (always: "
+        "localhost, 127.0.0.1)",
+    )
+    certs.add_argument(
+        "--edge",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also a client certificate for edge NAME's leaf link (repeatable)",
+    )
+    certs.add_argument(
+        "--days", type=int, default=825, help="validity of the issued certificates (default 825)"
+    )
+    certs.add_argument(
+        "--renew", action="store_true", help="issue every certificate again (the CA is kept)"
+    )
 
     run = sub.add_parser("run", help="run one service in this process")
     run.add_argument("service")
@@ -273,6 +311,9 @@ def bus_error(exc: Exception, subject: str, who: str) -> GridPilotError:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("up", "run", "user", "certs", "init"):
+        # what these write into the data dir (passwords, keys, databases, logs) is private
+        os.umask(0o077)
     if args.command == "up":
         import logging
 
@@ -305,9 +346,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             leaf_listen=_host_port(args.leafnodes) if args.leafnodes else None,
             leaf_tls=LeafTls(cert=args.leaf_cert, key=args.leaf_key) if args.leaf_cert else None,
             hub_ca=args.hub_ca,
+            tls=args.tls,
+            monitor=args.monitor,
         )
         asyncio.run(sup.run())
         return 0
+    if args.command == "certs":
+        return _certs(args)
     if args.command == "run":
         from gridpilot.platform.catalog import SERVICES, service_main
 
@@ -361,6 +406,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(path)
         return 0
     raise AssertionError(args.command)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from gridpilot.platform.locate import ENV_DATA_DIR
+    from gridpilot.platform.tls import ensure_certs, server_hosts
+
+    os.umask(0o077)  # keys, and the folder they are in, are the owner's alone
+    data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR, "").strip() or DEFAULT_DATA_DIR)
+    hosts = [h for h in (x.strip() for x in args.hosts.split(",")) if h]
+    issued = ensure_certs(data_dir, hosts=hosts, edges=args.edge, days=args.days, renew=args.renew)
+    p = issued.pki
+    print(f"CA {p.ca} ({'new' if issued.created_ca else 'kept'}; its key {p.ca_key}, mode 0600)")
+    print(f"server certificate {p.server.cert} for {', '.join(server_hosts(p))}")
+    if issued.written:
+        print(f"wrote {len(issued.written)} certificates in {p.dir}")
+    else:
+        print(f"every certificate in {p.dir} already existed (--renew issues them again)")
+    print(f"start the platform with them: gridpilot up --tls --data-dir {data_dir}")
+    return 0
 
 
 def _user(args: argparse.Namespace) -> int:
@@ -472,11 +536,14 @@ async def _platform_client(platform: Platform, identity: str = "viewer") -> Clie
     url = platform.endpoints.get("nats", "")
     if not url:
         raise GridPilotError(f"{platform.data_dir}: its endpoints name no NATS server")
+    from gridpilot.platform.tls import platform_context
+
     password = permissions.service_password(platform.data_dir, identity)
+    tls = platform_context(platform.data_dir, platform.endpoints, identity)
     try:
         return await connect(
             url, user=identity, password=password, name="cli", connect_timeout=2,
-            startup_timeout=5,
+            startup_timeout=5, tls=tls,
         )  # fmt: skip
     except BusError as exc:
         raise GridPilotError(

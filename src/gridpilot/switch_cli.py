@@ -20,6 +20,7 @@ from gridpilot.model import distribution
 from gridpilot.model.grid import GridModel, Switch
 from gridpilot.platform import locate, operate, permissions
 from gridpilot.platform.operate import NoResult
+from gridpilot.platform.tls import platform_context
 
 CONNECT_S = 5.0  # a platform that runs answers at once
 
@@ -89,6 +90,7 @@ async def _switch(args: argparse.Namespace) -> int:
             name="cli-switch",
             connect_timeout=2.0,
             startup_timeout=CONNECT_S,
+            tls=platform_context(platform.data_dir, platform.endpoints, permissions.ADMIN),
         )
     except PermissionDeniedError as exc:
         raise GridPilotError(

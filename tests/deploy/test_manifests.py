@@ -17,6 +17,7 @@ from gridpilot.core.config import DEFAULT_MODEL_WAIT_S, INSTANCE_ID
 from gridpilot.platform.broker import nats_server_binary
 from gridpilot.platform.catalog import SERVICES
 from gridpilot.platform.permissions import PERMISSIONS
+from gridpilot.platform.tls import ensure_certs
 from tests.deploy.k8s_render import render, render_fallback
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -82,7 +83,8 @@ def test_compose_gridpilot_containers_are_read_only_and_get_passwords_from_secre
                 assert env["GRIDPILOT_NATS_PASSWORD_FILE"] == f"/run/secrets/nats_{user}"
         for volume in svc.get("volumes", []):
             source = volume.split(":", 1)[0]
-            if source.startswith("./"):
+            # ./compose/secrets is what gen-secrets.sh makes (git-ignored)
+            if source.startswith("./") and not source.startswith("./compose/secrets/"):
                 assert (DEPLOY / source).exists(), (name, source)
     for node in ("nats1", "nats2", "nats3"):
         got = set(compose["services"][node]["secrets"])
@@ -99,6 +101,7 @@ def test_compose_nats_nodes_form_a_jetstream_cluster(tmp_path: Path) -> None:
     spec.loader.exec_module(nats_node)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
+    tls_dir = ensure_certs(tmp_path / "pki", hosts=["nats1", "nats2", "nats3"]).pki.dir
     for identity in PERMISSIONS:
         (secrets / f"nats_{identity}").write_text(f"pw-{identity}\n")
     auth = nats_node.authorization(secrets)
@@ -108,9 +111,39 @@ def test_compose_nats_nodes_form_a_jetstream_cluster(tmp_path: Path) -> None:
         assert "jetstream {" in conf
         for peer in (1, 2, 3):
             assert f"nats://nats{peer}:6222" in conf
+        # TLS on the client port, MQTT and the routes; clients and routes need certificates
+        assert conf.count("tls {") == 3 and conf.count("verify: true") == 2
+        assert "http:" not in conf and "8222" not in conf  # no monitoring port (no login)
         path = tmp_path / f"node{i}.conf"
-        path.write_text(conf.replace("/data/jetstream", str(tmp_path / "js")) + auth)
+        conf = conf.replace("/data/jetstream", str(tmp_path / "js"))
+        path.write_text(conf.replace("/etc/gridpilot-tls", str(tls_dir)) + auth)
         subprocess.run([str(nats_server_binary()), "-t", "-c", str(path)], check=True)
+
+
+TLS_DIR = "/etc/gridpilot-tls"
+
+
+def test_compose_every_connection_is_tls() -> None:
+    services = _compose()["services"]
+    for name, svc in services.items():
+        if name == "postgres":
+            continue
+        mounts = [v.split(":")[:2] for v in svc.get("volumes", [])]
+        assert ["./compose/secrets/tls", TLS_DIR] in mounts, name
+        env = svc.get("environment", {})
+        if name.startswith("nats"):
+            continue
+        assert all(u.startswith("tls://") for u in env["GRIDPILOT_NATS_URL"].split(",")), name
+        assert env["GRIDPILOT_NATS_CA"] == f"{TLS_DIR}/ca.crt"
+        user = env["GRIDPILOT_NATS_USER"]
+        assert env["GRIDPILOT_NATS_CERT"] == f"{TLS_DIR}/client-{user}.crt", name
+        assert env["GRIDPILOT_NATS_KEY"] == f"{TLS_DIR}/client-{user}.key", name
+    assert services["simulator"]["environment"]["GRIDPILOT_MQTT_URL"].startswith("mqtts://")
+    web = services["web"]
+    assert web["environment"]["GRIDPILOT_HTTP_CERT"] == f"{TLS_DIR}/server.crt"
+    assert "https://" in web["healthcheck"]["test"][-1]
+    gen = (DEPLOY / "compose" / "gen-secrets.sh").read_text()
+    assert "certs --data-dir" in gen and "nats1,nats2,nats3,web" in gen
 
 
 # -- Kubernetes ----------------------------------------------------------------------------
@@ -182,6 +215,33 @@ def test_deployments_are_hardened_probed_and_bounded(rendered: list[dict[str, An
     assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
+def test_every_connection_is_tls(rendered: list[dict[str, Any]]) -> None:
+    config = next(d for d in rendered if d["kind"] == "ConfigMap")["data"]
+    assert config["GRIDPILOT_NATS_URL"].startswith("tls://")
+    assert config["GRIDPILOT_NATS_CA"] == f"{TLS_DIR}/ca.crt"
+    pods = [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"])
+        for d in rendered
+        if d["kind"] in ("Deployment", "Job")
+    ]
+    assert len(pods) == len(SERVICES) + 1
+    for name, pod in pods:
+        (tls_volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert tls_volume["secret"]["secretName"] == "gridpilot-tls"
+        (c,) = pod["containers"]
+        assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in c["volumeMounts"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        user = env["GRIDPILOT_NATS_USER"]
+        assert env["GRIDPILOT_NATS_CERT"] == f"{TLS_DIR}/client-{user}.crt", name
+        assert env["GRIDPILOT_NATS_KEY"] == f"{TLS_DIR}/client-{user}.key", name
+        if name == "simulator":
+            assert env["GRIDPILOT_MQTT_URL"].startswith("mqtts://")
+        if name == "web":
+            assert env["GRIDPILOT_HTTP_CERT"] == f"{TLS_DIR}/server.crt"
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+
+
 def test_network_policies_deny_by_default(rendered: list[dict[str, Any]]) -> None:
     policies = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "NetworkPolicy"}
     deny = policies["gridpilot-default-deny"]["spec"]
@@ -193,9 +253,18 @@ def test_network_policies_deny_by_default(rendered: list[dict[str, Any]]) -> Non
 def test_nats_helm_values() -> None:
     values = yaml.safe_load((DEPLOY / "k8s" / "nats-values.yaml").read_text())
     config = values["config"]
-    assert config["cluster"] == {"enabled": True, "replicas": 3}
+    assert {k: config["cluster"][k] for k in ("enabled", "replicas")} == {
+        "enabled": True,
+        "replicas": 3,
+    }
     assert config["jetstream"]["enabled"] is True
     assert config["mqtt"]["enabled"] is True
+    for listener in (config["nats"], config["cluster"], config["mqtt"]):
+        assert listener["tls"]["enabled"] is True
+        assert listener["tls"]["secretName"] == "gridpilot-tls"
+    assert config["nats"]["tls"]["merge"]["verify"] is True
+    assert config["cluster"]["tls"]["merge"]["verify"] is True
+    assert values["tlsCA"] == {"enabled": True, "secretName": "gridpilot-tls", "key": "ca.crt"}
     assert "password" not in (DEPLOY / "k8s" / "nats-values.yaml").read_text().lower().replace(
         "no password", ""
     )

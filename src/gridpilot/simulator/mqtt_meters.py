@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Protocol
 import aiomqtt
 
 from gridpilot.core import subjects
+from gridpilot.core.bus import env_tls
 from gridpilot.core.errors import BusError, ConfigError
 from gridpilot.platform.permissions import MQTT_DEVICE
 from gridpilot.protocols.meter_json import ComponentReading, MeterFormat, MeterReading, encode
@@ -93,11 +95,27 @@ def payload(meter: VirtualMeter, t_ns: int, p_mw: float, q_mvar: float) -> bytes
     return encode(reading)
 
 
+TLS_SCHEMES = ("mqtts", "ssl", "tls")
+
+
 def _host_port(url: str) -> tuple[str, int]:
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-        raise ConfigError(f"{url!r} is not an MQTT URL like mqtt://127.0.0.1:11883")
-    return parsed.hostname, parsed.port or 1883
+    if parsed.scheme not in ("mqtt", "tcp", *TLS_SCHEMES) or not parsed.hostname:
+        raise ConfigError(
+            f"{url!r} is not an MQTT URL like mqtt://127.0.0.1:11883 or mqtts://HOST:PORT"
+        )
+    return parsed.hostname, parsed.port or (8883 if parsed.scheme in TLS_SCHEMES else 1883)
+
+
+def url_tls(url: str, tls: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The TLS context for an MQTT URL: ``tls`` if given; for an ``mqtts://`` URL else the CA
+    GRIDPILOT_NATS_CA names (the platform's, under `gridpilot up --tls`), else the system's
+    roots; None for plain ``mqtt://``."""
+    if urllib.parse.urlsplit(url).scheme not in TLS_SCHEMES:
+        return tls
+    if tls is not None:
+        return tls
+    return env_tls() or ssl.create_default_context()
 
 
 class MqttMeterFleet:
@@ -116,12 +134,16 @@ class MqttMeterFleet:
         user: str = MQTT_DEVICE,
         client_id: str | None = None,
         publish_timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``url``: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (the server verified
+        against ``tls``'s CAs, by default GRIDPILOT_NATS_CA's: see :func:`url_tls`)."""
         if not period_s > 0:
             raise ConfigError(f"meter period must be > 0 s, not {period_s}")
         if len({m.device for m in meters}) != len(meters):
             raise ConfigError("two virtual meters have the same device id")
         self.host, self.port = _host_port(url)
+        self.tls = url_tls(url, tls)
         self.user = user
         self.password = password
         self.grid = subjects.grid_token(grid)
@@ -151,6 +173,7 @@ class MqttMeterFleet:
                 identifier=self.client_id,
                 protocol=aiomqtt.ProtocolVersion.V311,
                 clean_session=True,
+                tls_context=self.tls,
             ) as client:
                 log.info(
                     "meters connected",

@@ -244,6 +244,7 @@ def _signed_in(request: Request[Any, Any, Any], user: User) -> Response[LoginRep
         key=COOKIE,
         value=token,
         httponly=True,
+        secure=request.url.scheme == "https",  # over HTTPS (`up --tls`) never sent in clear
         samesite="strict",
         max_age=(session.expires_ns - time.time_ns()) // 10**9,
         path="/",

@@ -13,6 +13,7 @@ import uvicorn
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.service import Service
 from gridpilot.platform.broker import HTTP_PORT
+from gridpilot.platform.tls import ENV_HTTP_CERT, ENV_HTTP_KEY
 from gridpilot.services.web.api import create_app
 from gridpilot.services.web.bridge import Bridge
 from gridpilot.services.web.protect import public_origin
@@ -29,6 +30,20 @@ def http_address() -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"GRIDPILOT_HTTP_PORT must be 0..65535, not {port}")
     return host, port
+
+
+def https_files() -> tuple[str | None, str | None]:
+    """The certificate and key to serve HTTPS with (GRIDPILOT_HTTP_CERT and GRIDPILOT_HTTP_KEY,
+    set by `gridpilot up --tls`); (None, None) for plain HTTP. A ConfigError when only one is
+    set or one cannot be read."""
+    cert = os.environ.get(ENV_HTTP_CERT, "").strip() or None
+    key = os.environ.get(ENV_HTTP_KEY, "").strip() or None
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{ENV_HTTP_CERT} and {ENV_HTTP_KEY} go together: set both or neither")
+    for name, path in ((ENV_HTTP_CERT, cert), (ENV_HTTP_KEY, key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}={path}: cannot read it")
+    return cert, key
 
 
 class WebService(Service):
@@ -53,14 +68,16 @@ class WebService(Service):
             grid=self.grid, public_origin=public_origin(public) if public else None,
         )  # fmt: skip
         host, port = http_address()
+        cert, key = https_files()
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-            ws_max_size=1 << 20,
+            ws_max_size=1 << 20, ssl_certfile=cert, ssl_keyfile=key,
         )  # fmt: skip
         self.server = _Server(config)
         self.spawn(self._serve(), name="http")
-        self.info["http"] = f"http://{host}:{port}"
-        self.log.info("serving", extra={"http": f"http://{host}:{port}"})
+        url = f"{'https' if cert else 'http'}://{host}:{port}"
+        self.info["http"] = url
+        self.log.info("serving", extra={"http": url})
 
     async def _serve(self) -> None:
         try:
