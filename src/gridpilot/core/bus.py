@@ -136,6 +136,21 @@ def permission_error(err: BaseException) -> PermissionDeniedError | None:
     return PermissionDeniedError(m.group(2), operation)
 
 
+_NOT_IN_TOKEN = re.compile(r"[^-_a-zA-Z0-9]")
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The inbox prefix of a client connecting as ``user``: ``_INBOX_<user>`` (characters that
+    are not letters, digits, '-' or '_' become '_', so the prefix is one subject token), or
+    nats-py's ``_INBOX`` without a user. Each identity may subscribe only to its own prefix, so
+    it cannot read the replies (JetStream answers, KV watches, request results) of another;
+    nats-py builds every inbox from it: requests, JetStream publish acks and API calls, push
+    and pull consumers (KV watch, object get, fetch)."""
+    if not user:
+        return "_INBOX"
+    return "_INBOX_" + _NOT_IN_TOKEN.sub("_", user)
+
+
 def _is_auth_failure(err: BaseException) -> bool:
     return isinstance(err, nats.errors.AuthorizationError) or (
         "authorization violation" in str(err).lower()
@@ -163,6 +178,7 @@ async def connect(
     ``url`` may list several servers separated by commas (the members of a cluster): the
     client fails over between them (it also learns the others from the server it reaches).
     A wrong user or password fails at once with PermissionDeniedError instead of retrying.
+    Replies come to the user's own inbox prefix (:func:`inbox_prefix`).
     """
     nc = BusClient()
     st = stats(nc)
@@ -250,6 +266,7 @@ async def connect(
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as float
             connect_timeout=connect_timeout,  # type: ignore[arg-type]
             pending_size=pending_bytes,
+            inbox_prefix=inbox_prefix(user),
         )
     except BaseException:
         await nc.close()

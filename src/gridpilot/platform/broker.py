@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gridpilot.core.errors import BusError, ConfigError
-from gridpilot.platform.permissions import PERMISSIONS, leafnode_password, load_credentials
+from gridpilot.platform.permissions import hash_password, leafnode_password, users_config
 
 log = logging.getLogger("gridpilot.broker")
 
@@ -178,20 +178,7 @@ def render_config(
     """
     if hub_ca is not None and not (hub_url and is_tls_url(hub_url)):
         raise ConfigError("a CA for the hub (--hub-ca) needs a TLS hub URL: use tls://HOST:PORT")
-    creds = load_credentials(data_dir)
     nats_dir = data_dir / "nats"
-    users = []
-    for user, perms in PERMISSIONS.items():
-        entry = (
-            f"    {{user: {_q(user)}, password: {_q(creds[user])},\n"
-            f"     allowed_connection_types: {_q(list(perms.connection_types))},\n"
-            f"     permissions: {{\n"
-            f"       publish: {{allow: {_q(list(perms.publish))}}},\n"
-            f"       subscribe: {{allow: {_q(list(perms.subscribe))}}}"
-        )
-        if perms.allow_responses:
-            entry += ",\n       allow_responses: true"
-        users.append(entry + "}}")
     jetstream = f"  store_dir: {_q(str(nats_dir / 'jetstream'))}\n"
     if domain:
         jetstream += f"  domain: {_q(domain)}\n"
@@ -208,7 +195,7 @@ def render_config(
             extra += (
                 f"  listen: {_q(f'{leaf_host}:{leaf_port}')}\n"
                 f"  authorization {{\n    user: {_q(LEAFNODE_USER)}\n"
-                f"    password: {_q(leafnode_password(data_dir))}\n  }}\n"
+                f"    password: {_q(hash_password(leafnode_password(data_dir), data_dir))}\n  }}\n"
             )
             if leaf_tls is not None:
                 extra += (
@@ -240,11 +227,7 @@ def render_config(
         f"http: {_q(f'{host}:{monitor_port}')}\n"
         f"pid_file: {_q(str(nats_dir / 'nats.pid'))}\n"
         f"jetstream {{\n{jetstream}}}\n"
-        f"mqtt {{\n  listen: {_q(f'{host}:{mqtt_port}')}\n}}\n"
-        + extra
-        + "authorization {\n  users: [\n"
-        + ",\n".join(users)
-        + "\n  ]\n}\n"
+        f"mqtt {{\n  listen: {_q(f'{host}:{mqtt_port}')}\n}}\n" + extra + users_config(data_dir)
     )
 
 
@@ -415,6 +398,33 @@ class EmbeddedNats:
     def exit_code(self) -> int | None:
         """How the server process ended (negative: the signal), None while it runs."""
         return None if self._proc is None else self._proc.poll()
+
+    def reload(self) -> None:
+        """Render nats.conf again (users and meters as the credential files hold them now)
+        and have the running server reload it (SIGHUP): it closes the connections of users
+        that are gone (a revoked meter) and refuses them from then on."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise BusError("the embedded NATS server is not running: nothing to reload")
+        before = self._config_load_time()
+        self._write_config()
+        self._proc.send_signal(signal.SIGHUP)
+        # done once the server says it loaded a config after the one it had
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._config_load_time() == before:
+            if time.monotonic() > deadline:
+                raise BusError(
+                    f"nats-server did not reload {self.config_path} within "
+                    f"{START_TIMEOUT_S:.0f} s; last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            time.sleep(0.02)
+        log.info("nats-server reloaded pid=%s config=%s", self.pid, self.config_path)
+
+    def _config_load_time(self) -> str:
+        try:
+            with urllib.request.urlopen(self.monitor_url + "/varz", timeout=2.0) as resp:
+                return str(json.loads(resp.read()).get("config_load_time", ""))
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise BusError(f"cannot read {self.monitor_url}/varz: {e}") from e
 
     def _write_config(self) -> None:
         client, monitor, mqtt = self._port(0), self._port(1), self._port(2)
