@@ -512,3 +512,21 @@ def test_cli_signals_the_running_supervisor(tmp_path: Path) -> None:
     assert devices_cli.running_supervisor(tmp_path) is None  # the lock died with it
     lock = lock_data_dir(tmp_path)
     lock.release()
+
+
+async def test_rotate_ends_the_old_password(server: EmbeddedNats) -> None:
+    user, old = _login(server, "m2")
+    reader, writer, code = await _connack(server, user, old)
+    assert code == 0
+    new = permissions.rotate_device(server.data_dir, GRID, "m2")
+    await asyncio.to_thread(server.reload)
+    # the server re-checks every connection on reload: this one is refused and closed
+    rest = await asyncio.wait_for(reader.read(), 5.0)  # all it sends until it closes
+    assert rest in (b"", b"\x20\x02\x00\x05")  # maybe a CONNACK "not authorised" first
+    await _close(writer)
+    _, writer, code = await _connack(server, user, old)
+    await _close(writer)
+    assert code == 5
+    _, writer, code = await _connack(server, user, new)
+    await _close(writer)
+    assert code == 0
