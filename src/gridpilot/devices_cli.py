@@ -2,7 +2,7 @@
 
 Every meter connects as its own NATS user (``meter.<grid>.<device>``), its password in
 ``device_credentials.json`` in the data dir. Revoking or rotating one updates that file and has
-the running platform reload nats.conf (SIGHUP to its supervisor): the server closes the
+the running platform reload nats.conf (SIGUSR1 to its supervisor): the server closes the
 connection of a revoked meter and refuses it from then on.
 """
 
@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import signal
 from pathlib import Path
 
 from gridpilot.core.errors import ConfigError
 from gridpilot.platform import permissions
-from gridpilot.platform.datadir import LOCK_FILE
+from gridpilot.platform.datadir import LOCK_FILE, RELOAD_SIGNAL
 
 DATA_DIR_HELP = "the platform's data dir (default: GRIDPILOT_DATA_DIR or .gridpilot)"
 
@@ -61,7 +60,7 @@ def reload_platform(data_dir: Path) -> str:
     pid = running_supervisor(data_dir)
     if pid is None:
         return f"no platform is running on {data_dir}: the change applies at its next start"
-    os.kill(pid, signal.SIGHUP)
+    os.kill(pid, RELOAD_SIGNAL)
     return f"asked the supervisor (pid {pid}) to reload nats.conf: applied within a second"
 
 

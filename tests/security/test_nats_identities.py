@@ -449,7 +449,7 @@ async def test_revoke_disconnects_the_meter_and_refuses_it(
     assert "m3" not in permissions.device_logins(
         server.data_dir / permissions.DEVICE_CREDENTIALS_FILE, GRID
     )
-    # what the supervisor does on the CLI's SIGHUP
+    # what the supervisor does on the CLI's signal
     sup = Supervisor(grid=GRID, data_dir=server.data_dir, live=False)
     sup.broker = server
     await sup.reload_broker()
@@ -477,7 +477,7 @@ async def test_revoke_disconnects_the_meter_and_refuses_it(
 
 def test_cli_signals_the_running_supervisor(tmp_path: Path) -> None:
     """`gridpilot devices revoke` finds the supervisor through the data dir's lock and sends it
-    SIGHUP; a stale pid of a dead one is never signalled."""
+    SIGUSR1; a stale pid of a dead one is never signalled."""
     permissions.ensure_device_credentials(tmp_path, GRID, ["m1"])
     assert devices_cli.running_supervisor(tmp_path) is None
     holder = subprocess.Popen(
@@ -487,10 +487,10 @@ def test_cli_signals_the_running_supervisor(tmp_path: Path) -> None:
             "import signal, sys\n"
             "from pathlib import Path\n"
             "from gridpilot.platform.datadir import lock_data_dir\n"
-            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
             "lock = lock_data_dir(Path(sys.argv[1]))\n"
             "print('locked', flush=True)\n"
-            "signal.sigwait({signal.SIGHUP})\n"
+            "signal.sigwait({signal.SIGUSR1})\n"
             "print('reload', flush=True)\n",
             str(tmp_path),
         ],

@@ -54,7 +54,7 @@ from gridpilot.platform.children import (
     STARTUP_GRACE_S,
     Child,
 )
-from gridpilot.platform.datadir import lock_data_dir
+from gridpilot.platform.datadir import RELOAD_SIGNAL, lock_data_dir
 from gridpilot.services.web.users import UserStore
 
 log = logging.getLogger("gridpilot.supervisor")
@@ -152,8 +152,9 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            # `gridpilot devices revoke|rotate` changed a credential: reload nats.conf
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            # `gridpilot devices revoke|rotate` changed a credential: reload nats.conf. Not
+            # SIGHUP: closing the terminal of a `gridpilot up` must still stop it.
+            loop.add_signal_handler(RELOAD_SIGNAL, self.request_reload)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # before anything starts or is written: a second `up` on this data dir, or a device
         # port another platform holds, must leave the running platform's files alone
@@ -266,14 +267,18 @@ class Supervisor:
             return
 
     def request_reload(self) -> None:
-        """Render nats.conf again and have the embedded server reload it (on SIGHUP)."""
+        """Render nats.conf again and have the embedded server reload it (on RELOAD_SIGNAL)."""
         self._tasks.append(asyncio.ensure_future(self.reload_broker()))
 
     async def reload_broker(self) -> None:
         """Apply the credential files as they are now: users gone (a revoked meter) are
         disconnected and refused from now on, rotated passwords take effect."""
         if self.broker is None:
-            self._say("reload asked, but the broker is not ours (--nats-url): nothing to do")
+            self._say(
+                "reload asked, but the broker is not ours (--nats-url): nothing to do"
+                if self.external_url
+                else "reload asked before the broker started: it starts with the new credentials"
+            )
             return
         try:
             await asyncio.to_thread(self.broker.reload)
