@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import aiomqtt
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from gridpilot import devices_cli
 from gridpilot.cli import main as cli_main
@@ -27,6 +28,7 @@ from gridpilot.platform import permissions
 from gridpilot.platform.broker import EmbeddedNats, render_config
 from gridpilot.platform.datadir import lock_data_dir
 from gridpilot.platform.supervisor import Supervisor
+from gridpilot.simulator.mqtt_meters import FileLogins, MqttMeterFleet, ScaledClock, VirtualMeter
 
 pytestmark = pytest.mark.security
 
@@ -530,3 +532,52 @@ async def test_rotate_ends_the_old_password(server: EmbeddedNats) -> None:
     _, writer, code = await _connack(server, user, new)
     await _close(writer)
     assert code == 0
+
+
+async def test_a_revoked_meter_of_the_fleet_stops_and_the_others_go_on(
+    server: EmbeddedNats, admin: Client
+) -> None:
+    path = server.data_dir / permissions.DEVICE_CREDENTIALS_FILE
+    if permissions.ensure_device_credentials(server.data_dir, GRID, ["f1", "f2"]):
+        await asyncio.to_thread(server.reload)
+    got: list[str] = []
+    progress = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        got.append(msg.subject.rsplit(".", 1)[1])
+        progress.set()
+
+    await admin.subscribe("gp.g.meter.*", cb=on_msg)
+    await admin.flush()
+    fleet = MqttMeterFleet(
+        url=server.mqtt_url,
+        logins=FileLogins(path, GRID),
+        grid=GRID,
+        meters=[VirtualMeter(device="f1"), VirtualMeter(device="f2")],
+        reading=lambda device, t_ns: (0.001, 0.0),
+        clock=ScaledClock(speed=900 / 0.05),  # a 900 s period every 50 ms
+        period_s=900.0,
+        retry_s=0.02,
+    )
+
+    async def until(pred: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5.0):
+            while not pred():
+                progress.clear()
+                await progress.wait()
+
+    task = asyncio.create_task(fleet.run())
+    try:
+        await until(lambda: {"f1", "f2"} <= set(got))
+        permissions.revoke_device(server.data_dir, GRID, "f2")
+        await asyncio.to_thread(server.reload)
+        # f2 notices at its next reading, then finds no credential on each retry (checked at
+        # each reading of f1, which goes on)
+        await until(lambda: "f2" not in fleet.connected and fleet.refused >= 2)
+        await bus.barrier(admin)  # whatever f2 sent before is in `got` now
+        mark = len(got)
+        await until(lambda: got[mark:].count("f1") >= 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "f2" not in got[mark:] and fleet.connected <= {"f1"}
