@@ -507,10 +507,11 @@ def _change_device(data_dir: Path, grid: str, device: str, entry: dict[str, obje
     with _locked(path):
         data = _read_devices(path)
         if device not in data.get(grid, {}):
-            known = ", ".join(sorted(data.get(grid, {}))) or "none"
+            known = sorted(data.get(grid, {}))
+            some = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
             raise ConfigError(
-                f"no meter {device!r} of grid {grid!r} in {path} (known: {known}); "
-                "`gridpilot devices list --grid GRID` shows them"
+                f"no meter {device!r} of grid {grid!r} in {path} (it has {some or 'none'}); "
+                f"`gridpilot devices list --grid {grid}` shows them"
             )
         data[grid][device] = entry
         _write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n", exclusive=False)
