@@ -214,7 +214,7 @@ async def test_unknown_and_malformed_payloads_are_counted_and_the_gateway_keeps_
     assert hb.counters["msgs_in"] == 5 and hb.counters["msgs_out"] == 1
 
 
-async def test_mqtt_device_cannot_publish_measurements(
+async def test_meter_cannot_publish_measurements(
     admin_nc: Client, nats_server: EmbeddedNats
 ) -> None:
     everything = await admin_nc.subscribe(f"gp.{GRID}.>")

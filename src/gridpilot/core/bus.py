@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -151,6 +152,15 @@ def inbox_prefix(user: str | None) -> str:
     return "_INBOX_" + _NOT_IN_TOKEN.sub("_", user)
 
 
+def _url_user(servers: list[str]) -> str | None:
+    """The user a server URL names (nats://user:password@host), which nats-py logs in as."""
+    for server in servers:
+        name = urllib.parse.urlsplit(server).username
+        if name:
+            return urllib.parse.unquote(name)
+    return None
+
+
 def _is_auth_failure(err: BaseException) -> bool:
     return isinstance(err, nats.errors.AuthorizationError) or (
         "authorization violation" in str(err).lower()
@@ -178,7 +188,8 @@ async def connect(
     ``url`` may list several servers separated by commas (the members of a cluster): the
     client fails over between them (it also learns the others from the server it reaches).
     A wrong user or password fails at once with PermissionDeniedError instead of retrying.
-    Replies come to the user's own inbox prefix (:func:`inbox_prefix`).
+    Replies come to the user's own inbox prefix (:func:`inbox_prefix`; the user may also be
+    written into the URL).
     """
     nc = BusClient()
     st = stats(nc)
@@ -266,7 +277,7 @@ async def connect(
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as float
             connect_timeout=connect_timeout,  # type: ignore[arg-type]
             pending_size=pending_bytes,
-            inbox_prefix=inbox_prefix(user),
+            inbox_prefix=inbox_prefix(user or _url_user(servers)),
         )
     except BaseException:
         await nc.close()
