@@ -391,7 +391,8 @@ def test_nats_conf_holds_bcrypt_hashes_only(server: EmbeddedNats) -> None:
             assert secret not in conf
         passwords = re.findall(r'password: "([^"]*)"', conf)
         assert passwords and all(p.startswith("$2b$04$") for p in passwords)
-    assert len(re.findall(r'password: "', text)) == len(SERVICES) + 1 + len(METERS)
+    meters = permissions.device_logins(data_dir / permissions.DEVICE_CREDENTIALS_FILE, GRID)
+    assert len(re.findall(r'password: "', text)) == len(SERVICES) + 1 + len(meters)
     assert "mqtt_device" not in text  # the old shared meter identity is gone
     assert oct(server.config_path.stat().st_mode & 0o777) == "0o600"
     assert oct((data_dir / permissions.DEVICE_CREDENTIALS_FILE).stat().st_mode & 0o777) == "0o600"
