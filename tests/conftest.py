@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
 import nats.js.errors
@@ -14,7 +14,13 @@ from nats.aio.client import Client
 from gridpilot.core import bus
 from gridpilot.model import distribution
 from gridpilot.platform.broker import EmbeddedNats, write_endpoints
-from gridpilot.platform.permissions import ADMIN, load_credentials
+from gridpilot.platform.permissions import (
+    ADMIN,
+    DEVICE_CREDENTIALS_FILE,
+    device_logins,
+    ensure_device_credentials,
+    load_credentials,
+)
 
 ConnectAs = Callable[..., Awaitable[Client]]
 
@@ -34,6 +40,29 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 def credentials(nats_server: EmbeddedNats) -> dict[str, str]:
     """Password of every identity of the session's broker, by identity name."""
     return load_credentials(nats_server.data_dir)
+
+
+MeterLogins = Callable[[str, Iterable[str]], Path]
+
+
+@pytest.fixture
+def meter_logins(nats_server: EmbeddedNats) -> MeterLogins:
+    """``meter_logins(grid, devices)``: those meters get their own MQTT users on the session's
+    broker (reloaded when one is new); returns the device_credentials.json path."""
+
+    def _ensure(grid: str, devices: Iterable[str]) -> Path:
+        if ensure_device_credentials(nats_server.data_dir, grid, devices):
+            nats_server.reload()
+        return nats_server.data_dir / DEVICE_CREDENTIALS_FILE
+
+    return _ensure
+
+
+def meter_login(nats_server: EmbeddedNats, grid: str, device: str) -> tuple[str, str]:
+    """(MQTT user, password) of one meter of the session's broker, created if new."""
+    if ensure_device_credentials(nats_server.data_dir, grid, [device]):
+        nats_server.reload()
+    return device_logins(nats_server.data_dir / DEVICE_CREDENTIALS_FILE, grid)[device]
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from gridpilot.platform.permissions import (
     service_env,
     service_password,
 )
+from tests.conftest import meter_login
 
 ConnectAs = Callable[..., Awaitable[Client]]
 
@@ -120,13 +121,10 @@ async def test_unreachable_server_gives_up_after_startup_timeout() -> None:
         )
 
 
-async def test_mqtt_identity_cannot_connect_over_nats(
-    nats_server: EmbeddedNats, credentials: dict[str, str]
-) -> None:
+async def test_meter_identity_cannot_connect_over_nats(nats_server: EmbeddedNats) -> None:
+    user, password = meter_login(nats_server, GRID, "meter_nats")
     with pytest.raises(PermissionDeniedError):
-        await bus.connect(
-            nats_server.url, user="mqtt_device", password=credentials["mqtt_device"], name="t"
-        )
+        await bus.connect(nats_server.url, user=user, password=password, name="t")
 
 
 # --- JetStream --------------------------------------------------------------------------------
@@ -382,7 +380,9 @@ async def _mqtt_connect(
     reader, writer = await asyncio.open_connection(host, int(port))
     flags = 0xC2  # user name, password, clean session
     header = _mqtt_str("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big")
-    payload = _mqtt_str(f"test-{user}") + _mqtt_str(user) + _mqtt_str(password)
+    # nats-server refuses client ids with a dot (code 2): meters have dots in their user name
+    client_id = "test-" + user.replace(".", "-")
+    payload = _mqtt_str(client_id) + _mqtt_str(user) + _mqtt_str(password)
     writer.write(_mqtt_packet(0x10, header + payload))
     _, connack = await _mqtt_read(reader)
     return reader, writer, connack[1]  # return code: 0 accepted, 5 not authorised
@@ -394,32 +394,23 @@ async def _mqtt_close(writer: asyncio.StreamWriter) -> None:
     await writer.wait_closed()
 
 
-async def test_mqtt_device_sends_measurements_and_receives_commands(
+async def test_meter_sends_its_readings_and_may_not_subscribe(
     nats_server: EmbeddedNats, credentials: dict[str, str], admin_nc: Client
 ) -> None:
     meter = await admin_nc.subscribe(sj.METER_RAW.wildcard())
     await admin_nc.flush()
     url = nats_server.mqtt_url
-    reader, writer, code = await _mqtt_connect(url, "mqtt_device", credentials["mqtt_device"])
+    user, password = meter_login(nats_server, GRID, "meter_9")
+    reader, writer, code = await _mqtt_connect(url, user, password)
     assert code == 0
     writer.write(_mqtt_packet(0x30, _mqtt_str("gp/cigre_mv/meter/meter_9") + b"{}"))  # QoS 0
     msg = await _next(meter)
     assert (msg.subject, msg.data) == ("gp.cigre_mv.meter.meter_9", b"{}")
 
-    # QoS 1 subscription: delivered by a JetStream consumer through $MQTT.sub.<nuid>.
+    # A meter subscribes to nothing: the server answers SUBACK with the failure code.
     writer.write(_mqtt_packet(0x82, b"\x00\x01" + _mqtt_str("gp/cigre_mv/command/#") + b"\x01"))
     kind, suback = await _mqtt_read(reader)
-    assert (kind, suback) == (0x90, b"\x00\x01\x01")  # packet 1, granted QoS 1
-    await admin_nc.publish(sj.COMMAND.format(grid=GRID, target="sw_1"), b"open")
-    kind, body = await _mqtt_read(reader)
-    topic_len = int.from_bytes(body[:2], "big")
-    assert kind & 0xF0 == 0x30 and body[2 : 2 + topic_len] == b"gp/cigre_mv/command/sw_1"
-    # NATS-published messages reach MQTT subscribers at QoS 0 (no packet id, no PUBACK).
-    qos = (kind >> 1) & 3
-    payload = body[2 + topic_len + (2 if qos else 0) :]
-    assert payload == b"open"
-    if qos:
-        writer.write(b"\x40\x02" + body[2 + topic_len : 4 + topic_len])  # PUBACK
+    assert (kind, suback) == (0x90, b"\x00\x01\x80")  # packet 1, refused
     await _mqtt_close(writer)
 
     _, writer, code = await _mqtt_connect(url, "simulator", credentials["simulator"])

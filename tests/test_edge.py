@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import nats.errors
 import nats.js.errors
 import pytest
@@ -322,7 +324,10 @@ def test_hub_and_edge_configs(tmp_path: Path) -> None:
     common = {"host": HOST, "port": 1, "monitor_port": 2, "mqtt_port": 3, "name": "x"}
     hub = render_config(data_dir=tmp_path, leaf_port=17422, domain=HUB_DOMAIN, **common)
     assert '"0.0.0.0:17422"' in hub and '"leafnode"' in hub and 'domain: "hub"' in hub
-    assert leafnode_password(tmp_path) in hub
+    # the hub holds the bcrypt hash of the leafnode password, never the password
+    (hashed,) = re.findall(r'user: "leafnode"\n\s*password: "([^"]+)"', hub)
+    assert bcrypt.checkpw(leafnode_password(tmp_path).encode(), hashed.encode())
+    assert leafnode_password(tmp_path) not in hub
     edge = render_config(
         data_dir=tmp_path, hub_url="nats-leaf://leafnode:pw@h:1", domain="edge-s1", **common
     )

@@ -67,7 +67,7 @@ from gridpilot.services.state_estimation.service import (
     StateEstimationService,
 )
 from gridpilot.simulator.service import SimulatorService
-from tests.conftest import remove_grid
+from tests.conftest import MeterLogins, remove_grid
 from tests.estimates import publish_estimate
 from tests.pipeline import Pipeline, grid
 
@@ -76,7 +76,11 @@ GRID = "cigre_mv"
 
 @pytest.fixture
 async def platform(
-    admin_nc: Client, nats_server: EmbeddedNats, credentials: dict[str, str], tmp_path: Path
+    admin_nc: Client,
+    nats_server: EmbeddedNats,
+    credentials: dict[str, str],
+    meter_logins: MeterLogins,
+    tmp_path: Path,
 ) -> AsyncIterator[Callable[..., Service]]:
     """Start services in this process with their own credentials; stopped after the test."""
     model = grid(GRID)
@@ -98,7 +102,7 @@ async def platform(
     def start(cls: type[Service], speed: float = 1.0) -> Service:
         config = ServiceConfig(
             mqtt_url=nats_server.mqtt_url,
-            mqtt_password=credentials["mqtt_device"],
+            mqtt_credentials=meter_logins(GRID, [m.device for m in pkg.devices.meter]),
             speed=speed,
             nats_url=nats_server.url,
             user=cls.name,

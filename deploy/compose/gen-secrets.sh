@@ -15,7 +15,7 @@ dir="$(cd "$(dirname "$0")" && pwd)/secrets"
 mkdir -p "$dir"
 chmod 700 "$dir"
 for name in nats_admin nats_simulator nats_state_estimation nats_monitoring nats_viewer \
-        nats_mqtt_device nats_mqtt_gateway nats_gateway_modbus nats_gateway_c37118 \
+        nats_mqtt_gateway nats_gateway_modbus nats_gateway_c37118 \
         nats_gateway_iec104 nats_historian nats_web postgres; do
     if [ ! -s "$dir/$name" ]; then
         head -c 24 /dev/urandom | base64 | tr -d "/+=\n" >"$dir/$name"

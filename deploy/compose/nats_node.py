@@ -4,37 +4,33 @@
     python deploy/compose/nats_node.py --print-auth deploy/compose/secrets > auth.conf
 
 Appends to the mounted node config an ``authorization`` block with every GridPilot identity,
-its permissions (gridpilot.platform.permissions, the same as ``gridpilot up`` uses) and its
-password read from ``$GRIDPILOT_SECRETS_DIR/nats_<identity>`` (default /run/secrets), writes
+its permissions (gridpilot.platform.permissions, the same as ``gridpilot up`` uses) and the
+bcrypt hash of its password read from ``$GRIDPILOT_SECRETS_DIR/nats_<identity>`` (default
+/run/secrets), one MQTT user per meter of ``device_credentials.json`` there if present, writes
 the result to /data/nats.conf and replaces itself with nats-server.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 from gridpilot.platform.broker import nats_server_binary
-from gridpilot.platform.permissions import PERMISSIONS
+from gridpilot.platform.permissions import (
+    DEVICE_CREDENTIALS_FILE,
+    PERMISSIONS,
+    authorization_block,
+    device_credentials,
+)
 
 
 def authorization(secrets: Path) -> str:
-    users = []
-    for user, perms in PERMISSIONS.items():
-        password = (secrets / f"nats_{user}").read_text().strip()
-        entry = (
-            f"    {{user: {json.dumps(user)}, password: {json.dumps(password)},\n"
-            f"     allowed_connection_types: {json.dumps(list(perms.connection_types))},\n"
-            f"     permissions: {{\n"
-            f"       publish: {{allow: {json.dumps(list(perms.publish))}}},\n"
-            f"       subscribe: {{allow: {json.dumps(list(perms.subscribe))}}}"
-        )
-        if perms.allow_responses:
-            entry += ",\n       allow_responses: true"
-        users.append(entry + "}}")
-    return "authorization {\n  users: [\n" + ",\n".join(users) + "\n  ]\n}\n"
+    passwords = {user: (secrets / f"nats_{user}").read_text().strip() for user in PERMISSIONS}
+    # the meters' own MQTT users, if a device_credentials.json is among the secrets
+    devices = device_credentials(secrets) if (secrets / DEVICE_CREDENTIALS_FILE).exists() else {}
+    # bcrypt hashes only: the rendered config holds no usable password
+    return authorization_block(passwords, devices)
 
 
 def main() -> None:

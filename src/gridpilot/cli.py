@@ -188,6 +188,10 @@ def _parser() -> argparse.ArgumentParser:
 
     alarms_cli.add_parser(sub)
 
+    from gridpilot import devices_cli
+
+    devices_cli.add_parser(sub)
+
     user = sub.add_parser("user", help="operator accounts of the web HMI and API")
     usub = user.add_subparsers(dest="user_command", required=True)
     add = usub.add_parser("add", help="create a user (prints a generated password)")
@@ -399,6 +403,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gridpilot import alarms_cli
 
         return alarms_cli.run(args)
+    if args.command == "devices":
+        from gridpilot import devices_cli
+
+        return devices_cli.run(args)
     if args.command == "docs":
         from gridpilot.docs import write_docs
 

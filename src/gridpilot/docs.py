@@ -196,7 +196,7 @@ def asyncapi() -> dict[str, Any]:
         op = {"action": "send", "summary": spec.description, **_refs(spec.name, spec.payload)}
         if spec.reply is not None:
             name = f"{spec.name}_reply"
-            about = f"Reply to {spec.name}, sent to the requester's inbox (_INBOX.>)."
+            about = f"Reply to {spec.name}, sent to the requester's own inbox (_INBOX_<user>.>)."
             channels[name] = _channel(name, None, about, spec.reply)
             op["reply"] = _refs(name, spec.reply)
         operations[spec.name] = op

@@ -31,7 +31,8 @@ from gridpilot.gateways.mqtt.meter import DeviceMap, MeterPoint
 from gridpilot.gateways.mqtt.service import MqttGatewayService
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.protocols.meter_json import MeterFormat
-from gridpilot.simulator.mqtt_meters import MqttMeterFleet, ScaledClock, VirtualMeter
+from gridpilot.simulator.mqtt_meters import FileLogins, MqttMeterFleet, ScaledClock, VirtualMeter
+from tests.conftest import MeterLogins, meter_login
 
 GRID = "mqtt_e2e"
 PERIOD_S = 900.0
@@ -49,12 +50,14 @@ def reading(device: str, t_ns: int) -> tuple[float, float]:
     return base + 0.0001 * k, 0.25 * base
 
 
-async def _mqtt(nats_server: EmbeddedNats, password: str, name: str) -> aiomqtt.Client:
+async def _mqtt(nats_server: EmbeddedNats, device: str, name: str) -> aiomqtt.Client:
+    """An MQTT client of meter ``device`` of GRID, with its own credential."""
     host, port = nats_server.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
+    user, password = meter_login(nats_server, GRID, device)
     return aiomqtt.Client(
         host,
         int(port),
-        username="mqtt_device",
+        username=user,
         password=password,
         identifier=f"{name}-{time.time_ns()}",
         protocol=aiomqtt.ProtocolVersion.V311,
@@ -118,11 +121,12 @@ async def gateway(
 
 
 async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
-    gateway: Gateway, nats_server: EmbeddedNats, credentials: dict[str, str]
+    gateway: Gateway, nats_server: EmbeddedNats, meter_logins: MeterLogins
 ) -> None:
+    path = meter_logins(GRID, ["meter_own", "meter_sogno", "meter_ghost"])
     fleet = MqttMeterFleet(
         url=nats_server.mqtt_url,
-        password=credentials["mqtt_device"],
+        logins=FileLogins(path, GRID),
         grid=GRID,
         meters=[
             VirtualMeter(device="meter_own"),
@@ -137,7 +141,8 @@ async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
     task = asyncio.create_task(fleet.run())
     try:
         got: dict[tuple[str, int], MeasurementSet] = {}
-        while len(got) < 6:  # the reading at connect, then two periods, of two mapped meters
+        # the reading at connect, then two periods, of each of the two mapped meters
+        while min(sum(1 for s, _ in got if s == src) for src in ("meter_own", "meter_sogno")) < 3:
             mset = await gateway.next_set()
             got[(mset.source, mset.t_ns)] = mset
         hb = await gateway.heartbeat_where(
@@ -152,10 +157,11 @@ async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
             await task
 
     period_ns = round(PERIOD_S * 1e9)
-    first = min(t for _, t in got)
     for (source, t_ns), mset in got.items():
         assert mset.grid == GRID and mset.kind is DeviceKind.METER
-        # one reading when the head end connects, then on period boundaries
+        # one reading when the meter connects (each has its own connection), then on period
+        # boundaries
+        first = min(t for s, t in got if s == source)
         assert t_ns == first or (t_ns >= T0_NS and (t_ns - T0_NS) % period_ns == 0)
         p, q = reading(source, t_ns)
         (m,) = mset.measurements
@@ -167,9 +173,10 @@ async def test_virtual_meters_reach_state_estimation_as_measurement_sets(
             assert (m.mrid, m.terminal, m.source, m.t_ns) == ("load_2", "load", source, t_ns)
             assert m.p_mw == pytest.approx(p, abs=1e-12)
             assert m.q_mvar == pytest.approx(q, abs=1e-12)
-    assert len({t for _, t in got}) == 3
     seqs = sorted(m.seq for m in got.values())
-    assert seqs == list(range(seqs[0], seqs[0] + 6))
+    assert seqs == list(range(seqs[0], seqs[0] + len(got)))  # every set seen, none twice
+    assert fleet.all_connected.is_set() and fleet.connect_s is not None  # one connection each
+    assert fleet.refused == 0
     assert hb.counters["meter_point_missing"] >= 2 and hb.info["meters"] == 2
     assert fleet.published >= 5
 
@@ -184,10 +191,13 @@ async def test_unknown_and_malformed_payloads_are_counted_and_the_gateway_keeps_
         "timestamp": "2023-11-14T22:15:00Z",
         "readings": [{"component": "house_2", "measurand": "activepower", "phase": "A", "data": 1}],
     }
-    async with await _mqtt(nats_server, credentials["mqtt_device"], "bad-meters") as client:
+    async with (
+        await _mqtt(nats_server, "meter_own", "bad-meter") as client,
+        await _mqtt(nats_server, "meter_x", "unknown-meter") as unknown,
+    ):
         await client.publish(f"{topic}/meter_own", b"\xde\xad{not json", qos=1)
         await client.publish(f"{topic}/meter_own", json.dumps(sogno_from_elsewhere), qos=1)
-        await client.publish(f"{topic}/meter_x", json.dumps({**good, "device": "meter_x"}), qos=1)
+        await unknown.publish(f"{topic}/meter_x", json.dumps({**good, "device": "meter_x"}), qos=1)
         await client.publish(f"{topic}/meter_own", json.dumps({**good, "t_ns": 17}), qos=1)
         await client.publish(f"{topic}/meter_own", json.dumps(good), qos=1)
         mset = await gateway.next_set()
@@ -204,21 +214,21 @@ async def test_unknown_and_malformed_payloads_are_counted_and_the_gateway_keeps_
     assert hb.counters["msgs_in"] == 5 and hb.counters["msgs_out"] == 1
 
 
-async def test_mqtt_device_cannot_publish_measurements(
-    admin_nc: Client, nats_server: EmbeddedNats, credentials: dict[str, str]
+async def test_meter_cannot_publish_measurements(
+    admin_nc: Client, nats_server: EmbeddedNats
 ) -> None:
-    everything = await admin_nc.subscribe("gp.mqtt_refused.>")
+    everything = await admin_nc.subscribe(f"gp.{GRID}.>")
     await admin_nc.flush()
-    async with await _mqtt(nats_server, credentials["mqtt_device"], "evil-meter") as client:
+    async with await _mqtt(nats_server, "meter_evil", "evil-meter") as client:
         # nats-server 2.15 acknowledges a refused QoS 1 PUBLISH, drops it, logs a publish
         # violation and keeps the connection: nothing tells the device, so the test looks at
         # what arrives and at the server's log.
-        await client.publish("gp/mqtt_refused/meas/meter_evil", b"{}", qos=1, timeout=2.0)
-        await client.publish("gp/mqtt_refused/meter/meter_evil", b"marker", qos=1, timeout=2.0)
+        await client.publish(f"gp/{GRID}/meas/meter_evil", b"{}", qos=1, timeout=2.0)
+        await client.publish(f"gp/{GRID}/meter/meter_evil", b"marker", qos=1, timeout=2.0)
         first = await everything.next_msg(timeout=2.0)
     # Messages of one connection arrive in order: had the refused one passed, it came first.
-    assert (first.subject, first.data) == ("gp.mqtt_refused.meter.meter_evil", b"marker")
-    violation = 'Publish Violation - Subject "gp.mqtt_refused.meas.meter_evil"'
+    assert (first.subject, first.data) == (f"gp.{GRID}.meter.meter_evil", b"marker")
+    violation = f'Publish Violation - Subject "gp.{GRID}.meas.meter_evil"'
     for _ in range(40):  # the server writes its log asynchronously
         if violation in nats_server.log_path.read_text(errors="replace"):
             break

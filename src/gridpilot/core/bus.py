@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import ssl
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -187,6 +188,30 @@ def env_tls() -> ssl.SSLContext | None:
     return client_context(ca, cert, key)
 
 
+_NOT_IN_TOKEN = re.compile(r"[^-_a-zA-Z0-9]")
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The inbox prefix of a client connecting as ``user``: ``_INBOX_<user>`` (characters that
+    are not letters, digits, '-' or '_' become '_', so the prefix is one subject token), or
+    nats-py's ``_INBOX`` without a user. Each identity may subscribe only to its own prefix, so
+    it cannot read the replies (JetStream answers, KV watches, request results) of another;
+    nats-py builds every inbox from it: requests, JetStream publish acks and API calls, push
+    and pull consumers (KV watch, object get, fetch)."""
+    if not user:
+        return "_INBOX"
+    return "_INBOX_" + _NOT_IN_TOKEN.sub("_", user)
+
+
+def _url_user(servers: list[str]) -> str | None:
+    """The user a server URL names (nats://user:password@host), which nats-py logs in as."""
+    for server in servers:
+        name = urllib.parse.urlsplit(server).username
+        if name:
+            return urllib.parse.unquote(name)
+    return None
+
+
 def _is_auth_failure(err: BaseException) -> bool:
     return isinstance(err, nats.errors.AuthorizationError) or (
         "authorization violation" in str(err).lower()
@@ -219,6 +244,8 @@ async def connect(
     ``tls`` (default: what GRIDPILOT_NATS_CA, _CERT and _KEY describe, see :func:`env_tls`)
     encrypts the connection and verifies the server against that CA; a ``tls://`` URL without
     it verifies against the system's roots.
+    Replies come to the user's own inbox prefix (:func:`inbox_prefix`; the user may also be
+    written into the URL).
     """
     if tls is None:
         tls = env_tls()
@@ -309,6 +336,7 @@ async def connect(
             connect_timeout=connect_timeout,  # type: ignore[arg-type]
             pending_size=pending_bytes,
             tls=tls,
+            inbox_prefix=inbox_prefix(user or _url_user(servers)),
         )
     except BaseException:
         await nc.close()

@@ -26,9 +26,10 @@ class ServiceConfig:
     speed: float = 1.0
     heartbeat_s: float = 1.0
     # Only the simulator, which plays the field devices, gets these: the MQTT listener and the
-    # password of the mqtt_device identity its virtual meters connect with.
+    # file with the credential of each meter (GRIDPILOT_DEVICE_CREDENTIALS_FILE,
+    # device_credentials.json): every virtual meter connects as its own user.
     mqtt_url: str = ""
-    mqtt_password: str | None = None
+    mqtt_credentials: Path | None = None
     # The historian's database: a SQLite path or a postgresql:// URL; "" for the default,
     # <data_dir>/historian.sqlite.
     db_url: str = ""
@@ -69,7 +70,11 @@ class ServiceConfig:
             data_dir=Path(env.get("GRIDPILOT_DATA_DIR", str(DEFAULT_DATA_DIR))),
             speed=speed,
             mqtt_url=env.get("GRIDPILOT_MQTT_URL", ""),
-            mqtt_password=env_secret("GRIDPILOT_MQTT_PASSWORD"),
+            mqtt_credentials=(
+                Path(env["GRIDPILOT_DEVICE_CREDENTIALS_FILE"])
+                if env.get("GRIDPILOT_DEVICE_CREDENTIALS_FILE")
+                else None
+            ),
             db_url=env.get("GRIDPILOT_DB", ""),
             db_password=env_secret("GRIDPILOT_DB_PASSWORD"),
             model_wait_s=model_wait_s,

@@ -27,10 +27,10 @@ from gridpilot.core.bus import client_context
 from gridpilot.core.errors import BusError, ConfigError
 from gridpilot.platform.permissions import (
     ADMIN,
-    PERMISSIONS,
+    hash_password,
     leafnode_password,
-    load_credentials,
     service_password,
+    users_config,
 )
 
 log = logging.getLogger("gridpilot.broker")
@@ -228,20 +228,7 @@ def render_config(
     """
     if hub_ca is not None and not (hub_url and is_tls_url(hub_url)):
         raise ConfigError("a CA for the hub (--hub-ca) needs a TLS hub URL: use tls://HOST:PORT")
-    creds = load_credentials(data_dir)
     nats_dir = data_dir / "nats"
-    users = []
-    for user, perms in PERMISSIONS.items():
-        entry = (
-            f"    {{user: {_q(user)}, password: {_q(creds[user])},\n"
-            f"     allowed_connection_types: {_q(list(perms.connection_types))},\n"
-            f"     permissions: {{\n"
-            f"       publish: {{allow: {_q(list(perms.publish))}}},\n"
-            f"       subscribe: {{allow: {_q(list(perms.subscribe))}}}"
-        )
-        if perms.allow_responses:
-            entry += ",\n       allow_responses: true"
-        users.append(entry + "}}")
     jetstream = f"  store_dir: {_q(str(nats_dir / 'jetstream'))}\n"
     if domain:
         jetstream += f"  domain: {_q(domain)}\n"
@@ -260,7 +247,7 @@ def render_config(
             extra += (
                 f"  listen: {_q(f'{leaf_host}:{leaf_port}')}\n"
                 f"  authorization {{\n    user: {_q(LEAFNODE_USER)}\n"
-                f"    password: {_q(leafnode_password(data_dir))}\n  }}\n"
+                f"    password: {_q(hash_password(leafnode_password(data_dir), data_dir))}\n  }}\n"
             )
             # the hub's own certificate (--leaf-cert), else the platform's (--tls); with --tls
             # the edges authenticate with a client certificate from its CA too
@@ -312,9 +299,7 @@ def render_config(
         f"jetstream {{\n{jetstream}}}\n"
         f"mqtt {{\n  listen: {_q(f'{host}:{mqtt_port}')}\n{mqtt_tls}}}\n"
         + extra
-        + "authorization {\n  users: [\n"
-        + ",\n".join(users)
-        + "\n  ]\n}\n"
+        + users_config(data_dir)
     )
 
 
@@ -338,6 +323,11 @@ def leaf_url(hub: str, password: str | None) -> str:
         netloc += f":{LEAF_PORT}"
     scheme = "tls" if parts.scheme.lower() == "tls" else "nats-leaf"
     return urllib.parse.urlunsplit((scheme, netloc, "", "", ""))
+
+
+# what nats-server logs after a SIGHUP (server/reload.go, server/signal.go)
+_RELOADED = "Reloaded server configuration"
+_RELOAD_FAILED = "Failed to reload server configuration"
 
 
 def _url_host(host: str) -> str:
@@ -510,6 +500,47 @@ class EmbeddedNats:
     def exit_code(self) -> int | None:
         """How the server process ended (negative: the signal), None while it runs."""
         return None if self._proc is None else self._proc.poll()
+
+    def reload(self) -> None:
+        """Render nats.conf again (users and meters as the credential files hold them now)
+        and have the running server reload it (SIGHUP): it closes the connections of users
+        that are gone (a revoked meter) and refuses them from then on.
+
+        Done when the server's log says it reloaded (the monitoring port, which would tell
+        too, is off by default); a BusError with the server's words when it refused the new
+        configuration or said nothing in time."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise BusError("the embedded NATS server is not running: nothing to reload")
+        try:
+            offset = self.log_path.stat().st_size
+        except OSError:
+            offset = 0
+        self._write_config()
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            said = self._log_since(offset)
+            if _RELOAD_FAILED in said:
+                line = said[said.index(_RELOAD_FAILED) :].splitlines()[0]
+                raise BusError(f"nats-server refused {self.config_path}: {line}")
+            if _RELOADED in said:
+                break
+            if time.monotonic() > deadline:
+                raise BusError(
+                    f"nats-server did not reload {self.config_path} within "
+                    f"{START_TIMEOUT_S:.0f} s; last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            time.sleep(0.02)
+        log.info("nats-server reloaded pid=%s config=%s", self.pid, self.config_path)
+
+    def _log_since(self, offset: int) -> str:
+        """What the server logged after ``offset`` bytes of its log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _write_config(self) -> None:
         assert self._ports is not None

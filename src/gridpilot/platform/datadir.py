@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 from pathlib import Path
 
 from gridpilot.core.errors import ConfigError
 
 LOCK_FILE = "supervisor.lock"
+# what `gridpilot devices revoke|rotate` sends the supervisor holding the lock, for it to
+# reload nats.conf (not SIGHUP: closing the terminal of a `gridpilot up` must still stop it)
+RELOAD_SIGNAL = signal.SIGUSR1
 
 
 class DataDirLock:

@@ -7,14 +7,21 @@ identity needs (found by tracing a real nats-server), scoped to one stream or bu
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import bcrypt
+
 from gridpilot.core import subjects as sj
+from gridpilot.core.bus import inbox_prefix
 from gridpilot.core.config import env_secret
 from gridpilot.core.errors import ConfigError
 
@@ -27,7 +34,6 @@ SIMULATOR = "simulator"
 STATE_ESTIMATION = "state_estimation"
 MONITORING = "monitoring"
 VIEWER = "viewer"
-MQTT_DEVICE = "mqtt_device"
 MQTT_GATEWAY = "mqtt_gateway"
 GATEWAY_MODBUS = "gateway_modbus"
 GATEWAY_IEC104 = "gateway_iec104"
@@ -63,8 +69,13 @@ class Permissions:
 
 
 _API = "$JS.API"
-# Every reply (request/reply, JetStream API answers and publish acks) comes to the client's inbox.
-_INBOX = "_INBOX.>"
+
+
+def _inbox(identity: str) -> str:
+    """Every reply (request/reply, JetStream API answers and publish acks, KV watch and
+    object get deliveries) comes to the client's inbox: each identity has its own prefix
+    (core.bus.connect picks it from the user), so no identity reads another's replies."""
+    return f"{inbox_prefix(identity)}.>"
 
 
 def kv_put(bucket: str, key: str) -> tuple[str, ...]:
@@ -168,7 +179,7 @@ PERMISSIONS: dict[str, Permissions] = {
         subscribe=(
             _under(sj.COMMAND),
             _under(sj.SIM_INJECT),
-            _INBOX,
+            _inbox(SIMULATOR),
         ),
         allow_responses=True,
     ),
@@ -191,7 +202,7 @@ PERMISSIONS: dict[str, Permissions] = {
             *kv_watch(LEASES_KV),
             sj.CONDITION.wildcard(source=STATE_ESTIMATION),
         ),
-        subscribe=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), _INBOX),
+        subscribe=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), _inbox(STATE_ESTIMATION)),
     ),
     MONITORING: Permissions(
         publish=_dedup(
@@ -209,7 +220,7 @@ PERMISSIONS: dict[str, Permissions] = {
             _under(sj.MEAS),
             _under(sj.CONDITION),
             sj.HEARTBEAT.wildcard(),
-            _INBOX,
+            _inbox(MONITORING),
         ),
         allow_responses=True,
     ),
@@ -227,25 +238,13 @@ PERMISSIONS: dict[str, Permissions] = {
             sj.ALARM.wildcard(),
             sj.COMMAND_RESULT.wildcard(),
             sj.HEARTBEAT.wildcard(),
-            _INBOX,
+            _inbox(VIEWER),
         ),
-    ),
-    # A field device over MQTT: topic gp/<grid>/meter/<dev> is NATS subject gp.<grid>.meter.<dev>.
-    # Its raw data goes through the MQTT gateway's normaliser, so it may not write gp.*.meas.>.
-    # Older servers' docs ask for subscribe "$MQTT.sub.>" for QoS 1; nats-server 2.15 delivers
-    # QoS 1 (also to resumed sessions) without it, and with it a device could read every
-    # other device's QoS 1 deliveries through the MQTT topic $MQTT/sub/#.
-    MQTT_DEVICE: Permissions(
-        publish=(_under(sj.METER_RAW), sj.TOPOLOGY.wildcard(), sj.COMMAND_RESULT.wildcard()),
-        # MQTT "gp/+/command/#" also matches the parent level, so the server subscribes
-        # gp.*.command too and refuses the whole SUBSCRIBE if that one is not allowed.
-        subscribe=(_under(sj.COMMAND), sj.COMMAND.wildcard().rsplit(".", 1)[0]),
-        connection_types=("MQTT",),
     ),
     # Normalises what MQTT devices publish into measurement sets.
     MQTT_GATEWAY: Permissions(
         publish=_dedup(*_service(MQTT_GATEWAY), _under(sj.MEAS)),
-        subscribe=(_under(sj.METER_RAW), _INBOX),
+        subscribe=(_under(sj.METER_RAW), _inbox(MQTT_GATEWAY)),
     ),
     # Polls DER inverters and carries setpoints to them; reports each command's outcome.
     # Each gateway reports conditions of its devices (a wrong device at a device's port).
@@ -256,14 +255,14 @@ PERMISSIONS: dict[str, Permissions] = {
             sj.COMMAND_RESULT.wildcard(),
             sj.CONDITION.wildcard(source=GATEWAY_MODBUS),
         ),
-        subscribe=(_under(sj.COMMAND), _INBOX),
+        subscribe=(_under(sj.COMMAND), _inbox(GATEWAY_MODBUS)),
     ),
     # The PDC of the PMUs: measurements in, nothing out.
     GATEWAY_C37118: Permissions(
         publish=_dedup(
             *_service(GATEWAY_C37118), _under(sj.MEAS), sj.CONDITION.wildcard(source=GATEWAY_C37118)
         ),
-        subscribe=(_INBOX,),
+        subscribe=(_inbox(GATEWAY_C37118),),
     ),
     # The operator HMI and API: reads everything an operator sees, sends what operators do
     # (commands, acknowledgements, history queries, training injections), writes the audit.
@@ -285,7 +284,7 @@ PERMISSIONS: dict[str, Permissions] = {
             sj.COMMAND_RESULT.wildcard(),
             sj.HEARTBEAT.wildcard(),
             _under(sj.MEAS),
-            _INBOX,
+            _inbox(WEB),
         ),
     ),
     # Stores what the streams carry and answers history queries; it publishes nothing else.
@@ -295,7 +294,7 @@ PERMISSIONS: dict[str, Permissions] = {
             *(s for spec in sj.STREAMS for s in durable_consumer(spec.name)),
             *kv_get(STATE_KV, LAYOUT_KEYS),
         ),
-        subscribe=(HISTORY_REQUESTS, _INBOX),
+        subscribe=(HISTORY_REQUESTS, _inbox(HISTORIAN)),
         allow_responses=True,
     ),
     # Masters of the RTUs: measurements in, switching commands out, outcomes reported.
@@ -306,7 +305,7 @@ PERMISSIONS: dict[str, Permissions] = {
             sj.COMMAND_RESULT.wildcard(),
             sj.CONDITION.wildcard(source=GATEWAY_IEC104),
         ),
-        subscribe=(_under(sj.COMMAND), _INBOX),
+        subscribe=(_under(sj.COMMAND), _inbox(GATEWAY_IEC104)),
     ),
 }
 
@@ -394,3 +393,286 @@ def env_credentials(url: str = "") -> tuple[str | None, str | None]:
     if any(urlsplit(u.strip()).username for u in url.split(",")):
         return None, None
     return os.environ.get(ENV_USER) or None, env_secret(ENV_PASSWORD)
+
+
+# -- field devices: one MQTT user per meter ---------------------------------------------------
+
+DEVICE_CREDENTIALS_FILE = "device_credentials.json"
+# The simulator's meter fleet reads its meters' logins from the file this names.
+ENV_DEVICE_CREDENTIALS = "GRIDPILOT_DEVICE_CREDENTIALS_FILE"
+
+
+def device_user(grid: str, device: str) -> str:
+    """The MQTT user name of one meter: ``meter.<grid>.<device>`` (what it sends in CONNECT)."""
+    return f"meter.{grid}.{device}"
+
+
+def device_permissions(grid: str, device: str) -> Permissions:
+    """A meter may publish its own raw readings, gp.<grid>.meter.<device>, and nothing else:
+    no topology, no command results, no other meter's topic, no subscription at all (QoS 1
+    publishes need none: the server acknowledges them itself). MQTT connections only."""
+    return Permissions(
+        publish=(sj.METER_RAW.format(grid=grid, source=device),),
+        subscribe=(),
+        connection_types=("MQTT",),
+    )
+
+
+@dataclass(frozen=True)
+class DeviceCredential:
+    device: str
+    password: str | None  # None once revoked
+    revoked: bool = False
+
+    @property
+    def active(self) -> bool:
+        return not self.revoked and bool(self.password)
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(24)  # 192 random bits
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of ``path`` between processes (the supervisor and the CLI)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_devices(path: Path) -> dict[str, dict[str, dict[str, object]]]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read {path}: {e}; restore it from a backup, or delete it to give every "
+            "meter a new password (revoked meters are then allowed again)"
+        ) from e
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"{path} is not a JSON object of grids; restore or delete it")
+    return data
+
+
+def _device_entry(device: str, raw: object) -> DeviceCredential:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"device {device!r} in {DEVICE_CREDENTIALS_FILE} is not an object")
+    password = raw.get("password")
+    return DeviceCredential(
+        device=device,
+        password=password if isinstance(password, str) and password else None,
+        revoked=bool(raw.get("revoked", False)),
+    )
+
+
+def device_credentials(
+    data_dir: Path, grid: str | None = None
+) -> dict[str, list[DeviceCredential]]:
+    """Every grid's meters and their credentials as device_credentials.json holds them (one
+    grid with ``grid``), revoked ones included."""
+    data = _read_devices(Path(data_dir) / DEVICE_CREDENTIALS_FILE)
+    return {
+        g: [_device_entry(d, raw) for d, raw in sorted(devices.items())]
+        for g, devices in sorted(data.items())
+        if grid is None or g == grid
+    }
+
+
+def ensure_device_credentials(data_dir: Path, grid: str, devices: Iterable[str]) -> int:
+    """Give every meter of ``grid`` without an entry a random 192-bit password (the supervisor
+    does this for its registry's meters when it starts a grid); revoked meters stay revoked.
+    Returns how many were added."""
+    path = Path(data_dir) / DEVICE_CREDENTIALS_FILE
+    with _locked(path):
+        data = _read_devices(path)
+        known = data.setdefault(grid, {})
+        added = 0
+        for device in devices:
+            if device not in known:
+                known[device] = {"password": _new_secret(), "revoked": False}
+                added += 1
+        if added or not path.exists():
+            _write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n", exclusive=False)
+    return added
+
+
+def _change_device(data_dir: Path, grid: str, device: str, entry: dict[str, object]) -> None:
+    path = Path(data_dir) / DEVICE_CREDENTIALS_FILE
+    with _locked(path):
+        data = _read_devices(path)
+        if device not in data.get(grid, {}):
+            known = sorted(data.get(grid, {}))
+            some = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
+            raise ConfigError(
+                f"no meter {device!r} of grid {grid!r} in {path} (it has {some or 'none'}); "
+                f"`gridpilot devices list --grid {grid}` shows them"
+            )
+        data[grid][device] = entry
+        _write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n", exclusive=False)
+
+
+def revoke_device(data_dir: Path, grid: str, device: str) -> None:
+    """Take a meter's password away for good: it is no NATS user any more once the server
+    reloads its config. ``rotate_device`` lets it in again with a new one."""
+    _change_device(data_dir, grid, device, {"password": None, "revoked": True})
+
+
+def rotate_device(data_dir: Path, grid: str, device: str) -> str:
+    """A new random password for a meter (also one that was revoked); returns it."""
+    password = _new_secret()
+    _change_device(data_dir, grid, device, {"password": password, "revoked": False})
+    return password
+
+
+def device_logins(path: Path, grid: str) -> dict[str, tuple[str, str]]:
+    """Device -> (MQTT user, password) of every active meter of ``grid`` in a
+    device_credentials.json (what the simulator's meter fleet connects with)."""
+    data = _read_devices(Path(path))
+    out: dict[str, tuple[str, str]] = {}
+    for device, raw in data.get(grid, {}).items():
+        cred = _device_entry(device, raw)
+        if cred.active and cred.password:
+            out[device] = (device_user(grid, device), cred.password)
+    return out
+
+
+# -- nats.conf: the users, with bcrypt hashes ---------------------------------------------------
+
+# bcrypt's cost exists to make guessing a weak password expensive; ours are random 192-bit
+# secrets that no amount of guessing finds, so the hash only has to keep nats.conf from holding
+# usable passwords, and the cost is set by what it costs us: the server checks the hash on every
+# CONNECT. Measured (benchmarks/meter_credentials_bench.py, 2 cores): a NATS connect takes
+# 1.8 ms at cost 4, 5.4 ms at 6, 0.8 ms with a clear password; 192 meters connect in 0.4 s at
+# cost 4, 1.6 s at 6, and the largest built-in grid has 5948 meters (a reconnect storm after a
+# broker restart). So the minimum cost bcrypt allows, 4.
+BCRYPT_COST = 4
+HASH_CACHE_FILE = "password_hashes.json"
+
+
+def _bcrypt(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
+class PasswordHasher:
+    """bcrypt hashes for nats.conf, cached in ``<data_dir>/nats/password_hashes.json`` (0600)
+    by the SHA-256 of the password: a restart re-renders the config without hashing every
+    password again (a random 192-bit secret's SHA-256 reveals nothing usable)."""
+
+    def __init__(self, cache: Path | None) -> None:
+        self.cache = cache
+        self._known: dict[str, str] = {}
+        self._dirty = False
+        if cache is not None and cache.exists():
+            try:
+                loaded = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                loaded = {}  # a cache only: hashed again
+            if isinstance(loaded, dict):
+                self._known = {str(k): str(v) for k, v in loaded.items()}
+
+    def prepare(self, passwords: Iterable[str]) -> None:
+        """Hash the passwords not cached yet on every core (bcrypt releases the GIL): the first
+        start of a grid with thousands of meters."""
+        todo = list(dict.fromkeys(p for p in passwords if self._key(p) not in self._known))
+        if len(todo) < 2:
+            return
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            hashed = list(pool.map(_bcrypt, todo))
+        self._known.update({self._key(p): h for p, h in zip(todo, hashed, strict=True)})
+        self._dirty = True
+
+    @staticmethod
+    def _key(password: str) -> str:
+        return hashlib.sha256(password.encode()).hexdigest()
+
+    def __call__(self, password: str) -> str:
+        key = self._key(password)
+        hashed = self._known.get(key)
+        if hashed is None:
+            hashed = _bcrypt(password)
+            self._known[key] = hashed
+            self._dirty = True
+        return hashed
+
+    def save(self) -> None:
+        """Write the cache if a hash was added."""
+        if self.cache is None or not self._dirty:
+            return
+        _write_private(self.cache, json.dumps(self._known, indent=1) + "\n", exclusive=False)
+        self._dirty = False
+
+
+def _quoted(value: object) -> str:
+    # JSON strings are valid NATS config strings; quoting keeps "$2b$..." and "$JS..." from
+    # being read as variable references.
+    return json.dumps(value)
+
+
+def _user_entry(user: str, hashed: str, perms: Permissions) -> str:
+    sub = (
+        f"subscribe: {{allow: {_quoted(list(perms.subscribe))}}}"
+        if perms.subscribe
+        else 'subscribe: {deny: [">"]}'  # an empty allow list would allow everything
+    )
+    entry = (
+        f"    {{user: {_quoted(user)}, password: {_quoted(hashed)},\n"
+        f"     allowed_connection_types: {_quoted(list(perms.connection_types))},\n"
+        f"     permissions: {{\n"
+        f"       publish: {{allow: {_quoted(list(perms.publish))}}},\n"
+        f"       {sub}"
+    )
+    if perms.allow_responses:
+        entry += ",\n       allow_responses: true"
+    return entry + "}}"
+
+
+def authorization_block(
+    passwords: Mapping[str, str],
+    devices: Mapping[str, Iterable[DeviceCredential]] | None = None,
+    *,
+    hasher: PasswordHasher | None = None,
+) -> str:
+    """The ``authorization`` block of nats.conf: one user per identity of PERMISSIONS (its
+    password from ``passwords``) and one per active meter of ``devices`` (grid -> meters),
+    every password as a bcrypt hash."""
+    hasher = hasher or PasswordHasher(None)
+    active = [c for creds in (devices or {}).values() for c in creds if c.active and c.password]
+    hasher.prepare([*passwords.values(), *(c.password for c in active if c.password)])
+    users = [_user_entry(u, hasher(passwords[u]), perms) for u, perms in PERMISSIONS.items()]
+    for grid, creds in (devices or {}).items():
+        for cred in creds:
+            if cred.active and cred.password:
+                users.append(
+                    _user_entry(
+                        device_user(grid, cred.device),
+                        hasher(cred.password),
+                        device_permissions(grid, cred.device),
+                    )
+                )
+    hasher.save()
+    return "authorization {\n  users: [\n" + ",\n".join(users) + "\n  ]\n}\n"
+
+
+def users_config(data_dir: Path) -> str:
+    """The authorization block for the broker of ``data_dir``: its identities' passwords
+    (credentials.json) and its meters' (device_credentials.json), hashes cached in nats/."""
+    data_dir = Path(data_dir)
+    hasher = PasswordHasher(data_dir / "nats" / HASH_CACHE_FILE)
+    return authorization_block(
+        load_credentials(data_dir), device_credentials(data_dir), hasher=hasher
+    )
+
+
+def hash_password(password: str, data_dir: Path | None = None) -> str:
+    """A bcrypt hash of ``password`` for nats.conf (cost BCRYPT_COST), the one cached under
+    ``data_dir`` if given: the same hash on every render, so a reload sees no change."""
+    hasher = PasswordHasher(None if data_dir is None else Path(data_dir) / "nats" / HASH_CACHE_FILE)
+    hashed = hasher(password)
+    hasher.save()
+    return hashed

@@ -56,7 +56,7 @@ from gridpilot.platform.children import (
     STARTUP_GRACE_S,
     Child,
 )
-from gridpilot.platform.datadir import lock_data_dir
+from gridpilot.platform.datadir import RELOAD_SIGNAL, lock_data_dir
 from gridpilot.platform.tls import (
     ENV_HTTP_CERT,
     ENV_HTTP_KEY,
@@ -182,6 +182,10 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            # `gridpilot devices revoke|rotate` changed a credential: reload nats.conf. Not
+            # SIGHUP: closing the terminal of a `gridpilot up` must still stop it.
+            loop.add_signal_handler(RELOAD_SIGNAL, self.request_reload)
         self._private_data_dir()
         # before anything starts or is written: a second `up` on this data dir, or a device
         # port another platform holds, must leave the running platform's files alone
@@ -363,9 +367,44 @@ class Supervisor:
             )
             return
 
+    def request_reload(self) -> None:
+        """Render nats.conf again and have the embedded server reload it (on RELOAD_SIGNAL)."""
+        self._tasks.append(asyncio.ensure_future(self.reload_broker()))
+
+    async def reload_broker(self) -> None:
+        """Apply the credential files as they are now: users gone (a revoked meter) are
+        disconnected and refused from now on, rotated passwords take effect."""
+        if self.broker is None:
+            self._say(
+                "reload asked, but the broker is not ours (--nats-url): nothing to do"
+                if self.external_url
+                else "reload asked before the broker started: it starts with the new credentials"
+            )
+            return
+        try:
+            await asyncio.to_thread(self.broker.reload)
+        except (BusError, ConfigError) as exc:
+            self._say(f"nats.conf not reloaded: {exc}")
+            log.error("broker reload failed", extra={"error": str(exc)})
+            return
+        self._say(f"nats.conf reloaded (credentials in {self.data_dir})")
+        log.info("broker reloaded", extra={"pid": self.broker.pid})
+
     async def _prepare_model(self) -> distribution.GridPackage:
         self._say(f"loading grid {self.grid_name} ...")
         pkg = await asyncio.to_thread(distribution.prepare, self.grid_name, self.data_dir)
+        if not self.external_url:  # each meter's own MQTT user on our broker
+            added = await asyncio.to_thread(
+                permissions.ensure_device_credentials,
+                self.data_dir,
+                pkg.model.name,
+                [m.device for m in pkg.devices.meter],
+            )
+            if added:
+                self._say(
+                    f"{added} meter credentials added to "
+                    f"{self.data_dir / permissions.DEVICE_CREDENTIALS_FILE}"
+                )
         if "simulator" in self.services:  # a device port taken: say so here, start nothing
             await asyncio.to_thread(distribution.check_listen, pkg, self.data_dir)
         return pkg
@@ -414,9 +453,9 @@ class Supervisor:
                 env["GRIDPILOT_DB"] = self.db_url
             if name == "simulator" and self.endpoints.get("mqtt"):
                 env["GRIDPILOT_MQTT_URL"] = self.endpoints["mqtt"]
-                if self.broker is not None:
-                    env["GRIDPILOT_MQTT_PASSWORD"] = permissions.service_password(
-                        self.data_dir, permissions.MQTT_DEVICE
+                if self.broker is not None:  # each meter connects as its own user
+                    env[permissions.ENV_DEVICE_CREDENTIALS] = str(
+                        self.data_dir / permissions.DEVICE_CREDENTIALS_FILE
                     )
             child = Child(name=name, env=env, log_path=self.data_dir / "logs" / f"{name}.log")
             child.start(self.grid)

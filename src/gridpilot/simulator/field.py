@@ -42,7 +42,12 @@ from gridpilot.protocols.c37118 import PhasorChannel, PhasorKind, PmuConfig, Pmu
 from gridpilot.protocols.iec104 import DoublePointState, Quality
 from gridpilot.protocols.sunspec import InverterStatus
 from gridpilot.simulator.der_modbus import InverterSpec, VirtualDerServer
-from gridpilot.simulator.mqtt_meters import MqttMeterFleet, ScaledClock, VirtualMeter
+from gridpilot.simulator.mqtt_meters import (
+    FileLogins,
+    MqttMeterFleet,
+    ScaledClock,
+    VirtualMeter,
+)
 from gridpilot.simulator.pmu_server import PmuServer
 from gridpilot.simulator.rtu_server import PointType, Reading, RtuServer
 from gridpilot.simulator.twin import Twin
@@ -79,7 +84,7 @@ class FieldDevices:
         sim_time_s: Any,  # callable returning the simulated time in seconds
         speed: float,
         mqtt_url: str = "",
-        mqtt_password: str | None = None,
+        mqtt_credentials: Path | None = None,
         on_switched: Callable[[str, bool, str], None] | None = None,
         service: Service | None = None,
     ) -> None:
@@ -95,12 +100,13 @@ class FieldDevices:
         self.sim_time_s = sim_time_s
         self.speed = speed
         self.mqtt_url = mqtt_url
-        self.mqtt_password = mqtt_password
+        # device_credentials.json: each meter connects with its own login from it
+        self.mqtt_credentials = mqtt_credentials
         self.der_generators = {d.generator for d in registry.der}
         self.rtu_switches = {c.switch for r in registry.rtu for c in r.commands}
         self.protocol_devices = {d.device for d in registry.der} | {r.device for r in registry.rtu}
         self.protocol_devices |= {p.device for p in registry.pmu}
-        if mqtt_url and mqtt_password:
+        if mqtt_url and mqtt_credentials is not None:
             self.protocol_devices |= {m.device for m in registry.meter}
         self._servers: list[VirtualDerServer] = []
         self._rtus: list[RtuServer] = []
@@ -203,7 +209,7 @@ class FieldDevices:
             period_s = min(self.devices[m.device].period_s for m in meters)
             fleet = MqttMeterFleet(
                 url=self.mqtt_url,
-                password=self.mqtt_password or "",
+                logins=FileLogins(self.mqtt_credentials or Path(), self.grid),
                 grid=self.grid,
                 meters=[
                     VirtualMeter(device=m.device, component=m.components[0].component)
@@ -332,12 +338,8 @@ class FieldDevices:
             log.info("device back", extra={"device": device})
 
     async def _run_fleet(self, fleet: MqttMeterFleet) -> None:
-        while True:  # the broker may restart: reconnect, as a head-end system would
-            try:
-                await fleet.run()
-            except Exception as exc:
-                log.warning("meter fleet disconnected", extra={"error": str(exc)})
-            await asyncio.sleep(2.0)
+        # every meter reconnects by itself (the broker restarted, its credential was revoked)
+        await fleet.run()
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._outages.values()]:

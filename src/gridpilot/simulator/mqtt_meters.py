@@ -1,29 +1,32 @@
 """Virtual smart meters that publish over MQTT to the broker's MQTT listener, as real ones do.
 
-All meters of a fleet share one MQTT connection (identity ``mqtt_device``): a data
-concentrator or head-end carrying many meters looks the same to the broker, and one connection
-keeps hundreds of meters cheap. Each meter reports every ``period_s`` of simulated time, on the
-period boundaries (00, 15, 30, 45 minutes for 900 s), at QoS 1, in SOGNO's measurement format or
-GridPilot's own.
+Each meter has its own MQTT connection and its own credential (user ``meter.<grid>.<device>``,
+from device_credentials.json, which allows it to publish its own raw topic and nothing else),
+as real meters do: revoking one meter's credential cuts that meter off and no other. A meter is
+one asyncio task with one connection, so thousands stay cheap. Each meter reports every
+``period_s`` of simulated time, on the period boundaries (00, 15, 30, 45 minutes for 900 s), at
+QoS 1, in SOGNO's measurement format or GridPilot's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import aiomqtt
 
 from gridpilot.core import subjects
 from gridpilot.core.bus import env_tls
-from gridpilot.core.errors import BusError, ConfigError
-from gridpilot.platform.permissions import MQTT_DEVICE
+from gridpilot.core.errors import ConfigError
+from gridpilot.platform.permissions import device_logins
 from gridpilot.protocols.meter_json import ComponentReading, MeterFormat, MeterReading, encode
 
 log = logging.getLogger("gridpilot.simulator.mqtt_meters")
@@ -32,6 +35,10 @@ DEFAULT_PERIOD_S = 900.0
 # (device, t_ns) -> (p_mw, q_mvar), positive from the grid into the installation
 # None: the meter has nothing to say (its supply is dead, or the twin has no solution)
 ReadingFn = Callable[[str, int], tuple[float, float] | None]
+# device -> (MQTT user, password), None when the meter has no credential (revoked)
+LoginFn = Callable[[str], tuple[str, str] | None]
+RETRY_S = 2.0  # a meter whose connection failed or was refused tries again after this
+CONNECTING_AT_ONCE = 64  # connections being set up at the same time (not a listen backlog flood)
 
 
 class SimClock(Protocol):
@@ -118,23 +125,49 @@ def url_tls(url: str, tls: ssl.SSLContext | None) -> ssl.SSLContext | None:
     return env_tls() or ssl.create_default_context()
 
 
+class FileLogins:
+    """The meters' logins of one grid in a device_credentials.json, read again when the file
+    changes (a rotated password is used at the meter's next connect)."""
+
+    def __init__(self, path: Path, grid: str) -> None:
+        self.path = Path(path)
+        self.grid = grid
+        self._stamp: tuple[int, int] | None = None
+        self._logins: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, device: str) -> tuple[str, str] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._logins = device_logins(self.path, self.grid)
+            self._stamp = stamp
+        return self._logins.get(device)
+
+
 class MqttMeterFleet:
-    """Many virtual meters on one MQTT connection; ``await run()`` until cancelled."""
+    """Virtual meters, one MQTT connection each; ``await run()`` until cancelled.
+
+    A meter whose connection fails or is refused (its credential revoked) tries again every
+    ``retry_s``; the others go on. ``connected`` holds the meters connected now and
+    ``all_connected`` is set once every meter has been connected at the same time
+    (``connect_s`` after ``run()`` began)."""
 
     def __init__(
         self,
         *,
         url: str,
-        password: str,
+        logins: LoginFn,
         grid: str,
         meters: Sequence[VirtualMeter],
         reading: ReadingFn,
         clock: SimClock,
         period_s: float = DEFAULT_PERIOD_S,
-        user: str = MQTT_DEVICE,
-        client_id: str | None = None,
         publish_timeout_s: float = 10.0,
         tls: ssl.SSLContext | None = None,
+        retry_s: float = RETRY_S,
     ) -> None:
         """``url``: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (the server verified
         against ``tls``'s CAs, by default GRIDPILOT_NATS_CA's: see :func:`url_tls`)."""
@@ -144,70 +177,126 @@ class MqttMeterFleet:
             raise ConfigError("two virtual meters have the same device id")
         self.host, self.port = _host_port(url)
         self.tls = url_tls(url, tls)
-        self.user = user
-        self.password = password
+        self.logins = logins
         self.grid = subjects.grid_token(grid)
         self.meters = tuple(meters)
         self.reading = reading
         self.clock = clock
         self.period_ns = round(period_s * 1e9)
-        self.client_id = client_id or f"gridpilot-meters-{self.grid}-{time.time_ns() % 10**9}"
         self.publish_timeout_s = publish_timeout_s
+        self.retry_s = retry_s
         self.published = 0
         self.silent = 0  # readings a meter did not send
         self.periods_skipped = 0
+        self.refused = 0  # connects that failed (no credential, refused, broker away)
+        self.connected: set[str] = set()
+        self.all_connected = asyncio.Event()
+        self.connect_s: float | None = None
+        self._started = 0.0
+        self._slots = asyncio.Semaphore(CONNECTING_AT_ONCE)
+        self._said: set[str] = set()  # meters whose current failure was logged
 
     def topic(self, meter: VirtualMeter) -> str:
         # MQTT topic levels are NATS subject tokens: gp/<grid>/meter/<id> is gp.<grid>.meter.<id>
         return subjects.METER_RAW.format(grid=self.grid, source=meter.device).replace(".", "/")
 
     async def run(self) -> None:
-        """Connect, then publish every meter at every period boundary; BusError if the broker
-        refuses or drops the connection."""
+        """Run every meter (one task each) until cancelled."""
+        self._started = time.monotonic()
+        log.info(
+            "meters starting",
+            extra={"meters": len(self.meters), "mqtt": f"{self.host}:{self.port}"},
+        )
+        tasks = [asyncio.create_task(self._run_meter(m)) for m in self.meters]
         try:
-            async with aiomqtt.Client(
-                self.host,
-                self.port,
-                username=self.user,
-                password=self.password,
-                identifier=self.client_id,
-                protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=True,
-                tls_context=self.tls,
-            ) as client:
-                log.info(
-                    "meters connected",
-                    extra={"meters": len(self.meters), "mqtt": f"{self.host}:{self.port}"},
-                )
-                await self._loop(client)
-        except aiomqtt.MqttError as exc:
-            raise BusError(f"MQTT {self.host}:{self.port} as {self.user!r}: {exc}") from exc
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _loop(self, client: aiomqtt.Client) -> None:
+    async def _run_meter(self, meter: VirtualMeter) -> None:
+        while True:
+            problem = await self._session(meter)
+            self.refused += 1
+            if meter.device not in self._said:  # once per outage, not every retry
+                self._said.add(meter.device)
+                log.warning(
+                    "meter disconnected",
+                    extra={"device": meter.device, "error": problem, "retry_s": self.retry_s},
+                )
+            await asyncio.sleep(self.retry_s)
+
+    async def _session(self, meter: VirtualMeter) -> str:
+        """One connection of one meter, until it fails: says why."""
+        login = self.logins(meter.device)
+        if login is None:
+            return "no credential (revoked, or not in device_credentials.json)"
+        user, password = login
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=user,
+            password=password,
+            identifier=f"gp-{self.grid}-{meter.device}",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+            tls_context=self.tls,
+        )
+        try:
+            async with self._slots:
+                await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            return f"MQTT {self.host}:{self.port} as {user!r}: {exc}"
+        try:
+            self._up(meter)
+            await self._loop(client, meter)
+        except aiomqtt.MqttError as exc:
+            return f"MQTT {self.host}:{self.port} as {user!r}: {exc}"
+        finally:
+            self.connected.discard(meter.device)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+        return "ended"  # pragma: no cover  (_loop runs until it fails or is cancelled)
+
+    def _up(self, meter: VirtualMeter) -> None:
+        self.connected.add(meter.device)
+        if meter.device in self._said:
+            self._said.discard(meter.device)
+            log.info("meter connected again", extra={"device": meter.device})
+        if len(self.connected) == len(self.meters) and not self.all_connected.is_set():
+            self.connect_s = time.monotonic() - self._started
+            self.all_connected.set()
+            log.info(
+                "meters connected",
+                extra={"meters": len(self.meters), "took_s": round(self.connect_s, 3)},
+            )
+
+    async def _loop(self, client: aiomqtt.Client, meter: VirtualMeter) -> None:
         period = self.period_ns
-        # A head-end system reads every meter once when it (re)connects, then on the period.
-        await self.publish_all(client, self.clock.now_ns() // 1_000_000_000 * 1_000_000_000)
+        # A meter reports once when it (re)connects, then on the period boundaries.
+        await self.publish(client, meter, self.clock.now_ns() // 1_000_000_000 * 1_000_000_000)
         t_ns = -(-self.clock.now_ns() // period) * period  # the next boundary
         while True:
             await self.clock.sleep_until(t_ns)
-            await self.publish_all(client, t_ns)
+            await self.publish(client, meter, t_ns)
             t_ns += period
             behind = (self.clock.now_ns() - t_ns) // period
             if behind > 0:  # slower than simulated time: skip, as a meter that lost power
                 self.periods_skipped += behind
                 t_ns += behind * period
 
-    async def publish_all(self, client: aiomqtt.Client, t_ns: int) -> None:
-        for meter in self.meters:
-            reading = self.reading(meter.device, t_ns)
-            if reading is None:
-                self.silent += 1
-                continue
-            p_mw, q_mvar = reading
-            await client.publish(
-                self.topic(meter),
-                payload(meter, t_ns, p_mw, q_mvar),
-                qos=1,
-                timeout=self.publish_timeout_s,
-            )
-            self.published += 1
+    async def publish(self, client: aiomqtt.Client, meter: VirtualMeter, t_ns: int) -> None:
+        """Send ``meter``'s reading for ``t_ns`` (QoS 1), if it has one."""
+        reading = self.reading(meter.device, t_ns)
+        if reading is None:
+            self.silent += 1
+            return
+        p_mw, q_mvar = reading
+        await client.publish(
+            self.topic(meter),
+            payload(meter, t_ns, p_mw, q_mvar),
+            qos=1,
+            timeout=self.publish_timeout_s,
+        )
+        self.published += 1

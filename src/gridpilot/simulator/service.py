@@ -91,7 +91,7 @@ class SimulatorService(Service):
             sim_time_s=lambda: self.t_s,
             speed=self.config.speed,
             mqtt_url=self.config.mqtt_url,
-            mqtt_password=self.config.mqtt_password,
+            mqtt_credentials=self.config.mqtt_credentials,
             on_switched=self._on_field_switch,
             service=self,  # devices whose port is taken: state, heartbeat info, conditions
         )
