@@ -631,6 +631,8 @@ def _sunspec_targets() -> list[Target]:
 # -- meter JSON -----------------------------------------------------------------------------------
 
 _DEVICE = "meter_7"
+# ~80 bytes a reading: 1,000 readings pass the 64 KiB payload limit; more only costs memory
+MAX_JSON_ITEMS = 1_000
 _MEASURANDS = [
     "activepower",
     "reactivepower",
@@ -707,7 +709,8 @@ def _mutate_json(r: random.Random, doc: Any) -> Any:
     if isinstance(doc, list) and doc:
         op = r.randrange(4)
         if op == 0:  # huge counts: many readings, up to the payload limit and beyond
-            return doc * r.choice([2, 10, 100, 400])
+            factor = r.choice([2, 10, 100, 400])
+            return doc * factor if len(doc) * factor <= MAX_JSON_ITEMS else doc
         if op == 1:
             return doc[: r.randrange(len(doc))]
         doc = list(doc)
