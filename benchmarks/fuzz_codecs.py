@@ -36,6 +36,8 @@ from gridpilot.protocols.fuzzing import Target, describe, input_size, targets
 RESULTS = Path(__file__).parent / "results" / "fuzz_codecs.md"
 BLOCK = 10_000
 KEEP = 3  # reproducers kept per distinct finding
+REPRODUCER_CHARS = 40_000
+RECHECKS = 10  # timings of a suspect at the end of the run, a pause before each
 SIZE_UNIT = 4096  # the time limit is per started 4 KiB of input (streams, large payloads)
 
 
@@ -55,14 +57,16 @@ class Tally:
     findings: collections.Counter[str] = field(default_factory=collections.Counter)
     reproducers: dict[str, list[str]] = field(default_factory=dict)
     slow_once: int = 0  # over the limit once, not when timed again: the shared machine
+    slow_cleared: int = 0  # over it four times in a row, not when timed again at the end
+    suspects: list[tuple[object, int]] = field(default_factory=list)  # (input, limit ns)
     times_ns: array[int] = field(default_factory=lambda: array("q"))
 
-    def finding(self, what: str, data: object) -> None:
+    def finding(self, what: str, data: object, note: str = "") -> None:
         key = what[:120]
         self.findings[key] += 1
         kept = self.reproducers.setdefault(key, [])
         if len(kept) < KEEP:
-            kept.append(describe(data)[:4000])
+            kept.append(note + describe(data)[:REPRODUCER_CHARS])
 
 
 def run_block(tally: Tally, count: int, limit_ns: int) -> None:
@@ -81,10 +85,9 @@ def run_block(tally: Tally, count: int, limit_ns: int) -> None:
                 target.check(data)
                 again.append(clock() - t0)
             if min(again) > max_ns:
-                tally.finding(f"slow: {min(again) / 1e6:.1f} ms (limit {max_ns / 1e6:g} ms)", data)
+                tally.suspects.append((data, max_ns))
             else:
                 tally.slow_once += 1
-                elapsed = min(again)
         times.append(elapsed)
         tally.inputs += 1
         if outcome.accepted:
@@ -93,6 +96,29 @@ def run_block(tally: Tally, count: int, limit_ns: int) -> None:
             tally.rejected[outcome.error or "(finding)"] += 1
         if outcome.finding:
             tally.finding(outcome.finding, data)
+
+
+def recheck(tally: Tally) -> None:
+    """Time each suspect again, apart from the run: a finding only if it is still slow.
+
+    A process sharing two cores with others can be descheduled for tens of milliseconds, long
+    enough to cover four timings in a row; the pause before each re-timing lets that pass.
+    """
+    clock = time.perf_counter_ns
+    for data, max_ns in tally.suspects:
+        best = None
+        for _ in range(RECHECKS):
+            time.sleep(0.02)
+            t0 = clock()
+            tally.target.check(data)
+            elapsed = clock() - t0
+            best = elapsed if best is None else min(best, elapsed)
+        assert best is not None
+        if best > max_ns:
+            tally.finding(f"slow (over {max_ns / 1e6:g} ms)", data, f"{best / 1e6:.1f} ms: ")
+        else:
+            tally.slow_cleared += 1
+    tally.suspects.clear()
 
 
 def percentile(ordered: array[int], q: float) -> float:
@@ -188,8 +214,11 @@ reserved bits and padding). Time is `perf_counter_ns` around decode plus the rou
 one input, one process, garbage collection on{cpu_note}; an input over {max_ms:g} ms per
 started 4 KiB (frames are smaller; streams reach ~10 KiB, meter payloads 64 KiB and more) is
 timed three more times and is a finding when the fastest of those is still over (inputs
-over the limit once but not again: {slow_once:,}, the shared machine's stalls). p99 and max
-include those stalls.
+over the limit once but not again: {slow_once:,}, the shared machine's stalls). Inputs
+still over it are timed {rechecks} more times at the end of the run, each after a 20 ms pause,
+and are findings only if the fastest of those is over too (over the limit four times in a
+row but not at the end: {slow_cleared:,}). p99 and max are of the first timing of each input
+and include the stalls.
 
 ## Machine
 
@@ -235,6 +264,11 @@ def main() -> None:
         if stop is not None and datetime.datetime.now(datetime.UTC) >= stop:
             stopped_early = any(t.inputs < args.n for t in tallies)
             break
+    suspects = sum(len(t.suspects) for t in tallies)
+    if suspects:
+        log(f"timing {suspects} slow inputs again")
+    for t in tallies:
+        recheck(t)
     rows = summary(tallies)
     ran = "all of them" if not stopped_early else "stopped early at the time limit"
     note = (
@@ -252,6 +286,8 @@ def main() -> None:
         ran=ran,
         max_ms=args.max_ms,
         slow_once=sum(t.slow_once for t in tallies),
+        slow_cleared=sum(t.slow_cleared for t in tallies),
+        rechecks=RECHECKS,
         cpu_note=f", pinned to CPU {args.cpu}" if args.cpu is not None else ", not pinned",
         machine=machine(load, args.cpu),
     )
