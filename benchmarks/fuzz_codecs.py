@@ -213,8 +213,8 @@ encodings must be equal (a fixed point; the first re-encoding may differ from th
 reserved bits and padding). Time is `perf_counter_ns` around decode plus the round trip of
 one input, one process, garbage collection on{cpu_note}; an input over {max_ms:g} ms per
 started 4 KiB (frames are smaller; streams reach ~10 KiB, meter payloads 64 KiB and more) is
-timed three more times and is a finding when the fastest of those is still over (inputs
-over the limit once but not again: {slow_once:,}, the shared machine's stalls). Inputs
+timed three more times at once (inputs over the limit once but not again: {slow_once:,}, the
+shared machine's stalls). Inputs
 still over it are timed {rechecks} more times at the end of the run, each after a 20 ms pause,
 and are findings only if the fastest of those is over too (over the limit four times in a
 row but not at the end: {slow_cleared:,}). p99 and max are of the first timing of each input
