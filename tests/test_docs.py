@@ -13,7 +13,18 @@ import pytest
 
 import gridpilot
 from gridpilot.core.subjects import BUCKETS, CATALOGUE, OBJECT_STORES, STREAMS, Pattern
-from gridpilot.docs import markdown, message_types, schema_components, stream_for, write_docs
+from gridpilot.docs import (
+    IDENTITY_ROLES,
+    SECURITY_DOC,
+    identities_markdown,
+    markdown,
+    message_types,
+    schema_components,
+    stream_for,
+    with_identities,
+    write_docs,
+)
+from gridpilot.platform.permissions import PERMISSIONS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -189,3 +200,30 @@ def test_descriptions_do_not_depend_on_docstring_indentation() -> None:
         "First line.\n\nAn indented continuation, as Python before 3.13 keeps it and a line at "
         "the margin."
     )
+
+
+def test_security_identities_table_is_current(tmp_path: Path) -> None:
+    """docs/security.md's identities table is what `gridpilot docs` makes from PERMISSIONS."""
+    committed = (DOCS / SECURITY_DOC).read_bytes()
+    (tmp_path / SECURITY_DOC).write_bytes(committed)
+    written = write_docs(tmp_path)
+    assert tmp_path / SECURITY_DOC in written
+    assert (tmp_path / SECURITY_DOC).read_bytes() == committed, (
+        "the identities table in docs/security.md is stale (permissions.PERMISSIONS changed): "
+        "run `gridpilot docs` and commit the result"
+    )
+
+
+def test_security_identities_table_lists_every_identity_with_its_role() -> None:
+    table = identities_markdown()
+    for name, perm in PERMISSIONS.items():
+        assert f"| `{name}` |" in table, name
+        assert name in IDENTITY_ROLES, f"say who connects as {name} in docs.IDENTITY_ROLES"
+        for subject in (*perm.publish, *perm.subscribe):
+            assert f"`{subject}`" in table, (name, subject)
+    assert table == identities_markdown()  # deterministic
+
+
+def test_security_doc_without_markers_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match="identities:begin"):
+        with_identities("# Security\n\nno table here\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -264,6 +265,31 @@ async def test_malformed_frames_are_counted_not_fatal() -> None:
     assert isinstance(update, FloatValueUpdate) and update.ioa == 7
     assert m.stats.malformed_frames == 2  # the noise, and the ASDU of unknown type 255
     assert m.stats.connects == 1
+
+
+async def test_a_flood_of_bad_input_is_counted_not_logged_line_by_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """64 KiB of "68 00" (a start octet with an impossible length, 32,768 times): every bad
+    input is counted, one warning says so, and the link goes on."""
+    value = Asdu(cot=Cot.SPONTANEOUS, common_address=CA, objects=(FloatValue(ioa=7, value=1.0),))
+
+    async def flooding(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(6)  # STARTDT act
+        writer.write(encode_apdu(UFrame(function=UFunction.STARTDT_CON)))
+        writer.write(b"\x68\x00" * 32_768)
+        writer.write(encode_apdu(IFrame(send_seq=0, recv_seq=0, asdu=encode_asdu(value))))
+        await writer.drain()
+        await reader.read(1000)
+
+    caplog.set_level(logging.WARNING, logger="gridpilot")
+    async with raw_station(flooding) as port, master_for(port, interrogate_on_connect=False) as m:
+        [*_, update] = await wait_for(m, lambda e: isinstance(e, FloatValueUpdate))
+        assert m.state is ConnectionState.STARTED
+    assert isinstance(update, FloatValueUpdate) and update.ioa == 7
+    assert m.stats.malformed_frames == 65_536  # the bad length octet, then the 00 skipped
+    bad = [r for r in caplog.records if "bad input" in r.getMessage()]
+    assert len(bad) == 1, [r.getMessage() for r in bad[:5]]
 
 
 async def test_reconnects_after_the_rtu_restarts() -> None:

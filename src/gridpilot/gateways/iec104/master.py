@@ -80,6 +80,12 @@ BROADCAST_CA = 0xFFFF
 WHO_ARE_YOU_S = 2.0  # how long a station that refused our address has to say its own
 
 
+# A station sending garbage ("68 00" repeated makes one error per octet) must not flood
+# the log: the first bad input of a burst is logged, then at most one line per this many
+# seconds, with how many were left out; ``stats.malformed_frames`` counts them all.
+BAD_INPUT_LOG_S = 10.0
+
+
 @dataclass(slots=True)
 class MasterStats:
     connects: int = 0
@@ -148,6 +154,8 @@ class Iec104Master:
         self._verified = False
         self._wrong: str | None = None
         self._who: asyncio.TimerHandle | None = None
+        self._bad_input_logged_at: float | None = None  # monotonic time of the last warning
+        self._bad_input_unlogged = 0  # bad inputs since then, not logged
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -218,13 +226,29 @@ class Iec104Master:
 
     # -- incoming -------------------------------------------------------------------------------
 
+    def _log_bad_input(self, error: Exception) -> None:
+        now = time.monotonic()
+        last = self._bad_input_logged_at
+        if last is not None and now - last < BAD_INPUT_LOG_S:
+            self._bad_input_unlogged += 1
+            return
+        more = self._bad_input_unlogged
+        self._bad_input_logged_at, self._bad_input_unlogged = now, 0
+        log.warning(
+            "IEC 104 bad input from %s:%s: %s%s",
+            self.host,
+            self.port,
+            error,
+            f" (and {more} more since the last such line)" if more else "",
+        )
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, AsduReceived):
             self.stats.asdus_received += 1
             self._on_asdu(event.asdu)
         elif isinstance(event, ProtocolErrorEvent):
             self.stats.malformed_frames += 1
-            log.warning("IEC 104 bad input from %s:%s: %s", self.host, self.port, event.error)
+            self._log_bad_input(event.error)
         elif isinstance(event, LinkStateChanged) and event.state is LinkState.STARTED:
             self._set_state(ConnectionState.STARTED)
             if self.interrogate_on_connect and self._link is not None:

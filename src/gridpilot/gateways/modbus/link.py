@@ -8,6 +8,8 @@ request in flight when the connection drops fails at once (pymodbus would leave 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -15,6 +17,45 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from gridpilot.gateways.modbus.events import EXCEPTION_TEXT, FailureKind, ModbusError
+
+PYMODBUS_LOGGER = "pymodbus.logging"
+PYMODBUS_LOG_EVERY_S = 10.0
+
+
+class RateLimit(logging.Filter):
+    """At most one record per ``every_s``; the next one passed says how many were left out.
+
+    pymodbus logs an error for every read that holds a frame it cannot use (a wrong protocol
+    id, another unit's answer): a device sending garbage in small segments would flood the
+    log with one line per segment.
+    """
+
+    def __init__(self, every_s: float = PYMODBUS_LOG_EVERY_S) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.left_out = 0
+        self._last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            self.left_out += 1
+            return False
+        self._last = now
+        if self.left_out:
+            record.msg = f"{record.getMessage()} (and {self.left_out} more pymodbus lines left out)"
+            record.args = None
+            self.left_out = 0
+        return True
+
+
+def quiet_pymodbus() -> None:
+    """pymodbus's log as the gateway wants it: errors only (the poller reports every failure
+    itself; pymodbus warns of each refused connect), and at most one line per 10 s."""
+    logger = logging.getLogger(PYMODBUS_LOGGER)
+    logger.setLevel(logging.ERROR)
+    if not any(isinstance(f, RateLimit) for f in logger.filters):
+        logger.addFilter(RateLimit())
 
 
 class ModbusLink:

@@ -24,6 +24,7 @@ from gridpilot.core.service import Service
 from gridpilot.core.validation import command_problem
 from gridpilot.gateways.identity import WrongDevices
 from gridpilot.gateways.modbus.events import DerReading, DerUnavailable, FailureKind
+from gridpilot.gateways.modbus.link import quiet_pymodbus
 from gridpilot.gateways.modbus.poller import DerPoller
 from gridpilot.model import distribution
 from gridpilot.model.devices import Der
@@ -34,8 +35,9 @@ class ModbusGatewayService(Service):
 
     async def setup(self) -> None:
         # pymodbus warns of every refused connect itself ("Failed to connect", "Repeating"):
-        # the poller reports each failure, quietly while an inverter has not been read yet
-        logging.getLogger("pymodbus.logging").setLevel(logging.ERROR)
+        # the poller reports each failure, quietly while an inverter has not been read yet;
+        # and it logs an error per bad read, which a device sending garbage would flood
+        quiet_pymodbus()
         pkg = await distribution.wait_for(
             self.nc, self.grid, wait_s=self.config.model_wait_s, log=self.log
         )
