@@ -358,7 +358,6 @@ IDENTITY_ROLES = {
     permissions.STATE_ESTIMATION: "state estimation instances (grids shared by leases)",
     permissions.MONITORING: "the alarms service (limits, bad data, communication loss)",
     permissions.VIEWER: "read-only views: no commands, no writes",
-    "mqtt_device": "smart meters over MQTT, all with this one identity",
     permissions.MQTT_GATEWAY: "the MQTT gateway: normalises meter payloads",
     permissions.GATEWAY_MODBUS: "the Modbus gateway: polls DER inverters, carries setpoints",
     permissions.GATEWAY_IEC104: "the IEC 104 gateway: RTU measurements in, switching out",

@@ -27,7 +27,9 @@ from gridpilot.platform.broker import (
 )
 from gridpilot.platform.permissions import (
     ADMIN,
-    MQTT_DEVICE,
+    DEVICE_CREDENTIALS_FILE,
+    device_logins,
+    ensure_device_credentials,
     leafnode_password,
     service_password,
 )
@@ -50,6 +52,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[EmbeddedNats]:
+    ensure_device_credentials(tmp_path, "probe", ["m1"])  # a meter's MQTT user
     broker = EmbeddedNats(data_dir=tmp_path, port=0, mqtt_port=0, tls=server_tls(pki)).start()
     yield broker
     broker.stop()
@@ -119,29 +122,35 @@ async def test_tls_broker_serves_a_client_with_a_certificate_only(
         )  # fmt: skip
 
 
+def _meter(broker: EmbeddedNats) -> tuple[str, str]:
+    """The MQTT user and password of the probe grid's meter m1."""
+    path = broker.data_dir / DEVICE_CREDENTIALS_FILE
+    return device_logins(path, "probe")["m1"]
+
+
 def test_tls_broker_refuses_clear_text_nats_and_mqtt(tls_broker: EmbeddedNats) -> None:
     password = service_password(tls_broker.data_dir, ADMIN)
     info, after = plain_nats_connect(HOST, _port(tls_broker.url), ADMIN, password)
     assert info.startswith(b"INFO ")
     assert json.loads(info[5:].split(b"\r\n")[0])["tls_required"] is True
     assert b"PONG" not in after  # never logged in
-    mqtt_password = service_password(tls_broker.data_dir, MQTT_DEVICE)
-    answer = plain_mqtt_connect(HOST, _port(tls_broker.mqtt_url), MQTT_DEVICE, mqtt_password)
+    meter, mqtt_password = _meter(tls_broker)
+    answer = plain_mqtt_connect(HOST, _port(tls_broker.mqtt_url), meter, mqtt_password)
     assert not answer.startswith(b"\x20")  # no CONNACK: TLS first
 
 
 async def test_mqtts_with_the_platforms_ca_publishes(tls_broker: EmbeddedNats, pki: Pki) -> None:
-    password = service_password(tls_broker.data_dir, MQTT_DEVICE)
+    meter, password = _meter(tls_broker)
     port = _port(tls_broker.mqtt_url)
     async with aiomqtt.Client(
-        HOST, port, username=MQTT_DEVICE, password=password, identifier="tls-probe",
+        HOST, port, username=meter, password=password, identifier="tls-probe",
         protocol=aiomqtt.ProtocolVersion.V311, tls_context=bus.client_context(pki.ca),
     ) as client:  # fmt: skip
         await client.publish("gp/probe/meter/m1", b"{}", qos=1, timeout=5)
     # a client that does not know the CA gets no session
     with pytest.raises(aiomqtt.MqttError):
         async with aiomqtt.Client(
-            HOST, port, username=MQTT_DEVICE, password=password, identifier="tls-probe-2",
+            HOST, port, username=meter, password=password, identifier="tls-probe-2",
             protocol=aiomqtt.ProtocolVersion.V311, tls_context=ssl.create_default_context(),
         ):  # fmt: skip
             pass

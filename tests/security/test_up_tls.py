@@ -170,7 +170,9 @@ async def test_up_tls_sends_nothing_in_clear_and_refuses_clear_text_clients(
         info, after = plain_nats_connect(HOST, nats_port, ADMIN, MARKER)
         assert json.loads(info[5:].split(b"\r\n")[0])["tls_required"] is True
         assert b"PONG" not in after
-        assert not plain_mqtt_connect(HOST, mqtt_port, "mqtt_device", MARKER).startswith(b"\x20")
+        # (a made-up meter user: the grid's name must not cross in clear, even in a probe)
+        answer = plain_mqtt_connect(HOST, mqtt_port, "meter.probe.m1", MARKER)
+        assert not answer.startswith(b"\x20")
         with socket.create_connection((HOST, http_port), timeout=3) as s:
             s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert not recv_all(s).startswith(b"HTTP/")
