@@ -3,10 +3,11 @@
 # deploy/compose/secrets/ (git-ignored), and the TLS certificates every connection uses into
 # deploy/compose/secrets/tls/ (`gridpilot certs`: a private CA, a server certificate for the
 # NATS nodes and the HMI, one client certificate per NATS identity). Existing files are kept
-# (the CA too: `--renew` re-issues the certificates). The directories are 0700; the files are
-# 0644 because podman-compose bind-mounts them and the containers run as uid 10001 (postgres
-# as its own uid): the directory, not the file mode, keeps them private on the host. The CA
-# key is not needed by any container and stays 0600.
+# (the CA too: `--renew` re-issues the certificates). secrets/ is 0700: it, not the modes
+# below, keeps them private on the host. The files are 0644 and tls/ is 0755 because
+# podman-compose bind-mounts them (tls/ as a directory) and the containers run as uid 10001
+# (postgres as its own uid), which must read them and enter tls/. The CA key is not needed by
+# any container and stays 0600.
 #
 # gridpilot comes from PATH, else `python3 -m gridpilot`, else the image ($GRIDPILOT_IMAGE,
 # default localhost/gridpilot:latest) run with podman or docker.
@@ -33,6 +34,6 @@ else
     "$engine" run --rm --user 0 -v "$dir:/out:z" --entrypoint gridpilot \
         "${GRIDPILOT_IMAGE:-localhost/gridpilot:latest}" certs --data-dir /out --hosts "$hosts" "$@"
 fi
-chmod 700 "$dir/tls"
+chmod 755 "$dir/tls"
 find "$dir/tls" -type f ! -name ca.key -exec chmod 644 {} +
 chmod 600 "$dir/tls/ca.key"
