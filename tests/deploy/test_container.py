@@ -279,6 +279,24 @@ def test_compose_deployment_estimates_the_state(image: str, compose: dict[str, s
     restarts = {name: _restarts(name) for name in watched}
     print(f"restarts while the deployment came up: {restarts}")
     assert restarts == dict.fromkeys(watched, 0)
+    # the simulator's meters publish over MQTT (TLS), each as its own user of
+    # device_credentials.json: every one of them got in
+    deadline = time.monotonic() + 60
+    logs = ""
+    while time.monotonic() < deadline and '"msg": "meters connected"' not in logs:
+        out = _podman("logs", f"{PROJECT}_simulator_1")
+        logs = out.stdout + out.stderr
+        time.sleep(2)
+    assert '"msg": "meters connected"' in logs, logs[-3000:]
+    # and their readings reach the bus: the MQTT gateway turns them into measurements
+    deadline = time.monotonic() + 60
+    received = 0
+    while time.monotonic() < deadline and not received:
+        gateway = [r for r in _status(image) if r["service"] == "mqtt_gateway"]
+        received = int(gateway[0]["counters"].get("msgs_in", 0)) if gateway else 0
+        if not received:
+            time.sleep(2)
+    assert received > 0, "the MQTT gateway received no meter reading"
     deadline = time.monotonic() + 90
     stored = 0
     while time.monotonic() < deadline and not stored:
