@@ -2,8 +2,13 @@
 until state estimates flow. Marked ``container``: skipped only when podman is not installed.
 
 Timing here (2 CPUs): image build 85 s from nothing (debootstrap ~20 s, pip ~50 s), 40-60 s
-when only src/ changed, ~1 s cached; compose up to the first estimates 20-80 s; the whole
-module 75-100 s. The debootstrap base is cached under ~/.cache/gridpilot (and as a podman image).
+when only src/ changed, ~1 s cached; compose up to the first estimates 20-30 s (TLS
+everywhere), the 26 meters connected over mqtts 1-30 s after the simulator starts (the nodes
+first make the MQTT streams); the whole module 50-125 s with a cached image. The debootstrap
+base is cached under ~/.cache/gridpilot (and as a podman image).
+
+The deployment runs as shipped: every probe here connects over TLS with the deployment's CA
+(and the viewer's client certificate for NATS), as every client must.
 """
 
 from __future__ import annotations
