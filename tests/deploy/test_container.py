@@ -318,6 +318,14 @@ def test_compose_deployment_estimates_the_state(image: str, compose: dict[str, s
         time.sleep(3)
     assert stored > 0, "the historian stored nothing in PostgreSQL"
     assert {name: _restarts(name) for name in watched} == restarts
+    # every identity (the meters' MQTT users too) stayed within its permissions, inboxes
+    # (_INBOX_<identity>) included: no node refused a publish or a subscription
+    for node in ("nats1", "nats2", "nats3"):
+        out = _podman("logs", f"{PROJECT}_{node}_1")
+        violations = [
+            line for line in (out.stdout + out.stderr).splitlines() if "Violation" in line
+        ]
+        assert not violations, (node, violations[:10])
     port = compose["GRIDPILOT_HTTP_PUBLISHED"]
     # the HMI speaks HTTPS only, with the server certificate of the deployment's CA
     ctx = ssl.create_default_context(cafile=str(TLS / "ca.crt"))
