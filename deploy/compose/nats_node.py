@@ -2,12 +2,17 @@
 
     python /deploy/nats_node.py /etc/nats/node1.conf
     python deploy/compose/nats_node.py --print-auth deploy/compose/secrets > auth.conf
+    python deploy/compose/nats_node.py --device-credentials deploy/compose/secrets cigre_mv
 
 Appends to the mounted node config an ``authorization`` block with every GridPilot identity,
 its permissions (gridpilot.platform.permissions, the same as ``gridpilot up`` uses) and the
 bcrypt hash of its password read from ``$GRIDPILOT_SECRETS_DIR/nats_<identity>`` (default
 /run/secrets), one MQTT user per meter of ``device_credentials.json`` there if present, writes
 the result to /data/nats.conf and replaces itself with nats-server.
+
+``--device-credentials DIR GRID...`` (gen-secrets.sh) gives every meter of each grid's default
+device registry (the one ``gridpilot init`` writes) a random password in DIR's
+device_credentials.json, as ``gridpilot up``'s supervisor does; meters already there keep theirs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from gridpilot.platform.permissions import (
     PERMISSIONS,
     authorization_block,
     device_credentials,
+    ensure_device_credentials,
 )
 
 
@@ -33,7 +39,24 @@ def authorization(secrets: Path) -> str:
     return authorization_block(passwords, devices)
 
 
+def ensure_devices(secrets: Path, grid: str) -> int:
+    """A credential for every meter of ``grid``'s default registry; returns how many are new."""
+    from gridpilot.model.distribution import package
+    from gridpilot.model.placement import default_placement
+    from gridpilot.model.registry import load_grid
+
+    model = load_grid(grid)
+    meters = [m.device for m in package(model, default_placement(model)).devices.meter]
+    added = ensure_device_credentials(secrets, model.name, meters)
+    print(f"grid={model.name} meters={len(meters)} new_credentials={added}")
+    return added
+
+
 def main() -> None:
+    if sys.argv[1] == "--device-credentials":
+        for grid in sys.argv[3:]:
+            ensure_devices(Path(sys.argv[2]), grid)
+        return
     if sys.argv[1] == "--print-auth":
         # the block alone, e.g. for the Kubernetes secret gridpilot-nats-auth (deploy/README.md)
         print(authorization(Path(sys.argv[2])), end="")

@@ -2,16 +2,23 @@
 until state estimates flow. Marked ``container``: skipped only when podman is not installed.
 
 Timing here (2 CPUs): image build 85 s from nothing (debootstrap ~20 s, pip ~50 s), 40-60 s
-when only src/ changed, ~1 s cached; compose up to the first estimates 20-80 s; the whole
-module 75-100 s. The debootstrap base is cached under ~/.cache/gridpilot (and as a podman image).
+when only src/ changed, ~1 s cached; compose up to the first estimates 20-30 s (TLS
+everywhere), the 26 meters connected over mqtts 1-30 s after the simulator starts (the nodes
+first make the MQTT streams); the whole module 50-125 s with a cached image. The debootstrap
+base is cached under ~/.cache/gridpilot (and as a podman image).
+
+The deployment runs as shipped: every probe here connects over TLS with the deployment's CA
+(and the viewer's client certificate for NATS), as every client must.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -127,8 +134,26 @@ def test_podman_kube_play_runs_a_rendered_deployment(image: str) -> None:
     play.write_text(yaml.safe_dump_all(keep))
     secret = play.with_name("secret.json")
     secret.write_text(json.dumps({"monitoring": "dGVzdA=="}))
-    _podman("secret", "rm", "gridpilot-nats", check=False)
-    _podman("secret", "create", "gridpilot-nats", str(secret))
+    # the Secret gridpilot-tls the pods mount at /etc/gridpilot-tls: for a secret volume podman
+    # wants a podman secret holding the Kubernetes Secret itself (placeholder certificates)
+    pem = base64.b64encode(b"placeholder").decode()
+    tls_secret = play.with_name("tls-secret.json")
+    tls_secret.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "gridpilot-tls"},
+                "data": {
+                    name: pem
+                    for name in ("ca.crt", "client-monitoring.crt", "client-monitoring.key")
+                },
+            }
+        )
+    )
+    for name, path in (("gridpilot-nats", secret), ("gridpilot-tls", tls_secret)):
+        _podman("secret", "rm", name, check=False)
+        _podman("secret", "create", name, str(path))
     try:
         result = _podman("kube", "play", str(play), check=False)
         assert result.returncode == 0, result.stderr
@@ -137,11 +162,17 @@ def test_podman_kube_play_runs_a_rendered_deployment(image: str) -> None:
         assert info["Config"]["User"] == "10001:10001"
         assert info["HostConfig"]["ReadonlyRootfs"] is True
         env = dict(e.split("=", 1) for e in info["Config"]["Env"])
-        assert env["GRIDPILOT_NATS_URL"] == "nats://nats:4222"
+        assert env["GRIDPILOT_NATS_URL"] == "tls://nats:4222"
         assert env["GRIDPILOT_NATS_PASSWORD"] == "test"
+        assert env["GRIDPILOT_NATS_CA"] == "/etc/gridpilot-tls/ca.crt"
+        assert env["GRIDPILOT_NATS_CERT"] == "/etc/gridpilot-tls/client-monitoring.crt"
+        assert env["GRIDPILOT_NATS_KEY"] == "/etc/gridpilot-tls/client-monitoring.key"
+        mounts = {m["Destination"]: m for m in info["Mounts"]}
+        assert "/etc/gridpilot-tls" in mounts, sorted(mounts)
     finally:
         _podman("kube", "down", str(play), check=False)
-        _podman("secret", "rm", "gridpilot-nats", check=False)
+        for name in ("gridpilot-nats", "gridpilot-tls"):
+            _podman("secret", "rm", name, check=False)
 
 
 def _compose_cmd() -> list[str] | None:
@@ -182,8 +213,13 @@ def compose(image: str) -> Iterator[dict[str, str]]:
         _podman("network", "rm", f"{PROJECT}_default", check=False)
 
 
+SECRETS = DEPLOY / "compose" / "secrets"
+TLS = SECRETS / "tls"
+
+
 def _status(image: str) -> list[dict]:
-    password = (DEPLOY / "compose" / "secrets" / "nats_viewer").read_text().strip()
+    """`gridpilot status` as the viewer, from a container on the compose network: over TLS
+    with the deployment's CA and the viewer's client certificate, as every client must."""
     result = _podman(
         "run",
         "--rm",
@@ -192,15 +228,32 @@ def _status(image: str) -> list[dict]:
         "/data:rw,U",
         "--net",
         f"{PROJECT}_default",
+        "-v",
+        f"{TLS}:/etc/gridpilot-tls:ro,z",
+        "-v",
+        f"{SECRETS / 'nats_viewer'}:/run/secrets/nats_viewer:ro,z",
+        "-e",
+        "GRIDPILOT_NATS_USER=viewer",
+        "-e",
+        "GRIDPILOT_NATS_PASSWORD_FILE=/run/secrets/nats_viewer",
+        "-e",
+        "GRIDPILOT_NATS_CA=/etc/gridpilot-tls/ca.crt",
+        "-e",
+        "GRIDPILOT_NATS_CERT=/etc/gridpilot-tls/client-viewer.crt",
+        "-e",
+        "GRIDPILOT_NATS_KEY=/etc/gridpilot-tls/client-viewer.key",
         image,
         "status",
         "--json",
         "--nats-url",
-        f"nats://viewer:{password}@nats1:4222",
+        "tls://nats1:4222",
         check=False,
         timeout=60,
     )
-    return json.loads(result.stdout) if result.returncode == 0 else []
+    if result.returncode != 0:
+        print(f"status failed: {result.stderr.strip()[-500:]}")
+        return []
+    return json.loads(result.stdout)
 
 
 def _restarts(service: str) -> int:
@@ -231,6 +284,19 @@ def test_compose_deployment_estimates_the_state(image: str, compose: dict[str, s
     restarts = {name: _restarts(name) for name in watched}
     print(f"restarts while the deployment came up: {restarts}")
     assert restarts == dict.fromkeys(watched, 0)
+    # the simulator's meters publish over MQTT (TLS), each as its own user of
+    # device_credentials.json: every one of them got in
+    deadline = time.monotonic() + 60
+    logs = ""
+    while time.monotonic() < deadline and '"msg": "meters connected"' not in logs:
+        out = _podman("logs", f"{PROJECT}_simulator_1")
+        logs = out.stdout + out.stderr
+        time.sleep(2)
+    assert '"msg": "meters connected"' in logs, logs[-3000:]
+    # not asserted: a meter reports when it connects, then every 900 s, so the gateway misses
+    # those first readings when the meters were quicker than its subscription
+    gateway = [r for r in _status(image) if r["service"] == "mqtt_gateway"]
+    print(f"meter readings at the MQTT gateway: {gateway[0]['counters'] if gateway else None}")
     deadline = time.monotonic() + 90
     stored = 0
     while time.monotonic() < deadline and not stored:
@@ -252,6 +318,17 @@ def test_compose_deployment_estimates_the_state(image: str, compose: dict[str, s
         time.sleep(3)
     assert stored > 0, "the historian stored nothing in PostgreSQL"
     assert {name: _restarts(name) for name in watched} == restarts
+    # every identity (the meters' MQTT users too) stayed within its permissions, inboxes
+    # (_INBOX_<identity>) included: no node refused a publish or a subscription
+    for node in ("nats1", "nats2", "nats3"):
+        out = _podman("logs", f"{PROJECT}_{node}_1")
+        violations = [
+            line for line in (out.stdout + out.stderr).splitlines() if "Violation" in line
+        ]
+        assert not violations, (node, violations[:10])
     port = compose["GRIDPILOT_HTTP_PUBLISHED"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
+    # the HMI speaks HTTPS only, with the server certificate of the deployment's CA
+    ctx = ssl.create_default_context(cafile=str(TLS / "ca.crt"))
+    url = f"https://localhost:{port}/api/health"
+    with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
         assert json.loads(resp.read()) == {"ok": True, "bus_connected": True}

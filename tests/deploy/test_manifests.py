@@ -16,7 +16,7 @@ import yaml
 from gridpilot.core.config import DEFAULT_MODEL_WAIT_S, INSTANCE_ID
 from gridpilot.platform.broker import nats_server_binary
 from gridpilot.platform.catalog import SERVICES
-from gridpilot.platform.permissions import PERMISSIONS
+from gridpilot.platform.permissions import DEVICE_CREDENTIALS_FILE, PERMISSIONS
 from gridpilot.platform.tls import ensure_certs
 from tests.deploy.k8s_render import render, render_fallback
 
@@ -88,7 +88,9 @@ def test_compose_gridpilot_containers_are_read_only_and_get_passwords_from_secre
                 assert (DEPLOY / source).exists(), (name, source)
     for node in ("nats1", "nats2", "nats3"):
         got = set(compose["services"][node]["secrets"])
-        assert got == {f"nats_{identity}" for identity in PERMISSIONS}
+        # and the meters' own MQTT users (the simulator's logins)
+        assert got == {f"nats_{identity}" for identity in PERMISSIONS} | {DEVICE_CREDENTIALS_FILE}
+    assert DEVICE_CREDENTIALS_FILE in compose["services"]["simulator"]["secrets"]
 
 
 def test_compose_nats_nodes_form_a_jetstream_cluster(tmp_path: Path) -> None:
@@ -104,7 +106,10 @@ def test_compose_nats_nodes_form_a_jetstream_cluster(tmp_path: Path) -> None:
     tls_dir = ensure_certs(tmp_path / "pki", hosts=["nats1", "nats2", "nats3"]).pki.dir
     for identity in PERMISSIONS:
         (secrets / f"nats_{identity}").write_text(f"pw-{identity}\n")
+    # gen-secrets.sh's meters: one MQTT user each, for every meter of the grid's registry
+    assert nats_node.ensure_devices(secrets, "cigre_mv") > 0
     auth = nats_node.authorization(secrets)
+    assert "meter.cigre_mv." in auth
     for i in (1, 2, 3):
         conf = (DEPLOY / "compose" / "nats" / f"node{i}.conf").read_text()
         assert f'server_name: "nats{i}"' in conf
