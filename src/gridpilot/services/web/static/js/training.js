@@ -43,6 +43,8 @@ export class Training {
     if (this.loadedFor === this.app.grid && this.devices.length) return;
     try {
       const devices = await get(this.app.gridPath("/devices"));
+      // another show() filled the form while this one waited: keep what the operator chose
+      if (this.loadedFor === this.app.grid && this.devices.length) return;
       this.devices = devices.map((d) => ({ source: d.id, kind: d.kind, points: d.points }));
       this.loadedFor = this.app.grid;
     } catch (e) {
