@@ -16,7 +16,7 @@ from gridpilot.core.errors import ConfigError
 from gridpilot.platform import catalog, permissions
 
 # PERMISSIONS as the hand-written table had them before the manifests (frozen copy).
-BEFORE = Path(__file__).with_name("permissions_before_manifests.json")
+BEFORE = Path(__file__).parent / "data" / "permissions_before_manifests.json"
 
 MINIMAL = """
 name = "feeder_report"
