@@ -192,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
 
     devices_cli.add_parser(sub)
 
+    from gridpilot import apps_cli
+
+    apps_cli.add_parser(sub)
+
     user = sub.add_parser("user", help="operator accounts of the web HMI and API")
     usub = user.add_subparsers(dest="user_command", required=True)
     add = usub.add_parser("add", help="create a user (prints a generated password)")
@@ -407,6 +411,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gridpilot import devices_cli
 
         return devices_cli.run(args)
+    if args.command == "apps":
+        from gridpilot import apps_cli
+
+        return apps_cli.run(args)
     if args.command == "docs":
         from gridpilot.docs import write_docs
 

@@ -2,21 +2,57 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
+from importlib import resources
 
-# service name -> (module with main(grid), NATS identity)
-SERVICES: dict[str, str] = {
-    "simulator": "gridpilot.simulator.service",
-    "state_estimation": "gridpilot.services.state_estimation.service",
-    "monitoring": "gridpilot.services.monitoring.service",
-    "gateway_c37118": "gridpilot.gateways.c37118.service",
-    "gateway_iec104": "gridpilot.gateways.iec104.service",
-    "gateway_modbus": "gridpilot.gateways.modbus.service",
-    "mqtt_gateway": "gridpilot.gateways.mqtt.service",
-    "historian": "gridpilot.services.historian.service",
-    "web": "gridpilot.services.web.service",
-}
+from gridpilot.core import manifest as mf
+from gridpilot.core.errors import ConfigError
+
+# The built-in services' package folders (under gridpilot/), each with its manifest.toml, in
+# the order ``gridpilot up`` starts them.
+BUILTIN: tuple[str, ...] = (
+    "simulator",
+    "services/state_estimation",
+    "services/monitoring",
+    "gateways/c37118",
+    "gateways/iec104",
+    "gateways/modbus",
+    "gateways/mqtt",
+    "services/historian",
+    "services/web",
+)
+
+
+@functools.cache
+def builtin_manifests() -> dict[str, mf.Manifest]:
+    """Service name -> manifest of every built-in service, read from the installed package
+    (``gridpilot/<folder>/manifest.toml``, shipped as package data)."""
+    root = resources.files("gridpilot")
+    out: dict[str, mf.Manifest] = {}
+    identities: dict[str, str] = {}
+    for folder in BUILTIN:
+        res = root.joinpath(folder, mf.MANIFEST_FILE)
+        where = f"gridpilot/{folder}/{mf.MANIFEST_FILE}"
+        try:
+            text = res.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read {where}: {e}; reinstall gridpilot") from None
+        m = mf.parse(text, where)
+        if m.name in out:
+            raise ConfigError(f"{where}: service name {m.name!r} is taken by another manifest")
+        if m.identity in identities:
+            raise ConfigError(
+                f"{where}: identity {m.identity!r} is the one of {identities[m.identity]!r}"
+            )
+        out[m.name] = m
+        identities[m.identity] = m.name
+    return out
+
+
+# service name -> module with main(grid)
+SERVICES: dict[str, str] = {name: m.module for name, m in builtin_manifests().items()}
 
 # What ``gridpilot up --edge`` runs at a site: the field side and the state estimation next
 # to its measurements (which it keeps running when the link to the hub is down); the
@@ -34,6 +70,8 @@ HUB_SERVICES: tuple[str, ...] = ("monitoring", "historian", "web")
 
 
 def service_main(name: str) -> Callable[..., int]:
-    module = importlib.import_module(SERVICES[name])
-    main: Callable[..., int] = module.main
+    """The entry point of service ``name`` (its manifest's ``module:function``)."""
+    m = builtin_manifests()[name]
+    module = importlib.import_module(m.module)
+    main: Callable[..., int] = getattr(module, m.function)
     return main

@@ -1,5 +1,8 @@
 """Least-privilege NATS identities: who may publish and subscribe to what, and their passwords.
 
+A service's rights are generated from its manifest (:mod:`gridpilot.core.manifest`); the
+platform's own identities (admin, viewer) are declared here.
+
 The JetStream subjects below are exactly those nats-py 2.16 sends for the operations each
 identity needs (found by tracing a real nats-server), scoped to one stream or bucket.
 """
@@ -24,6 +27,8 @@ from gridpilot.core import subjects as sj
 from gridpilot.core.bus import inbox_prefix
 from gridpilot.core.config import env_secret
 from gridpilot.core.errors import ConfigError
+from gridpilot.core.manifest import KvRef, Manifest
+from gridpilot.platform.catalog import builtin_manifests
 
 ENV_USER = "GRIDPILOT_NATS_USER"
 ENV_PASSWORD = "GRIDPILOT_NATS_PASSWORD"
@@ -133,16 +138,17 @@ def durable_consumer(stream: str) -> tuple[str, ...]:
     )
 
 
-def _service(name: str) -> tuple[str, ...]:
-    """What every service does: heartbeat on the bus and in gp_services, read the grid model;
-    and read its own heartbeats back (``gridpilot health NAME``, the container probe)."""
+def _service(name: str, *, shares_grids: bool = False) -> tuple[str, ...]:
+    """What every service does: heartbeat on the bus and in gp_services, and read its own
+    heartbeats back (``gridpilot health NAME``, the container probe); the instances of a service
+    sharing its grids each heartbeat under ``<name>.<instance>`` too."""
     return (
         sj.HEARTBEAT.format(service=name),
         *kv_put(SERVICES_KV, name),
+        *(kv_put(SERVICES_KV, f"{name}.*") if shares_grids else ()),
         *kv_get(SERVICES_KV, name),
         *kv_get(SERVICES_KV, f"{name}.*"),
         *kv_watch(SERVICES_KV),
-        *object_get(MODELS),
     )
 
 
@@ -150,9 +156,6 @@ def _under(spec: sj.SubjectSpec) -> str:
     """The spec's subject for every grid with its last token open: gp.*.meas.> for MEAS."""
     return spec.wildcard().rsplit(".", 1)[0] + ".>"
 
-
-# the stream that keeps the switch states reported (gp.*.topology)
-_CMD_STREAM = next(s.name for s in sj.STREAMS if sj.TOPOLOGY.wildcard() in s.subjects)
 
 # every history request: gp.*.request.history.>
 HISTORY_REQUESTS = sj.HISTORY_QUERY.wildcard().rsplit(".", 1)[0] + ".>"
@@ -162,69 +165,44 @@ def _dedup(*subjects: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(subjects))
 
 
-PERMISSIONS: dict[str, Permissions] = {
+def _kv(manifest: Manifest, ref: KvRef) -> Iterator[str]:
+    for key in (k.replace("{service}", manifest.name) for k in ref.keys):
+        if "write" in ref.access:
+            yield from kv_put(ref.bucket, key)
+        if "read" in ref.access:
+            yield from kv_get(ref.bucket, key)
+    if "watch" in ref.access:
+        yield from kv_watch(ref.bucket)
+
+
+def manifest_permissions(manifest: Manifest) -> Permissions:
+    """The NATS rights of a service's identity, from its manifest: what every service does
+    (heartbeats), what it declares it publishes, requests, reads and writes, what it subscribes
+    to and serves, and its own inbox. A service that serves requests may reply to them."""
+    publish: list[str] = [*_service(manifest.name, shares_grids=manifest.shares_grids)]
+    publish += [ref.subject() for ref in manifest.publishes]
+    for ref in manifest.kv:
+        publish += _kv(manifest, ref)
+    for stream in manifest.streams:
+        if "durable" in stream.access:
+            publish += durable_consumer(stream.name)
+        if "last" in stream.access:
+            publish += stream_last(stream.name)
+    for store in manifest.object_stores:
+        publish += object_get(store)
+    subscribe = [ref.subject() for ref in (*manifest.subscribes, *manifest.serves)]
+    return Permissions(
+        publish=_dedup(*publish),
+        subscribe=_dedup(*subscribe, _inbox(manifest.identity)),
+        allow_responses=bool(manifest.serves),
+    )
+
+
+# Identities of the platform itself, not services (no manifest).
+PLATFORM_PERMISSIONS: dict[str, Permissions] = {
     # The supervisor creates streams and buckets with it, the CLI operates with it.
     ADMIN: Permissions(publish=(">",), subscribe=(">",)),
-    SIMULATOR: Permissions(
-        publish=_dedup(
-            *_service(SIMULATOR),
-            _under(sj.MEAS),
-            sj.TRUTH.wildcard(),
-            sj.TOPOLOGY.wildcard(),
-            sj.COMMAND_RESULT.wildcard(),
-            sj.CONDITION.wildcard(source=SIMULATOR),
-            *kv_put(TWIN_KV, "*"),
-            *kv_get(TWIN_KV, "*"),
-        ),
-        subscribe=(
-            _under(sj.COMMAND),
-            _under(sj.SIM_INJECT),
-            _inbox(SIMULATOR),
-        ),
-        allow_responses=True,
-    ),
-    # With --grid all its instances share the grids: leases (create, update, delete, get: all
-    # KV writes go to $KV.<bucket>.<key>) and membership keys in gp_leases, watched; one
-    # heartbeat key per instance; the grid list from gp_models (object_get covers listing).
-    STATE_ESTIMATION: Permissions(
-        publish=_dedup(
-            *_service(STATE_ESTIMATION),
-            sj.STATE.wildcard(),
-            sj.STATE_LAYOUT.wildcard(),
-            sj.CONDITION.wildcard(source=STATE_ESTIMATION),
-            *kv_put(STATE_KV, "*"),
-            *kv_put(STATE_KV, LAYOUT_KEYS),
-            *stream_last(_CMD_STREAM),
-            *kv_put(SERVICES_KV, f"{STATE_ESTIMATION}.*"),
-            *kv_put(LEASES_KV, "se.*"),
-            *kv_put(LEASES_KV, f"member.{STATE_ESTIMATION}.*"),
-            *kv_get(LEASES_KV, "se.*"),
-            *kv_watch(LEASES_KV),
-            sj.CONDITION.wildcard(source=STATE_ESTIMATION),
-        ),
-        subscribe=(_under(sj.MEAS), sj.TOPOLOGY.wildcard(), _inbox(STATE_ESTIMATION)),
-    ),
-    MONITORING: Permissions(
-        publish=_dedup(
-            *_service(MONITORING),
-            sj.ALARM.wildcard(),
-            *kv_put(ALARMS_KV, "*"),
-            *kv_get(ALARMS_KV),
-            *kv_get(STATE_KV, LAYOUT_KEYS),
-        ),
-        # estimates (limits, bad data), every device's reports (communication loss), what
-        # other services report (conditions) and every service's heartbeat (service down)
-        subscribe=(
-            sj.STATE.wildcard(),
-            _under(sj.ALARM_ACK),
-            _under(sj.MEAS),
-            _under(sj.CONDITION),
-            sj.HEARTBEAT.wildcard(),
-            _inbox(MONITORING),
-        ),
-        allow_responses=True,
-    ),
-    # Read-only operator views (the web UI): no commands, no writes.
+    # Read-only operator views (`gridpilot alarms`, ...): no commands, no writes.
     VIEWER: Permissions(
         publish=_dedup(
             *(s for b in (SERVICES_KV, STATE_KV, ALARMS_KV) for s in (*kv_get(b), *kv_watch(b))),
@@ -241,73 +219,32 @@ PERMISSIONS: dict[str, Permissions] = {
             _inbox(VIEWER),
         ),
     ),
-    # Normalises what MQTT devices publish into measurement sets.
-    MQTT_GATEWAY: Permissions(
-        publish=_dedup(*_service(MQTT_GATEWAY), _under(sj.MEAS)),
-        subscribe=(_under(sj.METER_RAW), _inbox(MQTT_GATEWAY)),
-    ),
-    # Polls DER inverters and carries setpoints to them; reports each command's outcome.
-    # Each gateway reports conditions of its devices (a wrong device at a device's port).
-    GATEWAY_MODBUS: Permissions(
-        publish=_dedup(
-            *_service(GATEWAY_MODBUS),
-            _under(sj.MEAS),
-            sj.COMMAND_RESULT.wildcard(),
-            sj.CONDITION.wildcard(source=GATEWAY_MODBUS),
-        ),
-        subscribe=(_under(sj.COMMAND), _inbox(GATEWAY_MODBUS)),
-    ),
-    # The PDC of the PMUs: measurements in, nothing out.
-    GATEWAY_C37118: Permissions(
-        publish=_dedup(
-            *_service(GATEWAY_C37118), _under(sj.MEAS), sj.CONDITION.wildcard(source=GATEWAY_C37118)
-        ),
-        subscribe=(_inbox(GATEWAY_C37118),),
-    ),
-    # The operator HMI and API: reads everything an operator sees, sends what operators do
-    # (commands, acknowledgements, history queries, training injections), writes the audit.
-    WEB: Permissions(
-        publish=_dedup(
-            *_service(WEB),
-            _under(sj.COMMAND),
-            sj.AUDIT.wildcard(),
-            _under(sj.ALARM_ACK),
-            HISTORY_REQUESTS,
-            _under(sj.SIM_INJECT),
-            *(s for b in (STATE_KV, ALARMS_KV) for s in kv_get(b)),
-            *kv_get(STATE_KV, LAYOUT_KEYS),
-        ),
-        subscribe=(
-            sj.STATE.wildcard(),
-            sj.TOPOLOGY.wildcard(),
-            sj.ALARM.wildcard(),
-            sj.COMMAND_RESULT.wildcard(),
-            sj.HEARTBEAT.wildcard(),
-            _under(sj.MEAS),
-            _inbox(WEB),
-        ),
-    ),
-    # Stores what the streams carry and answers history queries; it publishes nothing else.
-    HISTORIAN: Permissions(
-        publish=_dedup(
-            *_service(HISTORIAN),
-            *(s for spec in sj.STREAMS for s in durable_consumer(spec.name)),
-            *kv_get(STATE_KV, LAYOUT_KEYS),
-        ),
-        subscribe=(HISTORY_REQUESTS, _inbox(HISTORIAN)),
-        allow_responses=True,
-    ),
-    # Masters of the RTUs: measurements in, switching commands out, outcomes reported.
-    GATEWAY_IEC104: Permissions(
-        publish=_dedup(
-            *_service(GATEWAY_IEC104),
-            _under(sj.MEAS),
-            sj.COMMAND_RESULT.wildcard(),
-            sj.CONDITION.wildcard(source=GATEWAY_IEC104),
-        ),
-        subscribe=(_under(sj.COMMAND), _inbox(GATEWAY_IEC104)),
-    ),
 }
+
+
+def _all_permissions() -> dict[str, Permissions]:
+    out = dict(PLATFORM_PERMISSIONS)
+    for m in builtin_manifests().values():
+        if m.identity in out:
+            raise ImportError(f"the manifest of {m.name!r} takes the identity {m.identity!r}")
+        out[m.identity] = manifest_permissions(m)
+    return out
+
+
+# Every identity -> its rights: the platform's and one per built-in service's manifest.
+PERMISSIONS: dict[str, Permissions] = _all_permissions()
+if missing := {
+    SIMULATOR,
+    STATE_ESTIMATION,
+    MONITORING,
+    MQTT_GATEWAY,
+    GATEWAY_MODBUS,
+    GATEWAY_IEC104,
+    GATEWAY_C37118,
+    HISTORIAN,
+    WEB,
+} - set(PERMISSIONS):
+    raise ImportError(f"no manifest declares the identities {sorted(missing)}")
 
 
 def load_credentials(data_dir: Path) -> dict[str, str]:
