@@ -18,7 +18,7 @@ from gridpilot.core.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from gridpilot.cli import DATA_DIR_HELP, GRID_HELP
+    from gridpilot.cli_common import DATA_DIR_HELP, GRID_HELP
 
     hist = sub.add_parser("history", help="export, import and query the historian's data")
     hsub = hist.add_subparsers(dest="history_command", required=True)
@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _query(args: argparse.Namespace) -> int:
-    from gridpilot.cli import _client, _platform_client, bus_error, bus_errors, resolve_grid
+    from gridpilot.cli_common import bus_error, bus_errors, resolve_grid
+    from gridpilot.cli_common import client as _client
+    from gridpilot.cli_common import platform_client as _platform_client
     from gridpilot.core import schemas as s
     from gridpilot.core import subjects
     from gridpilot.platform import locate

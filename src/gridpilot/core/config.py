@@ -14,6 +14,12 @@ DEFAULT_GRID = "cigre_mv"
 DEFAULT_MODEL_WAIT_S = 300.0
 # An instance id becomes part of KV keys and lease values (state_estimation.<instance>).
 INSTANCE_ID = re.compile(r"^[-_a-zA-Z0-9]{1,64}$")
+HTTP_PORT = 18080  # the web service's (the supervisor picks a free one when it is taken)
+
+# Environment variables a service reads its TLS files from (core/bus.connect, the simulator's
+# MQTT meters, the web service): set by the supervisor under `gridpilot up --tls`.
+ENV_HTTP_CERT = "GRIDPILOT_HTTP_CERT"
+ENV_HTTP_KEY = "GRIDPILOT_HTTP_KEY"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gridpilot.core.bus import client_context
+from gridpilot.core.config import HTTP_PORT as HTTP_PORT  # re-exported (supervisor)
 from gridpilot.core.errors import BusError, ConfigError
 from gridpilot.platform.permissions import (
     ADMIN,
@@ -38,7 +39,6 @@ log = logging.getLogger("gridpilot.broker")
 CLIENT_PORT = 14222
 MONITOR_PORT = 18222  # only with `gridpilot up --monitor`
 MQTT_PORT = 11883
-HTTP_PORT = 18080  # the web service's (the supervisor picks a free one when it is taken)
 ENDPOINTS_FILE = "endpoints.json"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0

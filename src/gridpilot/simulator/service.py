@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from gridpilot.core import subjects
 from gridpilot.core.errors import BusError, GridPilotError
+from gridpilot.core.operate import TWIN
 from gridpilot.core.schemas import (
     Command,
     CommandKind,
@@ -33,7 +34,6 @@ from gridpilot.core.schemas import (
 from gridpilot.core.service import Service
 from gridpilot.core.validation import command_problem, inject_problem
 from gridpilot.model import distribution
-from gridpilot.platform.operate import TWIN
 from gridpilot.simulator import persist
 from gridpilot.simulator.conditions import ConditionReporter, Held, twin_conditions
 from gridpilot.simulator.field import FieldDevices

@@ -22,13 +22,12 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from gridpilot.core import operate, subjects
 from gridpilot.core import schemas as s
-from gridpilot.core import subjects
 from gridpilot.core.errors import BusError, GridPilotError, PayloadError
 from gridpilot.core.estimates import EstimateReader
 from gridpilot.model import distribution
 from gridpilot.model.distribution import GridPackage
-from gridpilot.platform import operate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=msgspec.Struct)
@@ -235,7 +234,7 @@ class Bridge:
     # -- what the operator does -------------------------------------------------------------
     async def command(self, cmd: s.Command) -> s.CommandResult:
         """Store the command in GP_CMD (the executor picks it up) and wait for its result,
-        with the twin's report of what it did to the grid (platform.operate, as the CLI)."""
+        with the twin's report of what it did to the grid (core.operate, as the CLI)."""
         try:
             return await operate.execute(self.nc, cmd, timeout_s=COMMAND_TIMEOUT_S)
         except BusError as exc:

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from gridpilot.core.config import ENV_HTTP_CERT, ENV_HTTP_KEY, HTTP_PORT
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.service import Service
-from gridpilot.platform.broker import HTTP_PORT
-from gridpilot.platform.tls import ENV_HTTP_CERT, ENV_HTTP_KEY
 from gridpilot.services.web.api import create_app
 from gridpilot.services.web.bridge import Bridge
 from gridpilot.services.web.protect import public_origin
