@@ -13,6 +13,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
+from gridpilot.core import subjects
 from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.core.schemas import Alarm, AlarmState, Severity
 
@@ -84,7 +85,7 @@ async def _read(
         tls=tls,
     )
     try:
-        kv = await nc.jetstream().key_value("gp_alarms")
+        kv = await nc.jetstream().key_value(subjects.ALARMS_BUCKET)
         entry = await kv.get(grid)
     except nats.js.errors.KeyNotFoundError:
         return []  # monitoring has not written a table for this grid: no alarm yet

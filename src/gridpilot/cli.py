@@ -27,7 +27,15 @@ from gridpilot.cli_common import (
 from gridpilot.cli_common import client as _client
 from gridpilot.cli_common import connect_url as _connect_url
 from gridpilot.cli_common import platform_client as _platform_client
-from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
+from gridpilot.core import subjects
+from gridpilot.core.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_GRID,
+    ENV_DATA_DIR,
+    ENV_DEBUG,
+    env,
+    env_text,
+)
 from gridpilot.core.errors import GridPilotError
 from gridpilot.platform.broker import LEAF_PORT, LeafTls
 
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # A bug or an error no command expected: still one line for the user (a traceback
         # helps only a developer, who asks for it with GRIDPILOT_DEBUG=1).
-        if os.environ.get("GRIDPILOT_DEBUG"):
+        if env(ENV_DEBUG):
             raise
         print(
             f"gridpilot: error: {type(exc).__name__}: {exc or 'no detail'} (unexpected; "
@@ -295,11 +303,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise GridPilotError("a site is an edge (--edge) or a hub (--leafnodes), not both")
         if (args.leaf_cert is None) != (args.leaf_key is None):
             raise GridPilotError("--leaf-cert and --leaf-key go together: give both or neither")
-        from gridpilot.platform.locate import ENV_DATA_DIR
 
-        data_dir = args.data_dir or Path(
-            os.environ.get(ENV_DATA_DIR, "").strip() or DEFAULT_DATA_DIR
-        )
+        data_dir = args.data_dir or Path(env_text(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
         sup = Supervisor(
             grid=args.grid,
             data_dir=data_dir,
@@ -379,11 +384,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from gridpilot.platform.locate import ENV_DATA_DIR
     from gridpilot.platform.tls import ensure_certs, server_hosts
 
     os.umask(0o077)  # keys, and the folder they are in, are the owner's alone
-    data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR, "").strip() or DEFAULT_DATA_DIR)
+    data_dir = args.data_dir or Path(env_text(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     hosts = [h for h in (x.strip() for x in args.hosts.split(",")) if h]
     issued = ensure_certs(data_dir, hosts=hosts, edges=args.edge, days=args.days, renew=args.renew)
     p = issued.pki
@@ -477,12 +481,12 @@ async def _status(args: argparse.Namespace) -> int:
     nc = await _client(args.data_dir, args.nats_url)
     try:
         try:
-            kv = await nc.jetstream().key_value("gp_services")
+            kv = await nc.jetstream().key_value(subjects.SERVICES_BUCKET)
             keys = await kv.keys()
         except (BucketNotFoundError, NoKeysError):
             keys = []  # no service has reported yet
         except (TimeoutError, nats.errors.Error) as exc:
-            raise bus_error(exc, "gp_services", "key-value store") from None
+            raise bus_error(exc, subjects.SERVICES_BUCKET, "key-value store") from None
         rows: list[dict[str, Any]] = []
         now = time.time_ns()
         for key in sorted(keys):
@@ -526,7 +530,6 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _inject(args: argparse.Namespace) -> int:
-    from gridpilot.core import subjects
     from gridpilot.core.schemas import InjectRequest, Measurand, Reply, decode, encode
 
     req = InjectRequest(

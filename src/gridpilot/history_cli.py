@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gridpilot.core.config import env_secret
+from gridpilot.core.config import ENV_DB_PASSWORD, env_secret
 from gridpilot.core.errors import ConfigError
 
 
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.history_command == "export":  # a bad time is refused before anything starts
         t_from = parse_time(args.t_from)
         t_to = parse_time(args.t_to) if args.t_to else time.time_ns()
-    store = open_store(db_url(args), password=env_secret("GRIDPILOT_DB_PASSWORD"))
+    store = open_store(db_url(args), password=env_secret(ENV_DB_PASSWORD))
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),

@@ -16,6 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
+from gridpilot.core import subjects
 from gridpilot.core.bus import cluster_peers, ensure_jetstream
 from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.core.schemas import Heartbeat, ServiceState
@@ -69,7 +70,7 @@ async def health(
     of several shared state estimators must fail when its own instance stops, whatever the
     others do."""
     try:
-        kv = await nc.jetstream().key_value("gp_services")
+        kv = await nc.jetstream().key_value(subjects.SERVICES_BUCKET)
         if instance is None:
             keys = [service]
             with contextlib.suppress(nats.js.errors.NoKeysError):  # an empty bucket

@@ -16,12 +16,13 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from gridpilot.core import subjects
 from gridpilot.core.errors import BusError
 from gridpilot.core.schemas import AlarmKind, Measurand, Severity
 
 log = logging.getLogger("gridpilot.simulator")
 
-BUCKET = "gp_twin"
+BUCKET = subjects.TWIN_BUCKET
 
 
 class StoredGrossError(msgspec.Struct, frozen=True, kw_only=True):

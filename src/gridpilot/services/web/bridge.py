@@ -223,7 +223,7 @@ class Bridge:
     async def alarms(self, grid: str) -> list[s.Alarm]:
         await self.package(grid)
         try:
-            kv = await self.js.key_value("gp_alarms")
+            kv = await self.js.key_value(subjects.ALARMS_BUCKET)
             entry = await kv.get(grid)
         except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
             return []  # no alarm table yet: no alarm
