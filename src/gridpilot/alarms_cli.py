@@ -14,6 +14,7 @@ import nats.errors
 import nats.js.errors
 
 from gridpilot.core import subjects
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.core.schemas import Alarm, AlarmState, Severity
 
@@ -93,7 +94,7 @@ async def _read(
         raise GridPilotError(
             "the broker has no alarm table (KV gp_alarms): the platform is not initialised"
         ) from None
-    except (nats.errors.Error, TimeoutError) as exc:
+    except BUS_FAILURES as exc:
         raise BusError(f"cannot read the alarm table from {url}: {exc!r}") from None
     finally:
         await nc.close()

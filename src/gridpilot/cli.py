@@ -473,7 +473,6 @@ async def _ops(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     import msgspec
-    import nats.errors
     from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     from gridpilot.core.schemas import Heartbeat
@@ -485,7 +484,7 @@ async def _status(args: argparse.Namespace) -> int:
             keys = await kv.keys()
         except (BucketNotFoundError, NoKeysError):
             keys = []  # no service has reported yet
-        except (TimeoutError, nats.errors.Error) as exc:
+        except bus_errors() as exc:
             raise bus_error(exc, subjects.SERVICES_BUCKET, "key-value store") from None
         rows: list[dict[str, Any]] = []
         now = time.time_ns()

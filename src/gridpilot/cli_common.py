@@ -42,22 +42,19 @@ def resolve_grid(given: str | None, platform: Platform) -> str:
 
 
 def bus_errors() -> tuple[type[Exception], ...]:
-    """What a request over the bus can fail with besides an answer (for ``except``)."""
-    import nats.errors
+    """What a request over the bus can fail with besides an answer (for ``except``):
+    core.bus.BUS_FAILURES, imported when needed (the CLI starts without nats-py)."""
+    from gridpilot.core.bus import BUS_FAILURES
 
-    return (TimeoutError, nats.errors.Error)
+    return BUS_FAILURES
 
 
 def bus_error(exc: Exception, subject: str, who: str) -> GridPilotError:
     """A request to ``who`` (the service that answers ``subject``) that failed, as the one line
-    a user reads."""
-    import nats.errors
+    a user reads (core.bus.bus_error)."""
+    from gridpilot.core import bus
 
-    if isinstance(exc, nats.errors.NoRespondersError):
-        return GridPilotError(f"nothing answers on {subject}: is the {who} running for this grid?")
-    if isinstance(exc, TimeoutError):  # nats' TimeoutError is one too
-        return GridPilotError(f"the {who} did not answer on {subject} in time (busy or stopping?)")
-    return GridPilotError(f"cannot ask the {who} on {subject}: {type(exc).__name__}: {exc}")
+    return bus.bus_error(exc, subject, who)
 
 
 async def connect_url(url: str, *, name: str) -> Client:

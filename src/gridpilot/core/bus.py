@@ -131,6 +131,28 @@ def stats(nc: Client) -> BusStats:
     return _STATS.setdefault(nc, BusStats())
 
 
+# --- The NATS boundary: nats-py's exceptions as GridPilot's, in one place ----------------------
+
+# What a request, a publish with an acknowledgement or a JetStream call can fail with besides an
+# answer: nats-py's own errors (no responders, connection closed or reconnecting, JetStream API
+# errors) and timeouts. Every ``except`` at the bus boundary names this tuple.
+BUS_FAILURES: tuple[type[Exception], ...] = (TimeoutError, nats.errors.Error)
+
+
+def bus_error(exc: BaseException, subject: str, who: str) -> BusError:
+    """A request to ``who`` (the service that answers ``subject``) that failed with one of
+    ``BUS_FAILURES``, as the one-line BusError a user reads: PermissionDeniedError for a
+    refusal, otherwise what went wrong (nobody answers, no answer in time, the error)."""
+    denied = permission_error(exc)
+    if denied is not None:
+        return PermissionDeniedError(subject, denied.operation)
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return BusError(f"nothing answers on {subject}: is the {who} running for this grid?")
+    if isinstance(exc, TimeoutError):  # nats' TimeoutError is one too
+        return BusError(f"the {who} did not answer on {subject} in time (busy or stopping?)")
+    return BusError(f"cannot ask the {who} on {subject}: {type(exc).__name__}: {exc}")
+
+
 def permission_error(err: BaseException) -> PermissionDeniedError | None:
     """The PermissionDeniedError an asynchronous nats error stands for, if it is a refusal."""
     m = _DENIED_RE.search(str(err).lower())

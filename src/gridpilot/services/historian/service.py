@@ -31,6 +31,7 @@ from nats.js import api
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.backoff import Backoff
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.config import (
     ENV_HISTORIAN_AGG_DAYS,
     ENV_HISTORIAN_EST_PERIOD_S,
@@ -297,7 +298,7 @@ class HistorianService(Service):
                     await self.estimates.layout(grid, layout)
                 except PayloadError:
                     break  # not there, or not a layout: its estimates are dropped, counted
-                except (nats.errors.Error, TimeoutError) as exc:
+                except BUS_FAILURES as exc:
                     self.counters["layout_read_errors"] += 1
                     delay = backoff.next()
                     self.log.warning(

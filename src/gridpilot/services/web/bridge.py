@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 
 from gridpilot.core import operate, subjects
 from gridpilot.core import schemas as s
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.errors import BusError, GridPilotError, PayloadError
 from gridpilot.core.estimates import EstimateReader
 from gridpilot.model import distribution
@@ -42,7 +43,7 @@ STALE_PERIODS = 3.0
 STALE_MIN_S = 5.0
 MAX_FLAGGED = 2000  # measurements of doubtful quality sent to a browser at most
 # Outages of the bus or the broker: what a request can fail with besides an answer.
-BUS_ERRORS = (TimeoutError, nats.errors.Error)
+BUS_ERRORS = BUS_FAILURES
 
 
 class Unavailable(GridPilotError):
@@ -195,7 +196,7 @@ class Bridge:
             return None  # no estimate yet
         except (PayloadError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Unavailable(f"the latest estimate of {grid} cannot be read: {exc}") from None
-        except (nats.errors.Error, TimeoutError) as exc:
+        except BUS_ERRORS as exc:
             raise Unavailable(f"cannot read the latest estimate of {grid}: {exc!r}") from None
         self.estimates[grid] = est
         return est
