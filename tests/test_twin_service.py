@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from gridpilot.core import subjects
+from gridpilot.core import operate, subjects
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.errors import BusError
 from gridpilot.core.schemas import (
@@ -33,7 +33,6 @@ from gridpilot.core.schemas import (
 )
 from gridpilot.model import distribution
 from gridpilot.model.placement import default_placement
-from gridpilot.platform import operate
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.simulator import persist
 from gridpilot.simulator.service import SimulatorService

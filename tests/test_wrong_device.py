@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from gridpilot.core import subjects
+from gridpilot.core import operate, subjects
 from gridpilot.core.config import ServiceConfig
 from gridpilot.core.schemas import AlarmKind, Command, CommandKind, Condition, MeasurementSet
 from gridpilot.core.service import Service
@@ -34,7 +34,6 @@ from gridpilot.model import distribution
 from gridpilot.model.devices import Der, Pmu, Rtu, default_registry
 from gridpilot.model.grid import GridModel
 from gridpilot.model.placement import Placement, default_placement
-from gridpilot.platform import operate
 from gridpilot.platform.broker import EmbeddedNats
 from gridpilot.protocols.c37118 import DataFrame, PhasorChannel, PhasorKind, PmuConfig, PmuData
 from gridpilot.protocols.iec104 import DoublePointState

@@ -13,6 +13,8 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
+from gridpilot.core import subjects
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.core.schemas import Alarm, AlarmState, Severity
 
@@ -84,7 +86,7 @@ async def _read(
         tls=tls,
     )
     try:
-        kv = await nc.jetstream().key_value("gp_alarms")
+        kv = await nc.jetstream().key_value(subjects.ALARMS_BUCKET)
         entry = await kv.get(grid)
     except nats.js.errors.KeyNotFoundError:
         return []  # monitoring has not written a table for this grid: no alarm yet
@@ -92,7 +94,7 @@ async def _read(
         raise GridPilotError(
             "the broker has no alarm table (KV gp_alarms): the platform is not initialised"
         ) from None
-    except (nats.errors.Error, TimeoutError) as exc:
+    except BUS_FAILURES as exc:
         raise BusError(f"cannot read the alarm table from {url}: {exc!r}") from None
     finally:
         await nc.close()

@@ -14,26 +14,30 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gridpilot.core.config import DEFAULT_DATA_DIR, DEFAULT_GRID
+from gridpilot.cli_common import (
+    DATA_DIR_HELP,
+    DATA_DIR_UP_HELP,
+    GRID_HELP,
+    bus_error,
+    bus_errors,
+    resolve_grid,
+)
+from gridpilot.cli_common import client as _client
+from gridpilot.cli_common import connect_url as _connect_url
+from gridpilot.cli_common import platform_client as _platform_client
+from gridpilot.core import subjects
+from gridpilot.core.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_GRID,
+    ENV_DATA_DIR,
+    ENV_DEBUG,
+    env,
+    env_text,
+)
 from gridpilot.core.errors import GridPilotError
 from gridpilot.platform.broker import LEAF_PORT, LeafTls
-
-if TYPE_CHECKING:
-    from nats.aio.client import Client
-
-    from gridpilot.platform.locate import Platform
-
-
-DATA_DIR_HELP = (
-    "the platform's data dir (default: GRIDPILOT_DATA_DIR, else the nearest .gridpilot in this "
-    "folder or a parent)"
-)
-DATA_DIR_UP_HELP = (
-    "where the platform keeps its data (default: GRIDPILOT_DATA_DIR, else ./.gridpilot)"
-)
-GRID_HELP = "grid name as given to `up` (simbench:<code> too); default: the running platform's"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # A bug or an error no command expected: still one line for the user (a traceback
         # helps only a developer, who asks for it with GRIDPILOT_DEBUG=1).
-        if os.environ.get("GRIDPILOT_DEBUG"):
+        if env(ENV_DEBUG):
             raise
         print(
             f"gridpilot: error: {type(exc).__name__}: {exc or 'no detail'} (unexpected; "
@@ -282,40 +286,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-def resolve_grid(given: str | None, platform: Platform) -> str:
-    """The bus name of the grid a command works on: ``--grid`` as the user typed it
-    (``simbench:1-MV-semiurb--0-sw`` is ``1_mv_semiurb__0_sw``), else the running platform's."""
-    from gridpilot.model.registry import grid_key
-
-    if given:
-        return grid_key(given.strip())
-    if not platform.grid:
-        raise GridPilotError(
-            f"the platform in {platform.data_dir} has not published its grid yet (still "
-            "starting?): wait, or name one with --grid"
-        )
-    return platform.grid
-
-
-def bus_errors() -> tuple[type[Exception], ...]:
-    """What a request over the bus can fail with besides an answer (for ``except``)."""
-    import nats.errors
-
-    return (TimeoutError, nats.errors.Error)
-
-
-def bus_error(exc: Exception, subject: str, who: str) -> GridPilotError:
-    """A request to ``who`` (the service that answers ``subject``) that failed, as the one line
-    a user reads."""
-    import nats.errors
-
-    if isinstance(exc, nats.errors.NoRespondersError):
-        return GridPilotError(f"nothing answers on {subject}: is the {who} running for this grid?")
-    if isinstance(exc, TimeoutError):  # nats' TimeoutError is one too
-        return GridPilotError(f"the {who} did not answer on {subject} in time (busy or stopping?)")
-    return GridPilotError(f"cannot ask the {who} on {subject}: {type(exc).__name__}: {exc}")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -337,11 +307,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise GridPilotError("a site is an edge (--edge) or a hub (--leafnodes), not both")
         if (args.leaf_cert is None) != (args.leaf_key is None):
             raise GridPilotError("--leaf-cert and --leaf-key go together: give both or neither")
-        from gridpilot.platform.locate import ENV_DATA_DIR
 
-        data_dir = args.data_dir or Path(
-            os.environ.get(ENV_DATA_DIR, "").strip() or DEFAULT_DATA_DIR
-        )
+        data_dir = args.data_dir or Path(env_text(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
         sup = Supervisor(
             grid=args.grid,
             data_dir=data_dir,
@@ -425,11 +392,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from gridpilot.platform.locate import ENV_DATA_DIR
     from gridpilot.platform.tls import ensure_certs, server_hosts
 
     os.umask(0o077)  # keys, and the folder they are in, are the owner's alone
-    data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR, "").strip() or DEFAULT_DATA_DIR)
+    data_dir = args.data_dir or Path(env_text(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
     hosts = [h for h in (x.strip() for x in args.hosts.split(",")) if h]
     issued = ensure_certs(data_dir, hosts=hosts, edges=args.edge, days=args.days, renew=args.renew)
     p = issued.pki
@@ -513,64 +479,8 @@ async def _ops(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-async def _connect_url(url: str, *, name: str) -> Client:
-    """A connection to ``url`` as GRIDPILOT_NATS_USER / GRIDPILOT_NATS_PASSWORD(_FILE) say, or as
-    the user in the URL: what every command given a NATS URL (``--nats-url``, or
-    GRIDPILOT_NATS_URL for init and health) connects with."""
-    from gridpilot.core.bus import connect
-    from gridpilot.core.errors import PermissionDeniedError
-    from gridpilot.platform.permissions import env_credentials
-
-    user, password = env_credentials(url)
-    try:
-        return await connect(url, user=user, password=password, name=name, connect_timeout=3)
-    except PermissionDeniedError as exc:
-        raise GridPilotError(
-            f"{exc}; set GRIDPILOT_NATS_USER and GRIDPILOT_NATS_PASSWORD (or "
-            "GRIDPILOT_NATS_PASSWORD_FILE) to a user of that server, or write it into the URL "
-            "(nats://USER:PASSWORD@HOST:PORT)"
-        ) from None
-
-
-async def _client(data_dir: Path | None, nats_url: str | None, identity: str = "viewer") -> Client:
-    """A connection as ``identity`` to the running platform (``data_dir`` or the one
-    gridpilot.platform.locate finds; NotRunningError when none runs); or to a URL, as
-    GRIDPILOT_NATS_USER / GRIDPILOT_NATS_PASSWORD say (or the user in the URL)."""
-    from gridpilot.platform import locate
-
-    if nats_url:
-        return await _connect_url(nats_url, name="cli")
-    return await _platform_client(locate.platform(data_dir), identity)
-
-
-async def _platform_client(platform: Platform, identity: str = "viewer") -> Client:
-    """A connection as ``identity`` to a running platform's broker."""
-    from gridpilot.core.bus import connect
-    from gridpilot.core.errors import BusError
-    from gridpilot.platform import permissions
-
-    url = platform.endpoints.get("nats", "")
-    if not url:
-        raise GridPilotError(f"{platform.data_dir}: its endpoints name no NATS server")
-    from gridpilot.platform.tls import platform_context
-
-    password = permissions.service_password(platform.data_dir, identity)
-    tls = platform_context(platform.data_dir, platform.endpoints, identity)
-    try:
-        return await connect(
-            url, user=identity, password=password, name="cli", connect_timeout=2,
-            startup_timeout=5, tls=tls,
-        )  # fmt: skip
-    except BusError as exc:
-        raise GridPilotError(
-            f"the platform in {platform.data_dir} runs, but its broker does not answer at "
-            f"{url} ({exc}); see `gridpilot up`'s output"
-        ) from None
-
-
 async def _status(args: argparse.Namespace) -> int:
     import msgspec
-    import nats.errors
     from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
     from gridpilot.core.schemas import Heartbeat
@@ -578,12 +488,12 @@ async def _status(args: argparse.Namespace) -> int:
     nc = await _client(args.data_dir, args.nats_url)
     try:
         try:
-            kv = await nc.jetstream().key_value("gp_services")
+            kv = await nc.jetstream().key_value(subjects.SERVICES_BUCKET)
             keys = await kv.keys()
         except (BucketNotFoundError, NoKeysError):
             keys = []  # no service has reported yet
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise bus_error(exc, "gp_services", "key-value store") from None
+        except bus_errors() as exc:
+            raise bus_error(exc, subjects.SERVICES_BUCKET, "key-value store") from None
         rows: list[dict[str, Any]] = []
         now = time.time_ns()
         for key in sorted(keys):
@@ -627,7 +537,6 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _inject(args: argparse.Namespace) -> int:
-    from gridpilot.core import subjects
     from gridpilot.core.schemas import InjectRequest, Measurand, Reply, decode, encode
 
     req = InjectRequest(

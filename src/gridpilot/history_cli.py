@@ -13,12 +13,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gridpilot.core.config import env_secret
+from gridpilot.core.config import ENV_DB_PASSWORD, env_secret
 from gridpilot.core.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from gridpilot.cli import DATA_DIR_HELP, GRID_HELP
+    from gridpilot.cli_common import DATA_DIR_HELP, GRID_HELP
 
     hist = sub.add_parser("history", help="export, import and query the historian's data")
     hsub = hist.add_subparsers(dest="history_command", required=True)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.history_command == "export":  # a bad time is refused before anything starts
         t_from = parse_time(args.t_from)
         t_to = parse_time(args.t_to) if args.t_to else time.time_ns()
-    store = open_store(db_url(args), password=env_secret("GRIDPILOT_DB_PASSWORD"))
+    store = open_store(db_url(args), password=env_secret(ENV_DB_PASSWORD))
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),
@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _query(args: argparse.Namespace) -> int:
-    from gridpilot.cli import _client, _platform_client, bus_error, bus_errors, resolve_grid
+    from gridpilot.cli_common import bus_error, bus_errors, resolve_grid
+    from gridpilot.cli_common import client as _client
+    from gridpilot.cli_common import platform_client as _platform_client
     from gridpilot.core import schemas as s
     from gridpilot.core import subjects
     from gridpilot.platform import locate

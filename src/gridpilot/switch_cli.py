@@ -12,14 +12,14 @@ import time
 import uuid
 from pathlib import Path
 
-from gridpilot.core import bus
+from gridpilot.core import bus, operate
 from gridpilot.core.errors import GridPilotError, PermissionDeniedError
+from gridpilot.core.operate import NoResult
 from gridpilot.core.schemas import Command, CommandKind
 from gridpilot.core.subjects import grid_token
 from gridpilot.model import distribution
 from gridpilot.model.grid import GridModel, Switch
-from gridpilot.platform import locate, operate, permissions
-from gridpilot.platform.operate import NoResult
+from gridpilot.platform import locate, permissions
 from gridpilot.platform.tls import platform_context
 
 CONNECT_S = 5.0  # a platform that runs answers at once

@@ -48,3 +48,16 @@ def test_bad_input_is_refused_with_what_to_do(
     missing = tmp_path / "nowhere"
     assert main(["history", "export", "x.csv", "--data-dir", str(missing), "--from", "0"]) == 2
     assert "no historian database" in capsys.readouterr().err
+
+
+def test_a_database_that_fails_is_an_error_the_user_can_act_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """StoreError is a GridPilotError: one line saying what is wrong, exit code 2 (not the
+    "unexpected" of a bug)."""
+    db = tmp_path / "h.sqlite"
+    db.write_bytes(b"not a database, but a file of the same name " * 100)
+    assert main(["history", "export", "x.csv", "--db", str(db), "--from", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gridpilot: error: SQLite database") and "not a database" in err
+    assert "unexpected" not in err

@@ -23,7 +23,6 @@ from gridpilot.gateways.iec104 import (
     ScaledValueUpdate,
     SinglePointUpdate,
 )
-from gridpilot.gateways.iec104.link import StreamLink
 from gridpilot.protocols.iec104 import (
     Asdu,
     AsduReceived,
@@ -45,6 +44,7 @@ from gridpilot.protocols.iec104 import (
     encode_apdu,
     encode_asdu,
 )
+from gridpilot.protocols.iec104.link import StreamLink
 from gridpilot.simulator.rtu_server import PointType, Reading, RtuServer
 
 CA = 3

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.js import api
 
 from gridpilot.core import subjects
+from gridpilot.core.config import ENV_NATS_CA, ENV_NATS_CERT, ENV_NATS_KEY, env_text
 from gridpilot.core.errors import BusError, ConfigError, PermissionDeniedError
 
 log = logging.getLogger("gridpilot.bus")
@@ -130,6 +131,28 @@ def stats(nc: Client) -> BusStats:
     return _STATS.setdefault(nc, BusStats())
 
 
+# --- The NATS boundary: nats-py's exceptions as GridPilot's, in one place ----------------------
+
+# What a request, a publish with an acknowledgement or a JetStream call can fail with besides an
+# answer: nats-py's own errors (no responders, connection closed or reconnecting, JetStream API
+# errors) and timeouts. Every ``except`` at the bus boundary names this tuple.
+BUS_FAILURES: tuple[type[Exception], ...] = (TimeoutError, nats.errors.Error)
+
+
+def bus_error(exc: BaseException, subject: str, who: str) -> BusError:
+    """A request to ``who`` (the service that answers ``subject``) that failed with one of
+    ``BUS_FAILURES``, as the one-line BusError a user reads: PermissionDeniedError for a
+    refusal, otherwise what went wrong (nobody answers, no answer in time, the error)."""
+    denied = permission_error(exc)
+    if denied is not None:
+        return PermissionDeniedError(subject, denied.operation)
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return BusError(f"nothing answers on {subject}: is the {who} running for this grid?")
+    if isinstance(exc, TimeoutError):  # nats' TimeoutError is one too
+        return BusError(f"the {who} did not answer on {subject} in time (busy or stopping?)")
+    return BusError(f"cannot ask the {who} on {subject}: {type(exc).__name__}: {exc}")
+
+
 def permission_error(err: BaseException) -> PermissionDeniedError | None:
     """The PermissionDeniedError an asynchronous nats error stands for, if it is a refusal."""
     m = _DENIED_RE.search(str(err).lower())
@@ -139,11 +162,11 @@ def permission_error(err: BaseException) -> PermissionDeniedError | None:
     return PermissionDeniedError(m.group(2), operation)
 
 
-# The TLS files a service connects with (set by `gridpilot up --tls`): the CA the server's
-# certificate must chain to, and the service's own client certificate and key.
-ENV_CA = "GRIDPILOT_NATS_CA"
-ENV_CERT = "GRIDPILOT_NATS_CERT"
-ENV_KEY = "GRIDPILOT_NATS_KEY"
+# The TLS files a service connects with (declared in core/config; these names are what the
+# supervisor and platform.tls import).
+ENV_CA = ENV_NATS_CA
+ENV_CERT = ENV_NATS_CERT
+ENV_KEY = ENV_NATS_KEY
 
 
 def client_context(
@@ -180,11 +203,11 @@ logging.getLogger("asyncio").addFilter(_SslEofNoise())
 def env_tls() -> ssl.SSLContext | None:
     """The client context GRIDPILOT_NATS_CA (with GRIDPILOT_NATS_CERT and GRIDPILOT_NATS_KEY)
     describes; None when GRIDPILOT_NATS_CA is not set."""
-    ca = os.environ.get(ENV_CA, "").strip()
+    ca = env_text(ENV_CA)
     if not ca:
         return None
-    cert = os.environ.get(ENV_CERT, "").strip() or None
-    key = os.environ.get(ENV_KEY, "").strip() or None
+    cert = env_text(ENV_CERT) or None
+    key = env_text(ENV_KEY) or None
     return client_context(ca, cert, key)
 
 
@@ -568,7 +591,7 @@ async def ensure_jetstream(nc: Client) -> list[str]:
     return changes
 
 
-EDGE_STREAM = "GP_MEAS"  # what an edge stores and forwards to the hub
+EDGE_STREAM = subjects.MEAS_STREAM  # what an edge stores and forwards to the hub
 
 
 async def ensure_edge_source(nc: Client, *, hub_domain: str, edge_domain: str) -> bool:

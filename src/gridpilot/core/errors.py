@@ -4,8 +4,10 @@ GridPilotError
 ├── ConfigError            bad option, file or environment value
 ├── UnknownGridError       a grid name that no loader knows
 ├── ModelError             a grid model that cannot be converted or calculated
-│   └── NotObservableError the measurements do not determine the state
 ├── PayloadError           a message that does not decode into its schema
+├── ProtocolError          a field-protocol frame or exchange is wrong
+├── StoreError             the historian's database refused or cannot be reached
+├── AuthError              not logged in, or the session token is no longer valid
 └── BusError               the backbone refused or could not be reached
     └── PermissionDeniedError  a subject this service has no right to
 """
@@ -35,12 +37,6 @@ class ModelError(GridPilotError):
     """The grid model cannot be built or calculated."""
 
 
-class NotObservableError(ModelError):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"grid not observable: {reason}")
-
-
 class PayloadError(GridPilotError):
     def __init__(self, subject: str, reason: str) -> None:
         self.subject = subject
@@ -57,6 +53,14 @@ class ProtocolError(GridPilotError):
         self.offset = offset
         where = f" at byte {offset}" if offset is not None else ""
         super().__init__(f"{protocol}: {reason}{where}")
+
+
+class StoreError(GridPilotError):
+    """The database refused or could not be reached; the message says which and why."""
+
+
+class AuthError(GridPilotError):
+    """Not logged in, or the token is no longer valid (HTTP 401)."""
 
 
 class BusError(GridPilotError):

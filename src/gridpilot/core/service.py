@@ -31,8 +31,8 @@ from nats.js.kv import KeyValue
 from gridpilot.core import bus, subjects
 from gridpilot.core import schemas as s
 from gridpilot.core.bus import connect, refuse_oversize
-from gridpilot.core.config import ServiceConfig
-from gridpilot.core.errors import ConfigError
+from gridpilot.core.config import ENV_PENDING_BYTES as ENV_PENDING_BYTES  # re-exported
+from gridpilot.core.config import ServiceConfig, pending_bytes
 from gridpilot.core.logs import setup_logging
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -42,23 +42,6 @@ MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 # the server closed it, e.g. for a protocol violation): living on without a connection would
 # look alive to ``ps`` and do nothing.
 EXIT_BUS_CLOSED = 3
-# Overrides Service.pending_bytes: how much a service keeps for the broker while it is away
-# (memory against what an outage costs); the supervisor passes it on to its children.
-ENV_PENDING_BYTES = "GRIDPILOT_NATS_PENDING_BYTES"
-
-
-def pending_bytes(default: int) -> int:
-    """``GRIDPILOT_NATS_PENDING_BYTES`` if set (a ConfigError unless a positive integer)."""
-    text = os.environ.get(ENV_PENDING_BYTES, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"{ENV_PENDING_BYTES} must be a positive number of bytes, not {text!r}")
-    return value
 
 
 class Service:
@@ -186,7 +169,7 @@ class Service:
     async def heartbeat(self) -> None:
         if self._kv_services is None:
             with contextlib.suppress(Exception):
-                self._kv_services = await self.nc.jetstream().key_value("gp_services")
+                self._kv_services = await self.nc.jetstream().key_value(subjects.SERVICES_BUCKET)
         hb = s.Heartbeat(
             service=self.name,
             grid=self.grid,

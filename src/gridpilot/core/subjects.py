@@ -244,37 +244,44 @@ class StreamSpec:
     description: str
 
 
+# Stream names: declared here once, used by name everywhere else.
+MEAS_STREAM = "GP_MEAS"
+STATE_STREAM = "GP_STATE"
+ALARM_STREAM = "GP_ALARM"
+AUDIT_STREAM = "GP_AUDIT"
+CMD_STREAM = "GP_CMD"
+
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(
-        name="GP_MEAS",
+        name=MEAS_STREAM,
         subjects=("gp.*.meas.>",),
         max_age_s=6 * 3600,
         max_bytes=4 * GIB,
         description="raw field measurements, kept six hours for the historian to catch up",
     ),
     StreamSpec(
-        name="GP_STATE",
+        name=STATE_STREAM,
         subjects=("gp.*.state",),
         max_age_s=3600,
         max_bytes=2 * GIB,
         description="state estimates, kept an hour for the historian to catch up",
     ),
     StreamSpec(
-        name="GP_ALARM",
+        name=ALARM_STREAM,
         subjects=("gp.*.alarm",),
         max_age_s=30 * 86400,
         max_bytes=GIB,
         description="alarm life cycle events",
     ),
     StreamSpec(
-        name="GP_AUDIT",
+        name=AUDIT_STREAM,
         subjects=("gp.*.audit",),
         max_age_s=5 * 365 * 86400,
         max_bytes=GIB,
         description="the operator audit trail: who commanded, acknowledged or injected what",
     ),
     StreamSpec(
-        name="GP_CMD",
+        name=CMD_STREAM,
         subjects=("gp.*.command.>", "gp.*.event.>", "gp.*.topology"),
         max_age_s=365 * 86400,
         max_bytes=GIB,
@@ -292,37 +299,43 @@ class BucketSpec:
 
 
 LEASES_TTL_S = 3.0
+# Key-value bucket and object store names: declared here once, used by name everywhere else.
 STATE_BUCKET = "gp_state"
+SERVICES_BUCKET = "gp_services"
+ALARMS_BUCKET = "gp_alarms"
+LEASES_BUCKET = "gp_leases"
+TWIN_BUCKET = "gp_twin"
+MODELS_STORE = "gp_models"
 STATE_LAYOUT_KEY = "layout.{grid}.{layout}"  # in STATE_BUCKET: an EstimateLayout
 
 BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec(
-        name="gp_state",
+        name=STATE_BUCKET,
         description="latest state estimate per grid (key: grid) and the layouts estimates refer "
         "to (key: layout.<grid>.<id>, never changed once written)",
     ),
     BucketSpec(
-        name="gp_services",
+        name=SERVICES_BUCKET,
         description="latest heartbeat per service (key: service, or service.<instance> for "
         "the instances of a service that shares its grids)",
     ),
-    BucketSpec(name="gp_alarms", description="active alarm table per grid (key: grid)"),
+    BucketSpec(name=ALARMS_BUCKET, description="active alarm table per grid (key: grid)"),
     BucketSpec(
-        name="gp_leases",
+        name=LEASES_BUCKET,
         description="which instance of a shared service owns what (key: se.<grid>) and which "
         "instances are alive (key: member.<service>.<instance>); a key not renewed "
         f"within {LEASES_TTL_S:g} s expires",
         ttl_s=LEASES_TTL_S,
     ),
     BucketSpec(
-        name="gp_twin",
+        name=TWIN_BUCKET,
         description="the digital twin's switch positions, DER setpoints, training injections "
         "and simulated clock per grid (key: grid), read back when the simulator restarts",
     ),
 )
 
 OBJECT_STORES: tuple[BucketSpec, ...] = (
-    BucketSpec(name="gp_models", description="grid models and placements (key: grid)"),
+    BucketSpec(name=MODELS_STORE, description="grid models and placements (key: grid)"),
 )
 
 

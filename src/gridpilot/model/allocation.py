@@ -40,6 +40,7 @@ from typing import Any
 
 import msgspec
 
+from gridpilot.core.config import ENV_XDG_STATE_HOME, env
 from gridpilot.core.errors import ConfigError
 from gridpilot.model.devices import (
     DER_PORT,
@@ -162,7 +163,7 @@ def _tables(value: Any) -> list[dict[str, Any]]:
 
 
 def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    base = env(ENV_XDG_STATE_HOME) or str(Path.home() / ".local" / "state")
     return Path(base) / "gridpilot"
 
 

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
+from gridpilot.core import subjects
 from gridpilot.core.backoff import wait_until_there
 from gridpilot.core.errors import ConfigError, ModelError
 from gridpilot.model import allocation
@@ -34,7 +35,7 @@ from gridpilot.model.placement import (
 )
 
 log = logging.getLogger("gridpilot.model")
-BUCKET = "gp_models"
+BUCKET = subjects.MODELS_STORE
 
 
 class ModelMissing(ModelError):

@@ -18,7 +18,7 @@ from gridpilot.core.schemas import Measurand, MeasurementSnapshot, Quality, Term
 from gridpilot.model.grid import GridModel
 from gridpilot.model.pgm import PgmNetwork
 from gridpilot.model.placement import Placement
-from gridpilot.services.state_estimation.sensors import SensorTable
+from gridpilot.model.sensors import SensorTable
 
 # pandapower has no exact zero-injection constraint in plain WLS, so a bus without any appliance
 # gets P = Q = 0 measurements this tight: about a hundred times tighter than the tightest sensor

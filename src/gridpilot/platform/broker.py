@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from gridpilot.core.bus import client_context
+from gridpilot.core.config import ENV_LEAF_PASSWORD as ENV_LEAF_PASSWORD  # re-exported
+from gridpilot.core.config import HTTP_PORT as HTTP_PORT  # re-exported (supervisor)
 from gridpilot.core.errors import BusError, ConfigError
 from gridpilot.platform.permissions import (
     ADMIN,
@@ -38,7 +40,6 @@ log = logging.getLogger("gridpilot.broker")
 CLIENT_PORT = 14222
 MONITOR_PORT = 18222  # only with `gridpilot up --monitor`
 MQTT_PORT = 11883
-HTTP_PORT = 18080  # the web service's (the supervisor picks a free one when it is taken)
 ENDPOINTS_FILE = "endpoints.json"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -96,7 +97,6 @@ class ClusterConfig:
 HUB_DOMAIN = "hub"
 LEAF_PORT = 17422
 LEAFNODE_USER = "leafnode"
-ENV_LEAF_PASSWORD = "GRIDPILOT_LEAF_PASSWORD"
 # Measurements stay out of the leaf link: the hub gets them by sourcing the edge's GP_MEAS
 # stream (exactly once, resumed after an outage), not as live messages (which its own GP_MEAS
 # would store a second time). Each side keeps its own grid model (both publish it) and its

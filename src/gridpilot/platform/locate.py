@@ -8,11 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridpilot.core.config import DEFAULT_DATA_DIR
+from gridpilot.core.config import DEFAULT_DATA_DIR, env_text
+from gridpilot.core.config import ENV_DATA_DIR as ENV_DATA_DIR  # re-exported
 from gridpilot.core.errors import ConfigError
 from gridpilot.platform.broker import ENDPOINTS_FILE, read_endpoints
-
-ENV_DATA_DIR = "GRIDPILOT_DATA_DIR"
 
 
 class NotRunningError(ConfigError):
@@ -33,7 +32,7 @@ def data_dir(given: Path | None) -> Path:
     ``./.gridpilot``."""
     if given is not None:
         return given
-    env = os.environ.get(ENV_DATA_DIR, "").strip()
+    env = env_text(ENV_DATA_DIR)
     if env:
         return Path(env)
     here = Path.cwd()

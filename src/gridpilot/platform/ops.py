@@ -16,7 +16,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from gridpilot.core.bus import cluster_peers, ensure_jetstream
+from gridpilot.core import subjects
+from gridpilot.core.bus import BUS_FAILURES, cluster_peers, ensure_jetstream
 from gridpilot.core.errors import BusError, GridPilotError
 from gridpilot.core.schemas import Heartbeat, ServiceState
 from gridpilot.model import distribution
@@ -69,7 +70,7 @@ async def health(
     of several shared state estimators must fail when its own instance stops, whatever the
     others do."""
     try:
-        kv = await nc.jetstream().key_value("gp_services")
+        kv = await nc.jetstream().key_value(subjects.SERVICES_BUCKET)
         if instance is None:
             keys = [service]
             with contextlib.suppress(nats.js.errors.NoKeysError):  # an empty bucket
@@ -84,7 +85,7 @@ async def health(
                 continue
     except nats.js.errors.BucketNotFoundError:
         raise GridPilotError("no KV gp_services: the platform is not initialised") from None
-    except (nats.errors.Error, TimeoutError) as exc:
+    except BUS_FAILURES as exc:
         # An outage is no verdict on the service: say so (the probe fails, and says why).
         raise BusError(f"cannot read the heartbeats of {service}: {exc!r}") from None
     now = time.time_ns()

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gridpilot.core.bus import ENV_CA, ENV_CERT, ENV_KEY, client_context
+from gridpilot.core.config import ENV_HTTP_CERT as ENV_HTTP_CERT  # re-exported (supervisor)
+from gridpilot.core.config import ENV_HTTP_KEY as ENV_HTTP_KEY  # re-exported (supervisor)
 from gridpilot.core.errors import ConfigError
 from gridpilot.platform.broker import ServerTls
 from gridpilot.platform.permissions import ADMIN, PERMISSIONS
@@ -39,10 +41,6 @@ SERVER = "server"
 DEFAULT_DAYS = 825  # what browsers accept for a server certificate at most
 CA_DAYS = 3650
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
-# Environment variables a service reads its TLS files from (core/bus.connect, the simulator's
-# MQTT meters, the web service): set by the supervisor under `gridpilot up --tls`.
-ENV_HTTP_CERT = "GRIDPILOT_HTTP_CERT"
-ENV_HTTP_KEY = "GRIDPILOT_HTTP_KEY"
 
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _DNS_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")

@@ -16,12 +16,17 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from gridpilot.core import subjects
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.errors import BusError
 from gridpilot.core.schemas import AlarmKind, Measurand, Severity
 
 log = logging.getLogger("gridpilot.simulator")
 
-BUCKET = "gp_twin"
+BUCKET = subjects.TWIN_BUCKET
+
+# an outage: nats-py's errors and timeouts, or a failing socket
+_OUTAGE: tuple[type[Exception], ...] = (*BUS_FAILURES, OSError)
 
 
 class StoredGrossError(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,7 +94,7 @@ async def load(kv: KeyValue, grid: str) -> TwinState | None:
         entry = await kv.get(grid)
     except nats.js.errors.KeyNotFoundError:  # also a deleted or purged key
         return None
-    except (nats.errors.Error, TimeoutError, OSError) as exc:  # an outage: never a first start
+    except _OUTAGE as exc:  # an outage: never a first start
         raise BusError(f"cannot read the twin's state from KV {BUCKET}/{grid}: {exc!r}") from exc
     try:
         return _decoder.decode(entry.value or b"")

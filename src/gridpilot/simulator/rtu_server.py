@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from gridpilot.gateways.iec104.link import StreamLink
 from gridpilot.model.allocation import PortTakenError, describe_bind_error
 from gridpilot.protocols.iec104 import (
     QOI_STATION,
@@ -44,6 +43,7 @@ from gridpilot.protocols.iec104 import (
     pack_asdus,
     refuse_raw,
 )
+from gridpilot.protocols.iec104.link import StreamLink
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,9 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from gridpilot.core import subjects
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.errors import BusError, GridPilotError
+from gridpilot.core.operate import TWIN
 from gridpilot.core.schemas import (
     Command,
     CommandKind,
@@ -33,7 +35,6 @@ from gridpilot.core.schemas import (
 from gridpilot.core.service import Service
 from gridpilot.core.validation import command_problem, inject_problem
 from gridpilot.model import distribution
-from gridpilot.platform.operate import TWIN
 from gridpilot.simulator import persist
 from gridpilot.simulator.conditions import ConditionReporter, Held, twin_conditions
 from gridpilot.simulator.field import FieldDevices
@@ -46,7 +47,7 @@ CLOCK_SAVE_S = 5.0  # wall seconds between stores of the clock when nothing else
 # the gateway gives up on select-before-operate sooner.
 FIELD_COMMAND_S = 30.0
 
-_BUS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+_BUS_ERRORS: tuple[type[Exception], ...] = (*BUS_FAILURES, OSError)
 
 
 @dataclass

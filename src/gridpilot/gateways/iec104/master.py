@@ -44,7 +44,6 @@ from gridpilot.gateways.iec104.events import (
     StationVerified,
     WrongDevice,
 )
-from gridpilot.gateways.iec104.link import StreamLink
 from gridpilot.gateways.reconnect import LINK_RETRY_MAX_S, keep_connected
 from gridpilot.protocols.iec104 import (
     Asdu,
@@ -72,6 +71,7 @@ from gridpilot.protocols.iec104 import (
     TypeId,
     type_id_of,
 )
+from gridpilot.protocols.iec104.link import StreamLink
 
 log = logging.getLogger(__name__)
 

@@ -142,6 +142,9 @@ _USER_ERRORS = (
     errors.ReadOnlySqlTransaction,
 )
 
+# Connecting, every psycopg error is the user's to fix (address, password, server down, ...).
+_CONNECT_ERRORS: tuple[type[psycopg.Error], ...] = (psycopg.Error,)
+
 
 def _reason(e: psycopg.Error) -> str:
     return " ".join(str(e).split())
@@ -165,10 +168,8 @@ class PostgresStore:
             extra["connect_timeout"] = CONNECT_TIMEOUT_S
         if self._password is not None and "password" not in given:
             extra["password"] = self._password
-        try:
+        with self._errors("connect", _CONNECT_ERRORS):
             conn = psycopg.connect(self._conninfo, autocommit=True, **extra)
-        except psycopg.Error as e:
-            raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {_reason(e)}") from e
         with self._errors("prepare the session"):
             for statement in _STAGING:
                 conn.execute(statement)
@@ -180,10 +181,14 @@ class PostgresStore:
         return self._conn
 
     @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _errors(
+        self, action: str, errors: tuple[type[psycopg.Error], ...] = _USER_ERRORS
+    ) -> Iterator[None]:
+        """The one place psycopg's exceptions become StoreError: ``errors`` (those a user can
+        cause); any other is a bug here and passes unchanged."""
         try:
             yield
-        except _USER_ERRORS as e:
+        except errors as e:
             raise StoreError(f"PostgreSQL at {self.url}: cannot {action}: {_reason(e)}") from e
 
     def migrate(self) -> int:

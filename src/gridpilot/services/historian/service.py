@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,13 @@ from nats.js import api
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
 from gridpilot.core.backoff import Backoff
+from gridpilot.core.bus import BUS_FAILURES
+from gridpilot.core.config import (
+    ENV_HISTORIAN_AGG_DAYS,
+    ENV_HISTORIAN_EST_PERIOD_S,
+    ENV_HISTORIAN_RAW_DAYS,
+)
+from gridpilot.core.config import env as env_value
 from gridpilot.core.errors import ConfigError, PayloadError
 from gridpilot.core.estimates import EstimateReader, EstimateRef, expand
 from gridpilot.core.service import Service
@@ -72,11 +78,11 @@ class Retention:
     def from_env(cls) -> Retention:
         values: dict[str, float] = {}
         for field, env in (
-            ("raw_days", "GRIDPILOT_HISTORIAN_RAW_DAYS"),
-            ("agg_days", "GRIDPILOT_HISTORIAN_AGG_DAYS"),
-            ("est_period_s", "GRIDPILOT_HISTORIAN_EST_PERIOD_S"),
+            ("raw_days", ENV_HISTORIAN_RAW_DAYS),
+            ("agg_days", ENV_HISTORIAN_AGG_DAYS),
+            ("est_period_s", ENV_HISTORIAN_EST_PERIOD_S),
         ):
-            text = os.environ.get(env)
+            text = env_value(env)
             if text is None:
                 continue
             try:
@@ -104,19 +110,23 @@ class HistorianService(Service):
         self._pull_subs: list[Any] = []
         self._js = self.nc.jetstream()
         g = self.grid
-        self._consume("GP_MEAS", "meas", subjects.MEAS.wildcard(grid=g), self._meas_rows)
+        self._consume(subjects.MEAS_STREAM, "meas", subjects.MEAS.wildcard(grid=g), self._meas_rows)
         self.estimates = EstimateReader(self.nc)
         self._consume(
-            "GP_STATE",
+            subjects.STATE_STREAM,
             "state",
             subjects.STATE.format(grid=g),
             self._state_rows,
             prepare=self._state_layouts,
             batch=STATE_BATCH,
         )
-        self._consume("GP_ALARM", "alarm", subjects.ALARM.format(grid=g), self._alarm_rows)
-        self._consume("GP_CMD", "cmd", f"gp.{g}.>", self._cmd_rows)
-        self._consume("GP_AUDIT", "audit", subjects.AUDIT.format(grid=g), self._audit_rows)
+        self._consume(
+            subjects.ALARM_STREAM, "alarm", subjects.ALARM.format(grid=g), self._alarm_rows
+        )
+        self._consume(subjects.CMD_STREAM, "cmd", f"gp.{g}.>", self._cmd_rows)
+        self._consume(
+            subjects.AUDIT_STREAM, "audit", subjects.AUDIT.format(grid=g), self._audit_rows
+        )
         self.spawn(self._retention_loop(), name="retention")
         await self.subscribe(
             subjects.HISTORY_SERIES.format(grid=g), s.SeriesRequest, self.on_series
@@ -288,7 +298,7 @@ class HistorianService(Service):
                     await self.estimates.layout(grid, layout)
                 except PayloadError:
                     break  # not there, or not a layout: its estimates are dropped, counted
-                except (nats.errors.Error, TimeoutError) as exc:
+                except BUS_FAILURES as exc:
                     self.counters["layout_read_errors"] += 1
                     delay = backoff.next()
                     self.log.warning(

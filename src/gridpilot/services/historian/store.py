@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from gridpilot.core.errors import StoreError as StoreError  # re-exported: the stores raise it
+
 AGG_BUCKETS_S = (60, 3600)  # stored aggregate resolutions
 
 
@@ -93,10 +95,6 @@ class Raw:
 
     t_ns: list[int] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
-
-
-class StoreError(Exception):
-    """The database refused or could not be reached; the message says which and why."""
 
 
 class Store(Protocol):

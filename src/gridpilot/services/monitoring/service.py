@@ -142,7 +142,7 @@ class MonitoringService(Service):
         backoff = Backoff(0.2, 5.0, names=("min_s", "max_s"))
         while True:
             try:
-                return await self.nc.jetstream().key_value("gp_alarms")
+                return await self.nc.jetstream().key_value(subjects.ALARMS_BUCKET)
             except nats.js.errors.BucketNotFoundError:
                 raise
             except OUTAGE_ERRORS as exc:

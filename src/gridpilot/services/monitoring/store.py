@@ -18,11 +18,12 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from gridpilot.core.backoff import Backoff
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.schemas import Alarm
 
 # What an outage looks like to nats-py: its own errors (no responders, connection closed or
 # reconnecting, JetStream API errors other than not-found) and timeouts.
-OUTAGE_ERRORS = (nats.errors.Error, TimeoutError)
+OUTAGE_ERRORS = BUS_FAILURES
 
 _alarm = msgspec.json.Decoder(Alarm)
 

@@ -30,7 +30,7 @@ from gridpilot.core.schemas import (
 from gridpilot.model.grid import GridModel
 from gridpilot.model.pgm import Island, PgmNetwork
 from gridpilot.model.placement import Placement
-from gridpilot.services.state_estimation.sensors import SensorTable, chi2_threshold
+from gridpilot.model.sensors import SensorTable, chi2_threshold
 from gridpilot.services.state_estimation.solver import Solution, Solver, Values
 
 C = ComponentType

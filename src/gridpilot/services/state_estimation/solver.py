@@ -22,7 +22,7 @@ from power_grid_model import (
 from power_grid_model.errors import NotObservableError, PowerGridError  # type: ignore[attr-defined]
 
 from gridpilot.model.pgm import PgmNetwork
-from gridpilot.services.state_estimation.sensors import SensorTable
+from gridpilot.model.sensors import SensorTable
 
 C = ComponentType
 _OUTPUTS: dict[ComponentType, Any] = {

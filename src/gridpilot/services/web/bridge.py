@@ -22,13 +22,13 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from gridpilot.core import operate, subjects
 from gridpilot.core import schemas as s
-from gridpilot.core import subjects
+from gridpilot.core.bus import BUS_FAILURES
 from gridpilot.core.errors import BusError, GridPilotError, PayloadError
 from gridpilot.core.estimates import EstimateReader
 from gridpilot.model import distribution
 from gridpilot.model.distribution import GridPackage
-from gridpilot.platform import operate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=msgspec.Struct)
@@ -43,7 +43,7 @@ STALE_PERIODS = 3.0
 STALE_MIN_S = 5.0
 MAX_FLAGGED = 2000  # measurements of doubtful quality sent to a browser at most
 # Outages of the bus or the broker: what a request can fail with besides an answer.
-BUS_ERRORS = (TimeoutError, nats.errors.Error)
+BUS_ERRORS = BUS_FAILURES
 
 
 class Unavailable(GridPilotError):
@@ -196,7 +196,7 @@ class Bridge:
             return None  # no estimate yet
         except (PayloadError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Unavailable(f"the latest estimate of {grid} cannot be read: {exc}") from None
-        except (nats.errors.Error, TimeoutError) as exc:
+        except BUS_ERRORS as exc:
             raise Unavailable(f"cannot read the latest estimate of {grid}: {exc!r}") from None
         self.estimates[grid] = est
         return est
@@ -224,7 +224,7 @@ class Bridge:
     async def alarms(self, grid: str) -> list[s.Alarm]:
         await self.package(grid)
         try:
-            kv = await self.js.key_value("gp_alarms")
+            kv = await self.js.key_value(subjects.ALARMS_BUCKET)
             entry = await kv.get(grid)
         except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
             return []  # no alarm table yet: no alarm
@@ -235,7 +235,7 @@ class Bridge:
     # -- what the operator does -------------------------------------------------------------
     async def command(self, cmd: s.Command) -> s.CommandResult:
         """Store the command in GP_CMD (the executor picks it up) and wait for its result,
-        with the twin's report of what it did to the grid (platform.operate, as the CLI)."""
+        with the twin's report of what it did to the grid (core.operate, as the CLI)."""
         try:
             return await operate.execute(self.nc, cmd, timeout_s=COMMAND_TIMEOUT_S)
         except BusError as exc:

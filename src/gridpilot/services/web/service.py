@@ -4,46 +4,20 @@ service's own event loop, talking to the platform only through the bus."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 
 import uvicorn
 
+from gridpilot.core.config import ENV_PUBLIC_ORIGIN, env_text
+from gridpilot.core.config import http_address as http_address  # re-exported
+from gridpilot.core.config import https_files as https_files  # re-exported
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.service import Service
-from gridpilot.platform.broker import HTTP_PORT
-from gridpilot.platform.tls import ENV_HTTP_CERT, ENV_HTTP_KEY
 from gridpilot.services.web.api import create_app
 from gridpilot.services.web.bridge import Bridge
 from gridpilot.services.web.protect import public_origin
 from gridpilot.services.web.users import Tokens, UserStore
-
-
-def http_address() -> tuple[str, int]:
-    host = os.environ.get("GRIDPILOT_HTTP_HOST", "127.0.0.1")
-    text = os.environ.get("GRIDPILOT_HTTP_PORT", str(HTTP_PORT))
-    try:
-        port = int(text)
-    except ValueError:
-        raise ConfigError(f"GRIDPILOT_HTTP_PORT must be a port number, not {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"GRIDPILOT_HTTP_PORT must be 0..65535, not {port}")
-    return host, port
-
-
-def https_files() -> tuple[str | None, str | None]:
-    """The certificate and key to serve HTTPS with (GRIDPILOT_HTTP_CERT and GRIDPILOT_HTTP_KEY,
-    set by `gridpilot up --tls`); (None, None) for plain HTTP. A ConfigError when only one is
-    set or one cannot be read."""
-    cert = os.environ.get(ENV_HTTP_CERT, "").strip() or None
-    key = os.environ.get(ENV_HTTP_KEY, "").strip() or None
-    if (cert is None) != (key is None):
-        raise ConfigError(f"{ENV_HTTP_CERT} and {ENV_HTTP_KEY} go together: set both or neither")
-    for name, path in ((ENV_HTTP_CERT, cert), (ENV_HTTP_KEY, key)):
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"{name}={path}: cannot read it")
-    return cert, key
 
 
 class WebService(Service):
@@ -62,7 +36,7 @@ class WebService(Service):
             )
         self.bridge = Bridge(self.nc)
         await self.bridge.start()
-        public = os.environ.get("GRIDPILOT_PUBLIC_ORIGIN", "").strip()
+        public = env_text(ENV_PUBLIC_ORIGIN)
         app = create_app(
             bridge=self.bridge, users=users, tokens=Tokens(self.config.data_dir, users),
             grid=self.grid, public_origin=public_origin(public) if public else None,

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from gridpilot.core.errors import AuthError as AuthError  # re-exported for the web handlers
 from gridpilot.core.errors import ConfigError
 from gridpilot.services.web.common_passwords import COMMON
 from gridpilot.services.web.sessions import AuthDb, Clock, LoginThrottle, SessionStore
@@ -74,10 +75,6 @@ class Session:
     expires_ns: int
     must_change: bool
     sid: str = ""  # the server-side session id
-
-
-class AuthError(Exception):
-    """Not logged in, or the token is no longer valid (HTTP 401)."""
 
 
 def _hash(password: str, salt: bytes) -> bytes:

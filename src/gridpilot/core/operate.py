@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from gridpilot.core import schemas as s
 from gridpilot.core import subjects
-from gridpilot.core.bus import barrier
+from gridpilot.core.bus import BUS_FAILURES, barrier
 from gridpilot.core.errors import BusError
 
 COMMAND_TIMEOUT_S = 15.0  # select-before-operate at an RTU takes well under a second
@@ -71,7 +71,7 @@ async def execute(
             await nc.jetstream().publish(
                 subjects.COMMAND.format(grid=cmd.grid, target=cmd.target), s.encode(cmd)
             )
-        except (nats.errors.Error, TimeoutError) as exc:
+        except BUS_FAILURES as exc:
             raise BusError(
                 f"the broker did not store command {cmd.id} in stream GP_CMD: {exc!r}"
             ) from None
@@ -132,5 +132,5 @@ async def write_audit(nc: Client, record: s.AuditRecord) -> None:
     action must not drop out of the trail unnoticed."""
     try:
         await nc.jetstream().publish(subjects.AUDIT.format(grid=record.grid), s.encode(record))
-    except (nats.errors.Error, TimeoutError) as exc:
+    except BUS_FAILURES as exc:
         raise BusError(f"cannot write the audit trail: {exc!r}") from None

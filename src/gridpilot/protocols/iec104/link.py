@@ -1,6 +1,7 @@
 """Runs one sans-IO ``Session`` over one asyncio stream: read, poll the timers, write.
 
-Shared by the master here and the virtual RTU in ``gridpilot.simulator.rtu_server``.
+Shared by the master in ``gridpilot.gateways.iec104.master`` and the virtual RTU in
+``gridpilot.simulator.rtu_server``.
 """
 
 from __future__ import annotations
