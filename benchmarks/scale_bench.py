@@ -399,6 +399,8 @@ async def platform_run(
             if cpu_se > 0
             else math.nan,
             "grids_estimated_twice": shared_by_two,
+            "grids_estimated": sum(1 for g in grids if win.estimates[g]),
+            "grids_shed": c1.get("grids_shed", 0),  # since the start, not only the window
             "counters": {k: c1.get(k, 0) - c0.get(k, 0) for k in sorted(set(c1) | set(c0))},
             "reference_sets_per_tick": ref_per_tick,
         }
@@ -515,9 +517,10 @@ def platform_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| grids | SE instances | grids per instance | field sets/s | values/s | stored in "
         "GP_MEAS /s | snapshots offered /s | estimates /s | skipped | latency median ms | "
-        "p99 ms | withheld | CPU SE (cores) | grids per SE core | CPU cluster (cores) |\n"
+        "p99 ms | withheld | CPU SE (cores) | grids per SE core | CPU cluster (cores) | "
+        "grids estimated | grids shed |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: |"
     )
     lines = [head]
     for r in rows:
@@ -528,7 +531,8 @@ def platform_table(rows: list[dict[str, Any]]) -> str:
             f"{r['sets_per_s']:,.0f} | {r['values_per_s']:,.0f} | {r['stored_per_s']:,.0f} | "
             f"{r['offered_est_per_s']:,.0f} | {r['est_per_s']:,.0f} | {skipped} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {withheld} | {r['cpu_se']:.2f} | "
-            f"{r['grids_per_core']:.0f} | {r['cpu_nats']:.2f} |"
+            f"{r['grids_per_core']:.0f} | {r['cpu_nats']:.2f} | "
+            f"{r.get('grids_estimated', '')} | {r.get('grids_shed', '')} |"
         )
     return "\n".join(lines)
 
