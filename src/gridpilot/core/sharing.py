@@ -51,12 +51,16 @@ GRIDS_EVERY_S = 2.0  # look for grids added to or removed from gp_models this of
 OP_TIMEOUT_S = 1.0  # a lease operation that takes longer has failed
 RETRY_GRID_S = 30.0  # a grid that failed to start is left to the others this long
 CALLBACK_S = 2.0  # on_release must have stopped the grid's work within this long
-# Load: an instance that dropped more than SHED_ABOVE of its work over the last JUDGE_S, or
-# whose event loop is LAG_S late, is overloaded; it judges again JUDGE_S after a change (or an
-# acquisition: starting grids is work too), and raises a lowered capacity by a tenth every
-# GROW_S while it keeps up.
+# Load: an instance that dropped more than SHED_ABOVE of its work over each of two windows of
+# JUDGE_S (one may be a burst), or whose event loop was LAG_S late then, is overloaded: it sheds
+# what it dropped (LAG_SHED when only late), at most MAX_SHED of its grids at a time (the
+# measure is rough and a grid moved costs a start elsewhere), and judges again JUDGE_S later
+# (or after an acquisition: starting grids is work too). A lowered capacity is raised by a
+# tenth every GROW_S while the instance keeps up with all it may hold.
 SHED_ABOVE = 0.05
 LAG_S = 1.0
+LAG_SHED = 0.1
+MAX_SHED = 0.25
 JUDGE_S = 5.0
 GROW_S = 20.0
 KV_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")  # what NATS accepts as a key
@@ -85,7 +89,7 @@ def share(grids: int, capacities: list[int | None]) -> int:
     limits = [c for c in capacities if c is not None]
     while level < max(limits) and sum(min(c, level) for c in limits) < grids:
         level += 1
-    return level
+    return min(level, max(limits))
 
 
 class LoadGauge:
@@ -101,7 +105,7 @@ class LoadGauge:
         self.dropped = 0
         self.window_s = window_s
         self.clock = clock
-        self.beat_at = clock()  # the loop's last wake-up
+        self.beat_at: float | None = None  # the loop's last wake-up (None: not watched)
         self.every_s = 0.1
         self._samples: deque[tuple[float, int, int]] = deque()
 
@@ -113,12 +117,14 @@ class LoadGauge:
             await asyncio.sleep(every_s)
 
     def lag_s(self) -> float:
-        """How long the service's loop has not woken up beyond its period."""
+        """How long the service's loop has not woken up beyond its period (0 unwatched)."""
+        if self.beat_at is None:
+            return 0.0
         return max(0.0, self.clock() - self.beat_at - self.every_s)
 
     def overload(self) -> float:
-        """The fraction (0..1) of the work dropped over the last window; 1 - LAG_S / lag when
-        the loop is more than LAG_S late (it cannot even read the work)."""
+        """The fraction (0..1) of the work dropped over the last window; at least LAG_SHED
+        when the loop is more than LAG_S late (it cannot even read the work in time)."""
         now = self.clock()
         self._samples.append((now, self.arrived, self.dropped))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
@@ -128,7 +134,7 @@ class LoadGauge:
         part = dropped / arrived if arrived > 0 else 0.0
         lag = self.lag_s()
         if lag > LAG_S:
-            part = max(part, 1.0 - LAG_S / lag)
+            part = max(part, LAG_SHED)
         return min(1.0, part)
 
     def reset(self) -> None:
@@ -160,6 +166,8 @@ class GridSharing:
         gauge: LoadGauge | None = None,
         wait_s: float = 0.0,
         tick_s: float = TICK_S,
+        judge_s: float = JUDGE_S,
+        grow_s: float = GROW_S,
     ) -> None:
         if not KV_KEY.match(f"{lease_prefix}x") or not lease_prefix.endswith("."):
             raise ConfigError(f"lease prefix {lease_prefix!r}: want letters and a final dot")
@@ -174,6 +182,8 @@ class GridSharing:
         self.gauge = gauge or LoadGauge()
         self.wait_s = wait_s
         self.tick_s = tick_s
+        self.judge_s = judge_s
+        self.grow_s = grow_s
         self._connect = connect
         self._on_acquire = on_acquire
         self._on_release = on_release
@@ -187,6 +197,7 @@ class GridSharing:
         self._grids_at = 0.0
         self._judge_at = 0.0
         self._grow_at = 0.0
+        self._strikes = 0  # windows in a row judged overloaded
         self._errors: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # the service's
         self._kloop: asyncio.AbstractEventLoop | None = None  # the lease thread's
@@ -218,6 +229,11 @@ class GridSharing:
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._in_thread(self._leave()), 10.0)
+        await self._close_thread()
+
+    async def abandon(self) -> None:
+        """Stop keeping the leases without handing anything over or leaving, as a process
+        killed would: the others take the grids over once the leases expire."""
         await self._close_thread()
 
     def holds(self, grid: str) -> bool:
@@ -381,12 +397,17 @@ class GridSharing:
 
     def _judge(self, now: float) -> None:
         """Lower the capacity when the service cannot keep up; raise it slowly when it can."""
+        overload = self.gauge.overload()  # sampled every tick, judged from time to time
         if now < self._judge_at or not self.owned:
             return
-        overload = self.gauge.overload()
         held = len(self.owned)
         if overload > SHED_ABOVE and held > 1:
-            cap = max(1, min(held - 1, math.floor(held * (1.0 - overload) * 0.95)))
+            self._strikes += 1
+            if self._strikes < 2:  # once may be a burst: judge the next window too
+                self._judge_at = now + self.judge_s
+                return
+            keep = max(math.floor(held * (1.0 - overload) * 0.95), math.ceil(held * (1 - MAX_SHED)))
+            cap = max(1, min(held - 1, keep))
             self.log.warning(
                 "overloaded; shedding grids",
                 extra={
@@ -398,13 +419,17 @@ class GridSharing:
             )
             self.counters["overloads"] += 1
             self.capacity = cap
-            self._judge_at = self._grow_at = now + JUDGE_S
+            self._strikes = 0
+            self._judge_at = now + self.judge_s
+            self._grow_at = now + self.grow_s
             self.gauge.reset()
-        elif self.capacity is not None and overload == 0.0 and now >= self._grow_at:
+            return
+        self._strikes = 0
+        if self.capacity is not None and overload == 0.0 and now >= self._grow_at:
             if held >= self.capacity:  # it keeps up with all it may hold: try a tenth more
                 self.capacity = self.capacity + max(1, self.capacity // 10)
                 self.log.info("capacity raised", extra={"capacity": self.capacity})
-            self._grow_at = now + GROW_S
+            self._grow_at = now + self.grow_s
 
     async def _list_grids(self) -> list[str]:
         try:
@@ -466,7 +491,7 @@ class GridSharing:
             self.owned[grid] = lease
             self.counters["leases_claimed"] += 1
             self.log.info("grid claimed", extra={"grid": grid})
-            self._judge_at = time.monotonic() + JUDGE_S  # starting it is work: judge later
+            self._judge_at = time.monotonic() + self.judge_s  # starting it is work too
             self.gauge.reset()
             self._call(self._on_acquire(grid), grid, "acquire")
 

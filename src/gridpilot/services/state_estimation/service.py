@@ -211,7 +211,8 @@ class GridEstimation:
                     est = await asyncio.to_thread(self.estimator.estimate, snap)
                 self._inline = est.solve_ms < INLINE_MS  # as the last one went
                 if not (self.active and self.may_publish()):
-                    counters["estimates_withheld"] += 1  # the lease ran out meanwhile
+                    # the lease ran out meanwhile (withheld), or the grid was given up
+                    counters["estimates_withheld" if self.active else "estimates_given_up"] += 1
                     continue
                 data = await self._encode(est)
                 if data is None:
@@ -378,8 +379,15 @@ class StateEstimationService(Service):
         self.spawn(self._reap(), name="reap")
 
     async def _acquire(self, grid: str) -> None:
+        def may_publish() -> bool:
+            if self.sharing.holds(grid):
+                return True
+            if grid not in self.sharing.owned:  # given up: on_release stops the runner next
+                runner.active = False
+            return False
+
         info: dict[str, int | float | str] = {}
-        runner = GridEstimation(self, grid, info=info, may_publish=lambda: self.sharing.holds(grid))
+        runner = GridEstimation(self, grid, info=info, may_publish=may_publish)
         self.runners[grid] = runner
         runner.task = asyncio.ensure_future(runner.run())
         self._show()
