@@ -72,8 +72,8 @@ NOON = 1_750_000_000.0 - (1_750_000_000.0 % 86400) + 12 * 3600  # a fixed summer
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FLUSH_EVERY = 500  # raw publishes between flushes in part 2
 READY_S = 120  # every grid must be estimated within this long after the instances start
-SETTLE_S = 120  # then the grids moved between instances (shed, claimed) settle within this long
-SETTLE_QUIET_S = 10  # (none shed or claimed for this long)
+SETTLE_S = 90  # then the grids moved between instances (shed, claimed) settle within this long
+SETTLE_QUIET_S = 15  # (none shed or claimed this long: over two judging windows)
 
 
 def log(msg: str) -> None:
@@ -594,7 +594,7 @@ def machine(load_avg: float) -> str:
 
 async def run(args: argparse.Namespace) -> str:
     load_avg = os.getloadavg()[0]
-    seconds = READY_S + args.window + 10  # the longest start-up, the window and its tail
+    seconds = READY_S + SETTLE_S + args.window + 10  # the longest start-up and settling, the window
     log(f"field load: {args.grid}, {seconds:.0f} s of reports ...")
     pkg, load = await asyncio.to_thread(field_load, args.grid, seconds, args.cache_dir)
     per_s = sum(len(t) for t in load.ticks) / (len(load.ticks) * load.tick_s)

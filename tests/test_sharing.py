@@ -184,6 +184,9 @@ async def test_two_instances_share_fairly_and_one_takes_over_when_the_other_dies
     assert not a.working & b.working
     assert all(a.sharing.holds(g) for g in a.working)
     assert not any(a.sharing.holds(g) for g in b.working)
+    for inst in (a, b):  # the lease threads' own connections, as state_estimation: all allowed
+        assert inst.sharing.nc is not None
+        assert bus.stats(inst.sharing.nc).permission_denied == 0
 
     await a.sharing.abandon()  # as if killed: no hand-over, no goodbye
     died = time.monotonic()
@@ -245,7 +248,7 @@ async def test_an_overloaded_instance_sheds_the_grids_it_took_last(
 
     feeder = asyncio.ensure_future(overload())
     try:
-        # two windows overloaded each time, a quarter of its grids at most: 3 -> 2 -> 1
+        # two windows overloaded each time, half its grids at most: 3 -> 2 -> 1
         await until("a sheds two grids to b", split(admin, {"a": 1, "b": 5}), within_s=12)
     finally:
         feeder.cancel()

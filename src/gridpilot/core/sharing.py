@@ -56,13 +56,14 @@ CALLBACK_S = 2.0  # on_release must have stopped the grid's work within this lon
 # what it dropped (LAG_SHED when only late), at most MAX_SHED of its grids at a time (the
 # measure is rough and a grid moved costs a start elsewhere), and judges again JUDGE_S later
 # (or after an acquisition: starting grids is work too). A lowered capacity is raised by a
-# tenth every GROW_S while the instance keeps up with all it may hold.
+# fifth every GROW_S while the instance keeps up (drops at most KEEPS_UP) with all it may hold.
 SHED_ABOVE = 0.05
 LAG_S = 1.0
 LAG_SHED = 0.1
-MAX_SHED = 0.25
+MAX_SHED = 0.5
 JUDGE_S = 5.0
-GROW_S = 20.0
+GROW_S = 10.0
+KEEPS_UP = 0.01
 KV_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")  # what NATS accepts as a key
 # What the JetStream API answers before `gridpilot init` made a bucket (not found), or while a
 # cluster that has just started still elects its leaders (time-outs, 503, no responders).
@@ -382,7 +383,8 @@ class GridSharing:
         for grid in [g for g in self.owned if g not in self.grids]:
             await self._give_up(grid, release=True, why="grid removed")
         if len(self.owned) > limit:
-            if limit < fair:  # overloaded: the grids acquired last go first
+            if self.capacity is not None and len(self.owned) > self.capacity:
+                # overloaded: the grids acquired last go first
                 surplus = list(self.owned)[limit:]
                 why = "above the capacity"
                 self.counters["grids_shed"] += len(surplus)
@@ -425,9 +427,9 @@ class GridSharing:
             self.gauge.reset()
             return
         self._strikes = 0
-        if self.capacity is not None and overload == 0.0 and now >= self._grow_at:
-            if held >= self.capacity:  # it keeps up with all it may hold: try a tenth more
-                self.capacity = self.capacity + max(1, self.capacity // 10)
+        if self.capacity is not None and overload <= KEEPS_UP and now >= self._grow_at:
+            if held >= self.capacity:  # it keeps up with all it may hold: try a fifth more
+                self.capacity = self.capacity + max(1, self.capacity // 5)
                 self.log.info("capacity raised", extra={"capacity": self.capacity})
             self._grow_at = now + self.grow_s
 

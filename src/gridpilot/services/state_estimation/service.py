@@ -52,6 +52,9 @@ KV_EVERY_S = 1.0
 # slower grid estimates in a thread, so that the loop keeps reading messages meanwhile.
 INLINE_MS = 2.0
 BACKLOG = 4  # snapshots queued beyond this are skipped: the latest state matters most
+# A grid's first seconds (its first estimates in a thread, the model just built) tell nothing
+# of the instance's load: its skipped snapshots count towards shedding only after this long.
+WARMUP_S = 10.0
 
 SHARED = "all"  # the grid argument that makes an instance share every grid with the others
 INSTANCE_HEADER = "Gp-Instance"  # on every published estimate: the instance that made it
@@ -92,6 +95,7 @@ class GridEstimation:
         self.writer = EstimateWriter(grid)  # start() gives it the sensors and devices
         self._stored_layout = ""  # the layout id last written to KV
         self._oversize_said = 0.0  # when the oversize condition was last sent (0: not active)
+        self._gauged_from = time.monotonic() + WARMUP_S  # see WARMUP_S
 
     async def start(self, pkg: distribution.GridPackage | None = None) -> None:
         """Fetch the model (unless given), build the estimator, subscribe."""
@@ -174,14 +178,15 @@ class GridEstimation:
     def _enqueue(self, snaps: list[MeasurementSnapshot]) -> None:
         counters = self.svc.counters
         gauge = self.svc.gauge
+        gauged = time.monotonic() >= self._gauged_from
         for snap in snaps:
             self.queue.append(snap)
             counters["snapshots"] += 1
-            gauge.arrived += 1
+            gauge.arrived += gauged
         while len(self.queue) > BACKLOG:
             self.queue.popleft()
             counters["snapshots_skipped"] += 1
-            gauge.dropped += 1
+            gauge.dropped += gauged
         if snaps:
             self.wake.set()
 
