@@ -72,6 +72,8 @@ NOON = 1_750_000_000.0 - (1_750_000_000.0 % 86400) + 12 * 3600  # a fixed summer
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FLUSH_EVERY = 500  # raw publishes between flushes in part 2
 READY_S = 120  # every grid must be estimated within this long after the instances start
+SETTLE_S = 90  # then the grids moved between instances (shed, claimed) settle within this long
+SETTLE_QUIET_S = 15  # (none shed or claimed this long: over two judging windows)
 
 
 def log(msg: str) -> None:
@@ -359,7 +361,22 @@ async def platform_run(
                     raise RuntimeError(f"an instance exited: {path.read_text()[-2000:]}")
         ready_s = time.monotonic() - started
         await asyncio.sleep(3.0)  # settle after the last claim
-        log(f"  {n_grids} grids on {n_instances} instance(s): started after {ready_s:.1f} s")
+        # an overloaded instance sheds grids, which the others claim: measure once that settled
+        settled_at, last, since = time.monotonic(), None, time.monotonic()
+        while time.monotonic() - since < SETTLE_QUIET_S:
+            c = await se_counters(nc)
+            moved = (c.get("grids_shed", 0), c.get("leases_claimed", 0))
+            if moved != last:
+                last, since = moved, time.monotonic()
+            if time.monotonic() - settled_at > SETTLE_S:
+                log(f"  the grids still moved between instances after {SETTLE_S} s")
+                break
+            await asyncio.sleep(0.5)
+        settle_s = time.monotonic() - settled_at
+        log(
+            f"  {n_grids} grids on {n_instances} instance(s): started after {ready_s:.1f} s, "
+            f"settled {settle_s:.1f} s later"
+        )
         c0, m0 = await se_counters(nc), await stored(nc)
         cpu_se0, cpu_nats0 = cpu_s([p.pid for p in procs]), cpu_s(cluster.pids())
         win.start = time.monotonic()
@@ -384,6 +401,7 @@ async def platform_run(
             "instances": n_instances,
             "grids_per_instance": max(per_instance.values(), default=0),
             "ready_s": ready_s,
+            "settle_s": settle_s,
             "sets_per_s": win.sets / window_s,
             "values_per_s": win.values / window_s,
             "stored_per_s": (m1 - m0) / window_s,
@@ -399,6 +417,8 @@ async def platform_run(
             if cpu_se > 0
             else math.nan,
             "grids_estimated_twice": shared_by_two,
+            "grids_estimated": sum(1 for g in grids if win.estimates[g]),
+            "grids_shed": c1.get("grids_shed", 0),  # since the start, not only the window
             "counters": {k: c1.get(k, 0) - c0.get(k, 0) for k in sorted(set(c1) | set(c0))},
             "reference_sets_per_tick": ref_per_tick,
         }
@@ -515,9 +535,10 @@ def platform_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| grids | SE instances | grids per instance | field sets/s | values/s | stored in "
         "GP_MEAS /s | snapshots offered /s | estimates /s | skipped | latency median ms | "
-        "p99 ms | withheld | CPU SE (cores) | grids per SE core | CPU cluster (cores) |\n"
+        "p99 ms | withheld | CPU SE (cores) | grids per SE core | CPU cluster (cores) | "
+        "grids estimated | grids shed |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: |"
     )
     lines = [head]
     for r in rows:
@@ -528,7 +549,8 @@ def platform_table(rows: list[dict[str, Any]]) -> str:
             f"{r['sets_per_s']:,.0f} | {r['values_per_s']:,.0f} | {r['stored_per_s']:,.0f} | "
             f"{r['offered_est_per_s']:,.0f} | {r['est_per_s']:,.0f} | {skipped} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {withheld} | {r['cpu_se']:.2f} | "
-            f"{r['grids_per_core']:.0f} | {r['cpu_nats']:.2f} |"
+            f"{r['grids_per_core']:.0f} | {r['cpu_nats']:.2f} | "
+            f"{r.get('grids_estimated', '')} | {r.get('grids_shed', '')} |"
         )
     return "\n".join(lines)
 
@@ -572,7 +594,7 @@ def machine(load_avg: float) -> str:
 
 async def run(args: argparse.Namespace) -> str:
     load_avg = os.getloadavg()[0]
-    seconds = READY_S + args.window + 10  # the longest start-up, the window and its tail
+    seconds = READY_S + SETTLE_S + args.window + 10  # the longest start-up and settling, the window
     log(f"field load: {args.grid}, {seconds:.0f} s of reports ...")
     pkg, load = await asyncio.to_thread(field_load, args.grid, seconds, args.cache_dir)
     per_s = sum(len(t) for t in load.ticks) / (len(load.ticks) * load.tick_s)

@@ -35,6 +35,16 @@ class Lease:
     sent_at: float  # monotonic: when the write that made ``revision`` was sent
 
 
+def capacity_of(value: bytes | None) -> int | None:
+    """The capacity (most grids) a membership value states, None if it states none."""
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return None
+    cap = doc.get("capacity") if isinstance(doc, dict) else None
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0 else None
+
+
 def holder_of(value: bytes | None) -> str | None:
     """The instance named in a lease or membership value, None if it names none."""
     try:
@@ -56,8 +66,10 @@ class Leases:
         self.ttl_s = ttl_s
         self.clock = clock
 
-    def value(self) -> bytes:
-        return json.dumps({"instance": self.holder, "t_ns": time.time_ns()}).encode()
+    def value(self, **extra: int | str) -> bytes:
+        """A lease or membership value: the holder, when, and ``extra`` (what else the holder
+        tells the others, e.g. its capacity)."""
+        return json.dumps({"instance": self.holder, "t_ns": time.time_ns(), **extra}).encode()
 
     async def claim(self, key: str) -> Lease | None:
         """The lease on ``key`` if nobody holds it, else None.
@@ -103,9 +115,10 @@ class Leases:
         with contextlib.suppress(Exception):
             await self.kv.delete(lease.key, last=lease.revision)
 
-    async def beat(self, key: str) -> None:
-        """Rewrite a membership key: it says this holder is alive for another TTL."""
-        await self.kv.put(key, self.value())
+    async def beat(self, key: str, **extra: int | str) -> None:
+        """Rewrite a membership key: it says this holder is alive for another TTL (and
+        ``extra``, see :meth:`value`)."""
+        await self.kv.put(key, self.value(**extra))
 
 
 class LeaseView:
@@ -128,6 +141,7 @@ class LeaseView:
         self.clock = clock
         self.on_update = on_update  # (key, holder or None when deleted), as the events come
         self.entries: dict[str, tuple[str | None, float]] = {}
+        self.capacity: dict[str, int] = {}  # key -> the capacity its value states
         self.started_at = clock()
         self._task: asyncio.Task[None] | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
@@ -136,6 +150,7 @@ class LeaseView:
         """Watch the bucket; returns once the keys it holds now are known (or after timeout)."""
         await self.stop()
         self.entries.clear()
+        self.capacity.clear()
         self.started_at = self.clock()
         watcher = self._watcher = await self.kv.watchall()
         ready = asyncio.Event()
@@ -160,11 +175,15 @@ class LeaseView:
                 ready.set()
                 continue
             holder = None
+            self.capacity.pop(entry.key, None)
             if entry.operation in (KV_DEL, KV_PURGE):
                 self.entries.pop(entry.key, None)
             else:
                 holder = holder_of(entry.value)
                 self.entries[entry.key] = (holder, self.clock())
+                cap = capacity_of(entry.value)
+                if cap is not None:
+                    self.capacity[entry.key] = cap
             if self.on_update is not None:
                 self.on_update(entry.key, holder)
             if entry.delta == 0:

@@ -4,33 +4,29 @@ Started for one grid (``--grid NAME``, what ``gridpilot up`` runs) it estimates 
 Started with ``--grid all`` it shares every grid in the object store ``gp_models`` with the
 other instances started so: a lease per grid in KV ``gp_leases`` makes each grid estimated by
 exactly one live instance; an instance holds at most its fair share (grids / live instances,
-rounded up) and takes over the grids of one that died once their leases expire.
+rounded up) and takes over the grids of one that died once their leases expire
+(:mod:`gridpilot.core.sharing`, whose thread keeps the leases off the data path; an instance
+that cannot keep up sheds the grids it took last).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import random
-import re
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gridpilot.core import subjects
-from gridpilot.core.backoff import wait_until_there
+from gridpilot.core import bus, subjects
 from gridpilot.core.bus import refuse_oversize
-from gridpilot.core.errors import ConfigError
 from gridpilot.core.estimates import EstimateWriter, encode_layout, layout_key
-from gridpilot.core.leases import Lease, Leases, LeaseView
 from gridpilot.core.schemas import (
     CONDITION_REPEAT_S,
     AlarmKind,
@@ -45,6 +41,7 @@ from gridpilot.core.schemas import (
     encode,
 )
 from gridpilot.core.service import Service
+from gridpilot.core.sharing import TICK_S, GridSharing, LoadGauge
 from gridpilot.model import distribution
 from gridpilot.services.state_estimation.aligner import Aligner
 from gridpilot.services.state_estimation.estimator import Estimator
@@ -55,25 +52,14 @@ KV_EVERY_S = 1.0
 # slower grid estimates in a thread, so that the loop keeps reading messages meanwhile.
 INLINE_MS = 2.0
 BACKLOG = 4  # snapshots queued beyond this are skipped: the latest state matters most
+# A grid's first seconds (its first estimates in a thread, the model just built) tell nothing
+# of the instance's load: its skipped snapshots count towards shedding only after this long.
+WARMUP_S = 10.0
 
 SHARED = "all"  # the grid argument that makes an instance share every grid with the others
 INSTANCE_HEADER = "Gp-Instance"  # on every published estimate: the instance that made it
-LEASES_BUCKET = "gp_leases"
-LEASE_PREFIX = "se."  # + grid: who estimates the grid
-MEMBER_PREFIX = "member.state_estimation."  # + instance: this instance is alive
-TICK_S = 0.5  # renew leases, count members, release or claim grids this often
-GRIDS_EVERY_S = 2.0  # look for grids added to or removed from gp_models this often
-OP_TIMEOUT_S = 1.0  # a lease operation that takes longer has failed
-RETRY_GRID_S = 30.0  # a grid that failed to start is left to the others this long
-KV_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")  # what NATS accepts as a key
-# What the JetStream API answers before `gridpilot init` made a bucket (not found), or while a
-# cluster that has just started still elects its leaders (time-outs, 503, no responders).
-NOT_YET = (
-    nats.js.errors.NotFoundError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.errors.NoRespondersError,
-    TimeoutError,
-)
+LEASE_PREFIX = "se."  # + grid: who estimates the grid (member.state_estimation.<instance>)
+OP_TIMEOUT_S = 1.0  # reading the last topology takes no longer
 CMD_STREAM = next(s.name for s in subjects.STREAMS if subjects.TOPOLOGY.wildcard() in s.subjects)
 
 
@@ -109,6 +95,7 @@ class GridEstimation:
         self.writer = EstimateWriter(grid)  # start() gives it the sensors and devices
         self._stored_layout = ""  # the layout id last written to KV
         self._oversize_said = 0.0  # when the oversize condition was last sent (0: not active)
+        self._gauged_from = time.monotonic() + WARMUP_S  # see WARMUP_S
 
     async def start(self, pkg: distribution.GridPackage | None = None) -> None:
         """Fetch the model (unless given), build the estimator, subscribe."""
@@ -190,12 +177,16 @@ class GridEstimation:
 
     def _enqueue(self, snaps: list[MeasurementSnapshot]) -> None:
         counters = self.svc.counters
+        gauge = self.svc.gauge
+        gauged = time.monotonic() >= self._gauged_from
         for snap in snaps:
             self.queue.append(snap)
             counters["snapshots"] += 1
+            gauge.arrived += gauged
         while len(self.queue) > BACKLOG:
             self.queue.popleft()
             counters["snapshots_skipped"] += 1
+            gauge.dropped += gauged
         if snaps:
             self.wake.set()
 
@@ -225,7 +216,8 @@ class GridEstimation:
                     est = await asyncio.to_thread(self.estimator.estimate, snap)
                 self._inline = est.solve_ms < INLINE_MS  # as the last one went
                 if not (self.active and self.may_publish()):
-                    counters["estimates_withheld"] += 1  # the lease ran out meanwhile
+                    # the lease ran out meanwhile (withheld), or the grid was given up
+                    counters["estimates_withheld" if self.active else "estimates_given_up"] += 1
                     continue
                 data = await self._encode(est)
                 if data is None:
@@ -346,6 +338,7 @@ class StateEstimationService(Service):
 
     async def setup(self) -> None:
         self.runners: dict[str, GridEstimation] = {}
+        self.gauge = LoadGauge()  # how far behind: snapshots skipped, the loop late
         if self.shared:
             await self._setup_shared()
             return
@@ -357,197 +350,81 @@ class StateEstimationService(Service):
         self.spawn(runner.poll(), name="aligner")
         self.spawn(runner.estimate_loop(), name="estimate")
 
-    # -- sharing the grids with the other instances ------------------------------------------
+    # -- sharing the grids with the other instances (gridpilot.core.sharing) -------------------
     async def _setup_shared(self) -> None:
-        spec = next(b for b in subjects.BUCKETS if b.name == LEASES_BUCKET)
-        if spec.ttl_s is None:
-            raise ConfigError(f"KV {LEASES_BUCKET} needs a TTL for its leases to expire")
-        js = self.nc.jetstream(timeout=OP_TIMEOUT_S)
-        # the bucket and the object store are made by `gridpilot init` (or `up`), which may
-        # come after this instance in a container deployment: wait for them, not exit
-        kv = await wait_until_there(
-            lambda: js.key_value(LEASES_BUCKET),
-            missing=NOT_YET,
-            what=f"KV {LEASES_BUCKET} (made by gridpilot init)",
-            wait_s=self.config.model_wait_s,
+        loop = asyncio.get_running_loop()
+
+        def on_event(event: str, error: BaseException | None) -> None:  # on the lease thread
+            loop.call_soon_threadsafe(self._on_bus_event, event, error)
+
+        async def connect() -> Client:  # the lease thread's own connection, same identity
+            return await bus.connect(
+                self.config.nats_url,
+                user=self.config.user,
+                password=self.config.password,
+                name=f"{self.name}-{self.instance}-leases",
+                on_event=on_event,
+            )
+
+        self.sharing = GridSharing(
+            service=self.name,
+            instance=self.instance,
+            connect=connect,
+            on_acquire=self._acquire,
+            on_release=self._release,
+            lease_prefix=LEASE_PREFIX,
             log=self.log,
-        )
-        self.leases = Leases(kv, self.instance, spec.ttl_s)
-        self.view = LeaseView(kv, spec.ttl_s, on_update=self._lease_changed)
-        await self.view.start()
-        self.models = await wait_until_there(
-            lambda: self.nc.jetstream().object_store(distribution.BUCKET),
-            missing=NOT_YET,
-            what=f"object store {distribution.BUCKET} (made by gridpilot init)",
+            counters=self.counters,
+            info=self.info,
+            gauge=self.gauge,
             wait_s=self.config.model_wait_s,
-            log=self.log,
         )
-        self.member_key = f"{MEMBER_PREFIX}{self.instance}"
-        self.owned: dict[str, Lease] = {}
-        self.grids: list[str] = []
-        self.retry_at: dict[str, float] = {}
-        self._grids_at = 0.0
-        self._errors: set[str] = set()
-        self.info.update(grids="", live_instances=1, fair_share=0)
-        self.spawn(self._share(), name="leases")
+        await self.sharing.start()
+        self.spawn(self.gauge.watch(), name="loop lag")
+        self.spawn(self._reap(), name="reap")
 
-    async def _share(self) -> None:
-        first = True
-        while True:
-            started = time.monotonic()
-            await self._tick(claim=not first)  # claim once the others could see this one
-            first = False
-            await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
+    async def _acquire(self, grid: str) -> None:
+        def may_publish() -> bool:
+            if self.sharing.holds(grid):
+                return True
+            if grid not in self.sharing.owned:  # given up: on_release stops the runner next
+                runner.active = False
+            return False
 
-    def _lease_changed(self, key: str, holder: str | None) -> None:
-        """A lease of ours written by someone else: stop publishing that grid now; the next
-        renewal fails its compare-and-set and gives the grid up."""
-        runner = self.runners.get(key.removeprefix(LEASE_PREFIX))
-        if key.startswith(LEASE_PREFIX) and runner is not None and holder != self.instance:
-            runner.active = False
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        self.counters[f"lease_{what}_errors"] += 1
-        text = f"{what}: {exc!r}"
-        if text not in self._errors:  # say each kind once
-            self._errors.add(text)
-            self.log.warning("lease operation failed", extra={"op": what, "error": repr(exc)})
-
-    async def _tick(self, *, claim: bool) -> None:
-        try:  # first, so that it expires before this instance's leases do
-            await asyncio.wait_for(self.leases.beat(self.member_key), OP_TIMEOUT_S)
-        except Exception as exc:
-            self._failed("member", exc)
-        await self._renew()
-        await self._reap()
-        if self.view.stalled(self.member_key, 4 * TICK_S):
-            self.counters["lease_view_restarts"] += 1
-            try:
-                await self.view.start()
-            except Exception as exc:
-                self._failed("watch", exc)
-        now = time.monotonic()
-        if now >= self._grids_at:
-            try:
-                self.grids = await asyncio.wait_for(self._list_grids(), 2 * OP_TIMEOUT_S)
-                self._grids_at = now + GRIDS_EVERY_S
-            except Exception as exc:
-                self._failed("grids", exc)
-        live = len(set(self.view.live(MEMBER_PREFIX)) | {self.member_key})
-        fair = math.ceil(len(self.grids) / live)
-        self.info.update(live_instances=live, fair_share=fair)
-        for grid in [g for g in self.owned if g not in self.grids]:
-            await self._give_up(grid, release=True, why="grid removed")
-        surplus = sorted(self.owned)[fair:]
-        for grid in surplus:
-            await self._give_up(grid, release=True, why="above the fair share")
-        if claim and len(self.owned) < fair:
-            await self._claim(fair - len(self.owned))
-        self._show()
-
-    async def _list_grids(self) -> list[str]:
-        try:
-            objects = await self.models.list(ignore_deletes=True)
-        except nats.js.errors.NotFoundError:
-            return []
-        grids = []
-        for obj in objects:
-            grid = (obj.name or "").removesuffix(".json")
-            if obj.name != f"{grid}.json" or not KV_KEY.match(f"{LEASE_PREFIX}{grid}"):
-                continue
-            try:
-                if subjects.grid_token(grid) == grid:
-                    grids.append(grid)
-            except ConfigError:
-                continue
-        return sorted(grids)
-
-    async def _renew(self) -> None:
-        owned = list(self.owned.items())
-        results: list[Any] = await asyncio.gather(
-            *(asyncio.wait_for(self.leases.renew(lease), OP_TIMEOUT_S) for _, lease in owned),
-            return_exceptions=True,
-        )
-        for (grid, lease), result in zip(owned, results, strict=True):
-            if self.owned.get(grid) is not lease:
-                continue
-            if result is False:
-                self.counters["leases_lost"] += 1
-                await self._give_up(grid, release=False, why="lease taken by another instance")
-            elif isinstance(result, BaseException):
-                self._failed("renew", result)
-                if not self.leases.valid(lease):
-                    self.counters["leases_expired"] += 1
-                    await self._give_up(grid, release=True, why="lease not renewed in time")
-
-    async def _claim(self, room: int) -> None:
-        now = time.monotonic()
-        held = self.view.live(LEASE_PREFIX)
-        free = [
-            g
-            for g in self.grids
-            if g not in self.owned
-            and f"{LEASE_PREFIX}{g}" not in held
-            and self.retry_at.get(g, 0.0) <= now
-        ]
-        random.shuffle(free)  # instances claiming at once mostly try different grids
-        for grid in free[:room]:
-            try:
-                lease = await asyncio.wait_for(
-                    self.leases.claim(f"{LEASE_PREFIX}{grid}"), OP_TIMEOUT_S
-                )
-            except Exception as exc:
-                self._failed("claim", exc)
-                continue
-            if lease is None:
-                continue  # someone was quicker
-            self.owned[grid] = lease
-            self.counters["leases_claimed"] += 1
-            self.log.info("grid claimed", extra={"grid": grid})
-            self._start(grid, lease)
-
-    def _start(self, grid: str, lease: Lease) -> None:
         info: dict[str, int | float | str] = {}
-        runner = GridEstimation(self, grid, info=info, may_publish=lambda: self.leases.valid(lease))
+        runner = GridEstimation(self, grid, info=info, may_publish=may_publish)
         self.runners[grid] = runner
         runner.task = asyncio.ensure_future(runner.run())
+        self._show()
 
-    async def _reap(self) -> None:
-        """Grids whose pipeline failed (a model missing or broken) are left to the others."""
-        for grid, runner in list(self.runners.items()):
-            task = runner.task
-            if task is None or not task.done() or task.cancelled():
-                continue
-            self.counters["grid_failures"] += 1
-            self.log.error("grid failed", extra={"grid": grid, "error": repr(task.exception())})
-            self.retry_at[grid] = time.monotonic() + RETRY_GRID_S
-            await self._give_up(grid, release=True, why="failed")
-
-    async def _give_up(self, grid: str, *, release: bool, why: str) -> None:
-        """Stop estimating ``grid`` at once; then give up its lease if asked."""
-        lease = self.owned.pop(grid, None)
+    async def _release(self, grid: str) -> None:
         runner = self.runners.pop(grid, None)
         if runner is not None:
             runner.active = False
             await runner.stop()
-        if lease is not None:
-            self.log.info("grid given up", extra={"grid": grid, "why": why})
-            if release:
-                await self.leases.release(lease)
+        self._show()
+
+    async def _reap(self) -> None:
+        """Grids whose pipeline failed (a model missing or broken) are left to the others."""
+        while True:
+            for grid, runner in list(self.runners.items()):
+                task = runner.task
+                if task is None or not task.done() or task.cancelled():
+                    continue
+                self.counters["grid_failures"] += 1
+                self.log.error("grid failed", extra={"grid": grid, "error": repr(task.exception())})
+                self.runners.pop(grid, None)
+                self.sharing.failed(grid)
+            self._show()
+            await asyncio.sleep(TICK_S)
 
     def _show(self) -> None:
-        self.info["grids"] = ",".join(sorted(self.owned))
         rates = [r.info.get("estimates_per_s", 0) for r in self.runners.values()]
         self.info["estimates_per_s"] = round(sum(float(r) for r in rates), 2)
 
     async def teardown(self) -> None:
-        if not self.shared:
-            return
-        for grid in list(self.owned):  # hand the grids over now rather than at expiry
-            await self._give_up(grid, release=True, why="stopping")
-        with contextlib.suppress(Exception):
-            await self.leases.kv.delete(self.member_key)
-        await self.view.stop()
+        if self.shared and hasattr(self, "sharing"):
+            await self.sharing.stop()  # hand the grids over now rather than at expiry
 
     async def heartbeat(self) -> None:
         await super().heartbeat()
