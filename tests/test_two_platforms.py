@@ -113,7 +113,9 @@ async def _admin(data_dir: Path, proc: subprocess.Popen[bytes]) -> Client:
     deadline = time.monotonic() + 120
     endpoints = data_dir / "endpoints.json"
     while not (endpoints.exists() and "grid" in json.loads(endpoints.read_text() or "{}")):
-        assert proc.poll() is None, "gridpilot up exited"
+        if proc.poll() is not None:
+            log = data_dir.with_name(f"{data_dir.name}.log").read_text(errors="replace")
+            pytest.fail(f"gridpilot up exited with {proc.returncode}:\n{log[-3000:]}")
         assert time.monotonic() < deadline, "the platform never loaded its grid"
         await asyncio.sleep(0.1)
     url = json.loads(endpoints.read_text())["nats"]

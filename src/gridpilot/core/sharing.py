@@ -41,11 +41,10 @@ from gridpilot.core import subjects
 from gridpilot.core.backoff import wait_until_there
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.leases import Lease, Leases, LeaseView
-from gridpilot.model import distribution
 
 T = TypeVar("T")
 
-LEASES_BUCKET = "gp_leases"
+LEASES_BUCKET = subjects.LEASES_BUCKET
 TICK_S = 0.5  # renew leases, count members, release or claim grids this often
 GRIDS_EVERY_S = 2.0  # look for grids added to or removed from gp_models this often
 OP_TIMEOUT_S = 1.0  # a lease operation that takes longer has failed
@@ -300,9 +299,9 @@ class GridSharing:
         self.view = LeaseView(kv, spec.ttl_s, on_update=self._lease_changed)
         await self.view.start()
         self.models = await wait_until_there(
-            lambda: nc.jetstream().object_store(distribution.BUCKET),
+            lambda: nc.jetstream().object_store(subjects.MODELS_STORE),
             missing=NOT_YET,
-            what=f"object store {distribution.BUCKET} (made by gridpilot init)",
+            what=f"object store {subjects.MODELS_STORE} (made by gridpilot init)",
             wait_s=self.wait_s,
             log=self.log,
         )

@@ -109,7 +109,7 @@ class GridEstimation:
         self.writer = EstimateWriter(
             self.grid, sensors=_sensor_names(self.estimator), sources=self.sources
         )
-        self.kv = await svc.nc.jetstream().key_value("gp_state")
+        self.kv = await svc.nc.jetstream().key_value(subjects.STATE_BUCKET)
         svc.log.info(
             "model ready",
             extra={"grid": self.grid, "model": model.summary(), "devices": len(placement.devices)},
