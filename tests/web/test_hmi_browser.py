@@ -147,7 +147,8 @@ def test_operator_acknowledges_an_alarm(page: Page) -> None:
         expect(page.get_by_test_id("alarm-summary")).to_contain_text("alarm")
         wait_for(page, "gpHmi.diagram.busClass('bus_12') === 'high'")
         row.get_by_test_id("alarm-ack").click()
-        expect(row.get_by_test_id("alarm-acked-by")).to_have_text("✓ op")
+        # the acknowledgement goes to monitoring and comes back over the bus and the socket
+        expect(row.get_by_test_id("alarm-acked-by")).to_have_text("✓ op", timeout=15_000)
         expect(row).to_have_attribute("data-acknowledged", "1")
     finally:
         cleared = fetch(page, "POST", f"/api/grids/{GRID}/training/inject", {"kind": "clear"})
