@@ -416,3 +416,33 @@ async def test_meter_sends_its_readings_and_may_not_subscribe(
     _, writer, code = await _mqtt_connect(url, "simulator", credentials["simulator"])
     assert code == 5  # service passwords are for NATS connections only
     await _mqtt_close(writer)
+
+
+def test_a_port_taken_between_check_and_bind_is_retried_without_logging_in_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two platforms starting at once can both find the preferred port free; the one whose
+    server then cannot bind must not send its admin password to the other's server (it was
+    refused there: "Authorization Violation") but start again on other ports."""
+    first = EmbeddedNats(data_dir=tmp_path / "a", port=0, mqtt_port=0).start()
+    try:
+        taken = int(first.url.rsplit(":", 1)[1])
+        real = broker.pick_port
+        calls: list[int] = []
+
+        def race(host: str, preferred: int, already: list[int]) -> int:
+            calls.append(preferred)
+            # the first attempt's client port: the one the other platform holds
+            if len(calls) == 1:
+                return taken
+            return real(host, 0, already)
+
+        monkeypatch.setattr(broker, "pick_port", race)
+        second = EmbeddedNats(data_dir=tmp_path / "b", port=0, mqtt_port=0).start()
+        try:
+            assert second.url != first.url
+            assert "address already in use" in second.log_path.read_text().lower()
+        finally:
+            second.stop()
+    finally:
+        first.stop()

@@ -327,6 +327,7 @@ def leaf_url(hub: str, password: str | None) -> str:
 
 # what nats-server logs after a SIGHUP (server/reload.go, server/signal.go)
 _RELOADED = "Reloaded server configuration"
+_LISTENING = "Listening for client connections on"
 _RELOAD_FAILED = "Failed to reload server configuration"
 
 
@@ -383,6 +384,7 @@ class EmbeddedNats:
         self._ports: tuple[int, int | None, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._log_offset = 0  # where the current run's lines begin in nats.log
 
     @property
     def nats_dir(self) -> Path:
@@ -568,6 +570,10 @@ class EmbeddedNats:
             f.write(text)
 
     def _spawn(self, binary: Path) -> None:
+        try:  # where this run's lines begin in the (appended) log
+            self._log_offset = self.log_path.stat().st_size
+        except OSError:
+            self._log_offset = 0
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self._proc = subprocess.Popen(
             [str(binary), "-c", str(self.config_path)],
@@ -589,9 +595,15 @@ class EmbeddedNats:
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
                 raise BusError(f"nats-server exited with code {code}:\n{self._log_tail()}")
-            why = self._probe()
-            if not why:
-                return
+            # Not before this process said it listens: until then the port may be another
+            # platform's that took it meanwhile (this server then exits, "address already in
+            # use", and start() tries other ports); our admin password must not go there.
+            if _LISTENING not in self._log_since(self._log_offset):
+                why = "not listening yet"
+            else:
+                why = self._probe()
+                if not why:
+                    return
             time.sleep(0.05)
         raise BusError(
             f"nats-server did not become ready within {START_TIMEOUT_S:.0f} s ({self.url}: "
