@@ -25,13 +25,22 @@ import bcrypt
 
 from gridpilot.core import subjects as sj
 from gridpilot.core.bus import inbox_prefix
-from gridpilot.core.config import env_secret
+from gridpilot.core.config import (
+    ENV_DEVICE_CREDENTIALS as ENV_DEVICE_CREDENTIALS,  # re-exported: the supervisor sets it
+)
+from gridpilot.core.config import (
+    ENV_NATS_PASSWORD,
+    ENV_NATS_USER,
+    env,
+    env_secret,
+)
 from gridpilot.core.errors import ConfigError
 from gridpilot.core.manifest import KvRef, Manifest
 from gridpilot.platform.catalog import builtin_manifests
 
-ENV_USER = "GRIDPILOT_NATS_USER"
-ENV_PASSWORD = "GRIDPILOT_NATS_PASSWORD"
+# the variables a service reads its NATS login from (declared in core.config)
+ENV_USER = ENV_NATS_USER
+ENV_PASSWORD = ENV_NATS_PASSWORD
 CREDENTIALS_FILE = "credentials.json"
 
 ADMIN = "admin"
@@ -46,19 +55,12 @@ GATEWAY_C37118 = "gateway_c37118"
 HISTORIAN = "historian"
 WEB = "web"
 
-_BUCKETS = {b.name for b in sj.BUCKETS}
-_OBJECT_STORES = {b.name for b in sj.OBJECT_STORES}
-MODELS = "gp_models"
-STATE_KV = "gp_state"
-SERVICES_KV = "gp_services"
-ALARMS_KV = "gp_alarms"
-LEASES_KV = "gp_leases"
-TWIN_KV = "gp_twin"
-if (
-    not {STATE_KV, SERVICES_KV, ALARMS_KV, LEASES_KV, TWIN_KV} <= _BUCKETS
-    or MODELS not in _OBJECT_STORES
-):
-    raise ImportError("permissions.py names a bucket that core/subjects.py does not define")
+MODELS = sj.MODELS_STORE
+STATE_KV = sj.STATE_BUCKET
+SERVICES_KV = sj.SERVICES_BUCKET
+ALARMS_KV = sj.ALARMS_BUCKET
+LEASES_KV = sj.LEASES_BUCKET
+TWIN_KV = sj.TWIN_BUCKET
 # the estimate layouts in gp_state, every grid's (layout.<grid>.<id>)
 LAYOUT_KEYS = sj.STATE_LAYOUT_KEY.format(grid="*", layout="*")
 
@@ -329,14 +331,13 @@ def env_credentials(url: str = "") -> tuple[str | None, str | None]:
     the client takes the URL's (nats-py would otherwise send ours instead)."""
     if any(urlsplit(u.strip()).username for u in url.split(",")):
         return None, None
-    return os.environ.get(ENV_USER) or None, env_secret(ENV_PASSWORD)
+    return env(ENV_USER) or None, env_secret(ENV_PASSWORD)
 
 
 # -- field devices: one MQTT user per meter ---------------------------------------------------
 
 DEVICE_CREDENTIALS_FILE = "device_credentials.json"
 # The simulator's meter fleet reads its meters' logins from the file this names.
-ENV_DEVICE_CREDENTIALS = "GRIDPILOT_DEVICE_CREDENTIALS_FILE"
 
 
 def device_user(grid: str, device: str) -> str:
